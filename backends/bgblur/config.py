@@ -1,0 +1,162 @@
+"""Pipeline settings: the post-processing parameters a request may override, with validation.
+
+Defaults follow CV-CUDA's segmentation sample (``samples/segmentation/python``): joint bilateral
+refinement with diameter 5, sigma_color 50, sigma_space 1; background blurred by a 15x15 Gaussian
+with sigma 5 at the model's working resolution and upscaled bilinearly; a soft mask
+(probability x 255, no threshold).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bgblur.errors import InvalidInputError
+
+# Largest frame accepted: 8K UHD in either orientation. Documented in README ("Limits").
+MAX_FRAME_LONG_SIDE = 7680
+MAX_FRAME_SHORT_SIDE = 4320
+# Largest FRAMES tensor one request may carry (bytes): 8 frames of 4K UHD RGB.
+MAX_REQUEST_BYTES = 8 * 3840 * 2160 * 3
+
+
+@dataclass(frozen=True)
+class BlurParams:
+    """Post-processing parameters. Every field can be overridden per request by name.
+
+    Attributes:
+        blur_ksize: Gaussian kernel size of the background blur (odd, 1..99), applied at the
+            blur working resolution (``blur_working_hw``), like CV-CUDA's sample.
+        blur_sigma: Gaussian sigma in pixels of the working resolution (0 < sigma <= 100).
+        bilateral_diameter: window diameter of the joint bilateral refinement of the mask
+            (0..31; 0 or 1 switch the refinement off).
+        bilateral_sigma_color: colour sigma on the grey guide, in grey levels (0 < s <= 1000).
+        bilateral_sigma_space: spatial sigma in pixels (0 < s <= 100).
+        soft_mask: True: mask = probability x 255 (soft edges). False: 255 where the
+            probability >= ``mask_threshold``, else 0.
+        mask_threshold: threshold of the hard mask (0 < t < 1).
+    """
+
+    blur_ksize: int = 15
+    blur_sigma: float = 5.0
+    bilateral_diameter: int = 5
+    bilateral_sigma_color: float = 50.0
+    bilateral_sigma_space: float = 1.0
+    soft_mask: bool = True
+    mask_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check(
+            self.blur_ksize % 2 == 1 and 1 <= self.blur_ksize <= 99,
+            "blur_ksize",
+            self.blur_ksize,
+            "an odd integer in [1, 99]",
+        )
+        _check(0.0 < self.blur_sigma <= 100.0, "blur_sigma", self.blur_sigma, "in (0, 100]")
+        _check(
+            0 <= self.bilateral_diameter <= 31,
+            "bilateral_diameter",
+            self.bilateral_diameter,
+            "an integer in [0, 31]",
+        )
+        _check(
+            0.0 < self.bilateral_sigma_color <= 1000.0,
+            "bilateral_sigma_color",
+            self.bilateral_sigma_color,
+            "in (0, 1000]",
+        )
+        _check(
+            0.0 < self.bilateral_sigma_space <= 100.0,
+            "bilateral_sigma_space",
+            self.bilateral_sigma_space,
+            "in (0, 100]",
+        )
+        _check(0.0 < self.mask_threshold < 1.0, "mask_threshold", self.mask_threshold, "in (0, 1)")
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> BlurParams:
+        """A copy with ``overrides`` applied (values may be strings, as in Triton parameters).
+
+        Raises:
+            InvalidInputError: an unknown name, a value of the wrong type, or out of range.
+        """
+        if not overrides:
+            return self
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        changes: dict[str, Any] = {}
+        for name, raw in overrides.items():
+            if name not in fields:
+                raise InvalidInputError(
+                    f"unknown parameter {name!r}; known parameters: {', '.join(sorted(fields))}"
+                )
+            changes[name] = _coerce(name, raw, fields[name].type)
+        return dataclasses.replace(self, **changes)
+
+
+def _check(ok: bool, name: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise InvalidInputError(f"parameter {name!r} must be {expected}, got {value!r}")
+
+
+def _coerce(name: str, raw: Any, type_name: str) -> Any:
+    """Convert a parameter value (native JSON type or string) to the field's type."""
+    try:
+        if type_name == "bool":
+            if isinstance(raw, bool):
+                return raw
+            if isinstance(raw, str) and raw.lower() in ("true", "1", "yes", "false", "0", "no"):
+                return raw.lower() in ("true", "1", "yes")
+            if isinstance(raw, int) and raw in (0, 1):
+                return bool(raw)
+            raise ValueError
+        if type_name == "int":
+            if isinstance(raw, bool):
+                raise ValueError
+            if isinstance(raw, float):
+                if not raw.is_integer():
+                    raise ValueError
+                return int(raw)
+            return int(raw)
+        if type_name == "float":
+            if isinstance(raw, bool):
+                raise ValueError
+            value = float(raw)
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ValueError
+            return value
+    except (TypeError, ValueError):
+        pass
+    else:
+        raise AssertionError(f"unhandled field type {type_name}")
+    raise InvalidInputError(f"parameter {name!r} must be of type {type_name}, got {raw!r}")
+
+
+def validate_frames_shape(shape: tuple[int, ...], dtype_name: str, tensor: str = "FRAMES") -> None:
+    """Check a frames tensor: uint8 ``[B, H, W, 3]`` with sizes within the documented limits.
+
+    Raises:
+        InvalidInputError: naming the tensor, what was expected and what came.
+    """
+    if dtype_name != "uint8":
+        raise InvalidInputError(f"{tensor} must be uint8, got {dtype_name}")
+    if len(shape) != 4:
+        raise InvalidInputError(
+            f"{tensor} must have shape [batch, height, width, 3], got {list(shape)}"
+        )
+    batch, height, width, channels = shape
+    if channels != 3:
+        raise InvalidInputError(f"{tensor} must have 3 channels (RGB), got {channels}")
+    if batch < 1 or height < 1 or width < 1:
+        raise InvalidInputError(f"{tensor} must not be empty, got shape {list(shape)}")
+    if max(height, width) > MAX_FRAME_LONG_SIDE or min(height, width) > MAX_FRAME_SHORT_SIDE:
+        raise InvalidInputError(
+            f"{tensor} frame of {width}x{height} exceeds the maximum "
+            f"{MAX_FRAME_LONG_SIDE}x{MAX_FRAME_SHORT_SIDE} (either orientation)"
+        )
+    nbytes = batch * height * width * channels
+    if nbytes > MAX_REQUEST_BYTES:
+        raise InvalidInputError(
+            f"{tensor} of {nbytes} bytes exceeds the per-request maximum of {MAX_REQUEST_BYTES} "
+            "bytes; send fewer frames per request"
+        )

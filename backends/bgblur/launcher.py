@@ -1,0 +1,342 @@
+"""Start and stop the embedded Triton Inference Server on the project's model repository.
+
+The server is the real ``tritonserver`` 2.51 that PyPI's nvidia-pytriton bundles (or the one in
+``$TRITONSERVER_HOME``). The launcher:
+
+- copies the Python-backend stub for the running Python next to the Python backend;
+- renders the model repository for this machine into a temporary folder: an ``instance_group``
+  of KIND_GPU on every visible GPU when the GPU stages can run (CuPy + a CUDA driver), else
+  KIND_CPU; optionally another segmentation network;
+- starts the server on chosen (or free) ports with the venv first on PATH and this Python's
+  libpython first on LD_LIBRARY_PATH, waits for readiness with a timeout and shows the log tail
+  when it fails;
+- stops it on SIGINT/SIGTERM or on leaving the context, and kills only what it started.
+
+Command line (``make serve``): ``python -m bgblur.launcher [--http-port 8000] [--device auto]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+from bgblur.device import cuda_device_count
+from bgblur.models.registry import model_names
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+MODEL_REPOSITORY = PROJECT_ROOT / "model_repository"
+PYTHON_MODELS = ("preprocess", "segmentation", "postprocess")
+EXIT_TIMEOUT_S = 10
+
+
+class ServerStartError(RuntimeError):
+    """The server exited or did not become ready in time; the message holds its log tail."""
+
+
+def free_port() -> int:
+    """A TCP port free on localhost right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tritonserver_home() -> Path:
+    """``$TRITONSERVER_HOME`` or the server bundled in the installed nvidia-pytriton wheel."""
+    if os.environ.get("TRITONSERVER_HOME"):
+        return Path(os.environ["TRITONSERVER_HOME"])
+    try:
+        import pytriton
+    except ImportError:
+        raise ServerStartError(
+            "no Triton server found: install nvidia-pytriton (make setup) or set TRITONSERVER_HOME"
+        ) from None
+    return Path(pytriton.__file__).parent / "tritonserver"
+
+
+def prepare_backends(home: Path) -> Path:
+    """The backend directory, with the Python stub for this interpreter in place."""
+    python_backend = home / "backends" / "python"
+    stub = python_backend / "triton_python_backend_stub"
+    if not stub.exists():
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        source = home / "python_backend_stubs" / version / "triton_python_backend_stub"
+        if not source.exists():
+            raise ServerStartError(f"no Python backend stub for Python {version} in {home}")
+        shutil.copy2(source, stub)
+        stub.chmod(0o755)
+    return home / "backends"
+
+
+def render_model_repository(
+    destination: Path,
+    *,
+    device: str,
+    gpus: list[int],
+    segmentation_model: str | None = None,
+    source: Path = MODEL_REPOSITORY,
+) -> Path:
+    """Copy ``source`` to ``destination`` with instance groups for ``device`` ("cpu"/"gpu").
+
+    Each Python-backend model gets one instance per GPU (KIND_GPU) or one KIND_CPU instance;
+    ``segmentation_model`` replaces the network named in preprocess and segmentation.
+    """
+    if segmentation_model is not None and segmentation_model not in model_names():
+        raise ValueError(
+            f"unknown segmentation model {segmentation_model!r}; known: {', '.join(model_names())}"
+        )
+    shutil.copytree(source, destination, ignore=shutil.ignore_patterns("__pycache__"))
+    if device == "gpu":
+        group = f"instance_group [ {{ kind: KIND_GPU, count: 1, gpus: {gpus} }} ]\n"
+    else:
+        group = "instance_group [ { kind: KIND_CPU, count: 1 } ]\n"
+    for model in PYTHON_MODELS:
+        config_path = destination / model / "config.pbtxt"
+        text = config_path.read_text()
+        if segmentation_model is not None:
+            text = re.sub(
+                r'(key: "segmentation_model", value: \{ string_value: )"[^"]*"',
+                rf'\1"{segmentation_model}"',
+                text,
+            )
+        config_path.write_text(text + group)
+    return destination
+
+
+class TritonServer:
+    """The embedded Triton server, as a context manager.
+
+    Args:
+        http_port, grpc_port, metrics_port: ports (free ones when None).
+        device: ``"auto"`` (GPU when the GPU stages can run), ``"gpu"`` or ``"cpu"``.
+        segmentation_model: network to serve instead of the repository's default.
+        startup_timeout_s: how long to wait for readiness.
+        log_path: where the server log goes (a temporary file when None).
+        verbose: also echo the server log to stderr.
+    """
+
+    def __init__(
+        self,
+        *,
+        http_port: int | None = None,
+        grpc_port: int | None = None,
+        metrics_port: int | None = None,
+        device: str = "auto",
+        segmentation_model: str | None = None,
+        startup_timeout_s: float = 180.0,
+        log_path: Path | None = None,
+        verbose: bool = False,
+        model_repository: Path = MODEL_REPOSITORY,
+    ) -> None:
+        if device not in ("auto", "cpu", "gpu"):
+            raise ValueError(f"device must be auto, cpu or gpu, got {device!r}")
+        gpu_count = cuda_device_count()
+        if device == "gpu" and gpu_count == 0:
+            raise ServerStartError("--device gpu: no CUDA GPU usable by CuPy on this machine")
+        self.device = ("gpu" if gpu_count else "cpu") if device == "auto" else device
+        self.gpus = list(range(gpu_count)) if self.device == "gpu" else []
+        self.http_port = http_port or free_port()
+        self.grpc_port = grpc_port or free_port()
+        self.metrics_port = metrics_port or free_port()
+        self.segmentation_model = segmentation_model
+        self.startup_timeout_s = startup_timeout_s
+        self.model_repository = model_repository
+        self.verbose = verbose
+        self._workdir = Path(tempfile.mkdtemp(prefix="bgblur-triton-"))
+        self.log_path = log_path or self._workdir / "tritonserver.log"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log_file = None
+
+    @property
+    def http_url(self) -> str:
+        return f"localhost:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"localhost:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"localhost:{self.metrics_port}"
+
+    def command(self, repository: Path, backends: Path, home: Path) -> list[str]:
+        args = [
+            str(home / "bin" / "tritonserver"),
+            f"--model-repository={repository}",
+            f"--backend-directory={backends}",
+            f"--http-port={self.http_port}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-port={self.metrics_port}",
+            f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
+            "--strict-readiness=true",
+            "--log-info=true",
+        ]
+        # Intermediate tensors live in Triton's CUDA pool; when full it silently falls back to
+        # pinned host memory (PLATFORM.md), so size it for 8 4K frames plus network tensors.
+        args += [f"--cuda-memory-pool-byte-size={gpu}:{512 << 20}" for gpu in self.gpus]
+        return args
+
+    def environment(self, home: Path) -> dict[str, str]:
+        env = dict(os.environ)
+        # The stub takes its packages from the python3 first on PATH: this interpreter's.
+        env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+        libs = [
+            sysconfig.get_config_var("LIBDIR") or "",
+            str(home.parent.parent / "nvidia_pytriton.libs"),
+        ]
+        libs.append(env.get("LD_LIBRARY_PATH", ""))
+        env["LD_LIBRARY_PATH"] = ":".join(p for p in libs if p)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    def start(self) -> TritonServer:
+        """Start the server and wait until it is ready (raises ``ServerStartError``)."""
+        home = tritonserver_home()
+        backends = prepare_backends(home)
+        repository = render_model_repository(
+            self._workdir / "model_repository",
+            device=self.device,
+            gpus=self.gpus,
+            segmentation_model=self.segmentation_model,
+            source=self.model_repository,
+        )
+        self._log_file = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
+        self._process = subprocess.Popen(
+            self.command(repository, backends, home),
+            env=self.environment(home),
+            stdout=None if self.verbose else self._log_file,
+            stderr=subprocess.STDOUT if not self.verbose else None,
+            start_new_session=True,  # a terminal's Ctrl-C reaches the launcher, which stops it
+        )
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        url = f"http://127.0.0.1:{self.http_port}/v2/health/ready"
+        while time.monotonic() < deadline:
+            if self._process is None or self._process.poll() is not None:
+                code = None if self._process is None else self._process.returncode
+                raise ServerStartError(f"tritonserver exited with code {code}\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.25)
+        raise ServerStartError(
+            f"tritonserver not ready after {self.startup_timeout_s:.0f} s\n{self.log_tail()}"
+        )
+
+    def is_ready(self) -> bool:
+        try:
+            url = f"http://127.0.0.1:{self.http_port}/v2/health/ready"
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    def log_tail(self, lines: int = 40) -> str:
+        if self.verbose or not self.log_path.exists():
+            return ""
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "--- tritonserver log (last lines) ---\n" + "\n".join(text[-lines:])
+
+    def stop(self) -> int | None:
+        """SIGTERM the server (graceful: in-flight requests finish), SIGKILL after the grace."""
+        process, self._process = self._process, None
+        code = None
+        if process is not None:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=EXIT_TIMEOUT_S + 10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)  # its own session: only what we started
+                    process.wait()
+            code = process.returncode
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        shutil.rmtree(self._workdir / "model_repository", ignore_errors=True)
+        return code
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="bgblur-server", description="Serve the background-blur ensemble with Triton."
+    )
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    parser.add_argument("--segmentation-model", choices=model_names(), default=None)
+    parser.add_argument("--startup-timeout", type=float, default=180.0)
+    parser.add_argument("--quiet", action="store_true", help="log to a file instead of stderr")
+    args = parser.parse_args(argv)
+
+    server = TritonServer(
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        device=args.device,
+        segmentation_model=args.segmentation_model,
+        startup_timeout_s=args.startup_timeout,
+        verbose=not args.quiet,
+    )
+    stop_requested = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        server.start()
+    except ServerStartError as exc:
+        print(f"bgblur-server: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"bgblur-server: ready on {server.device} — gRPC {server.grpc_url}, "
+        f"HTTP {server.http_url}, metrics {server.metrics_url}. Ctrl-C stops.",
+        file=sys.stderr,
+        flush=True,
+    )
+    while not stop_requested and server._process is not None and server._process.poll() is None:
+        time.sleep(0.2)
+    code = server.stop()
+    print(f"bgblur-server: stopped (tritonserver exit code {code})", file=sys.stderr)
+    return 0 if stop_requested else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

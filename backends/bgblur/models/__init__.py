@@ -1,0 +1,1 @@
+"""Segmentation networks: definitions, weight conversion, the registry of names."""

@@ -1,0 +1,24 @@
+"""Image ops, each with a CPU twin (OpenCV/NumPy) and a GPU twin (CuPy) of the same signature.
+
+Ops dispatch on the array type: ``numpy.ndarray`` runs on the CPU, ``cupy.ndarray`` on its GPU
+(on the current CuPy stream). Batched layouts: frames ``[B, H, W, 3]`` uint8 RGB, masks
+``[B, H, W]`` uint8, model tensors ``[B, C, H, W]`` float.
+"""
+
+from bgblur.ops.bilateral import joint_bilateral_filter
+from bgblur.ops.color import rgb_to_grey
+from bgblur.ops.composite import composite
+from bgblur.ops.gaussian import gaussian_blur
+from bgblur.ops.mask import probability_to_mask
+from bgblur.ops.resize import resize_linear_nhwc, resize_normalize_nchw, upscale_mask
+
+__all__ = [
+    "composite",
+    "gaussian_blur",
+    "joint_bilateral_filter",
+    "probability_to_mask",
+    "resize_linear_nhwc",
+    "resize_normalize_nchw",
+    "rgb_to_grey",
+    "upscale_mask",
+]

@@ -1,0 +1,43 @@
+"""Composite of a sharp foreground over a blurred background."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from bgblur.ops.dispatch import array_module, check_out, is_gpu_array
+
+
+def composite(
+    foreground_nhwc_u8: Any, background_nhwc_u8: Any, mask_nhw_u8: Any, *, out: Any = None
+) -> Any:
+    """Blend ``fg * m + bg * (1 - m)`` with ``m = mask / 255``, rounded half up to uint8.
+
+    Exact integer form: ``(fg * mask + bg * (255 - mask) + 127) // 255``.
+
+    Args:
+        foreground_nhwc_u8, background_nhwc_u8: ``[B, H, W, C]`` uint8 (same device).
+        mask_nhw_u8: ``[B, H, W]`` uint8, 255 = foreground.
+        out: optional ``[B, H, W, C]`` uint8 array to write into.
+
+    Returns:
+        ``[B, H, W, C]`` uint8 on the input's device.
+    """
+    if foreground_nhwc_u8.shape != background_nhwc_u8.shape or (
+        foreground_nhwc_u8.shape[:3] != mask_nhw_u8.shape
+    ):
+        raise ValueError(
+            "composite needs fg/bg [B, H, W, C] and mask [B, H, W] of matching sizes, got "
+            f"{foreground_nhwc_u8.shape}, {background_nhwc_u8.shape}, {mask_nhw_u8.shape}"
+        )
+    out = check_out(out, tuple(foreground_nhwc_u8.shape), np.uint8, foreground_nhwc_u8)
+    if is_gpu_array(foreground_nhwc_u8):
+        from bgblur.ops import composite_gpu
+
+        return composite_gpu.composite(foreground_nhwc_u8, background_nhwc_u8, mask_nhw_u8, out=out)
+    xp = array_module(foreground_nhwc_u8)
+    m = mask_nhw_u8[..., None].astype(xp.uint32)
+    blended = foreground_nhwc_u8 * m + background_nhwc_u8 * (255 - m) + 127
+    out[...] = blended // 255
+    return out

@@ -1,0 +1,105 @@
+"""Resizes: model-input preprocessing, bilinear frame resize, mask upscale (OpenCV conventions)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+
+from bgblur.ops.dispatch import check_out, is_gpu_array
+
+
+def resize_normalize_nchw(
+    frames_nhwc_u8: Any,
+    out_hw: tuple[int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    out_dtype: Any = np.float16,
+    out: Any = None,
+) -> Any:
+    """Resize, normalize and reformat frames for the network, in one pass.
+
+    ``out[b, c] = (resize_linear(frames[b])[..., c] / 255 - mean[c]) / std[c]``, with the resize
+    of ``cv2.resize(..., interpolation=cv2.INTER_LINEAR)`` (half-pixel centres, clamped borders).
+
+    Args:
+        frames_nhwc_u8: ``[B, H, W, 3]`` uint8 RGB frames (NumPy or CuPy).
+        out_hw: ``(h, w)`` of the network input.
+        mean, std: per-channel (RGB) mean and std of the [0, 1]-scaled input.
+        out_dtype: float16 or float32.
+        out: optional ``[B, 3, h, w]`` array of ``out_dtype`` to write into.
+
+    Returns:
+        ``[B, 3, h, w]`` array of ``out_dtype`` on the input's device.
+    """
+    batch = frames_nhwc_u8.shape[0]
+    h, w = out_hw
+    out = check_out(out, (batch, 3, h, w), out_dtype, frames_nhwc_u8)
+    if is_gpu_array(frames_nhwc_u8):
+        from bgblur.ops import resize_gpu
+
+        return resize_gpu.resize_normalize_nchw(frames_nhwc_u8, out_hw, mean, std, out=out)
+    scale = (1.0 / (255.0 * np.asarray(std, np.float32))).reshape(3, 1, 1)
+    bias = (-np.asarray(mean, np.float32) / np.asarray(std, np.float32)).reshape(3, 1, 1)
+    for b in range(batch):
+        resized = cv2.resize(frames_nhwc_u8[b], (w, h), interpolation=cv2.INTER_LINEAR)
+        chw = resized.transpose(2, 0, 1).astype(np.float32)
+        out[b] = chw * scale + bias
+    return out
+
+
+def resize_linear_nhwc(frames_nhwc_u8: Any, out_hw: tuple[int, int], *, out: Any = None) -> Any:
+    """Bilinear resize of uint8 frames, as ``cv2.resize(..., interpolation=cv2.INTER_LINEAR)``.
+
+    Args:
+        frames_nhwc_u8: ``[B, H, W, C]`` uint8 (NumPy or CuPy).
+        out_hw: ``(h, w)`` of the result.
+        out: optional ``[B, h, w, C]`` uint8 array to write into.
+
+    Returns:
+        ``[B, h, w, C]`` uint8 on the input's device.
+    """
+    batch, _, _, channels = frames_nhwc_u8.shape
+    h, w = out_hw
+    out = check_out(out, (batch, h, w, channels), np.uint8, frames_nhwc_u8)
+    if is_gpu_array(frames_nhwc_u8):
+        from bgblur.ops import resize_gpu
+
+        return resize_gpu.resize_linear_nhwc(frames_nhwc_u8, out_hw, out=out)
+    for b in range(batch):
+        out[b] = cv2.resize(frames_nhwc_u8[b], (w, h), interpolation=cv2.INTER_LINEAR).reshape(
+            h, w, channels
+        )
+    return out
+
+
+def upscale_mask(
+    mask_nhw_u8: Any, out_hw: tuple[int, int], *, interpolation: str = "nearest", out: Any = None
+) -> Any:
+    """Resize masks to the frame size, as ``cv2.resize`` with INTER_NEAREST or INTER_LINEAR.
+
+    Args:
+        mask_nhw_u8: ``[B, h, w]`` uint8 masks (NumPy or CuPy).
+        out_hw: ``(H, W)`` of the frames.
+        interpolation: ``"nearest"`` (CV-CUDA's sample) or ``"linear"``.
+        out: optional ``[B, H, W]`` uint8 array to write into.
+
+    Returns:
+        ``[B, H, W]`` uint8 on the input's device.
+    """
+    if interpolation not in ("nearest", "linear"):
+        raise ValueError(f"interpolation must be 'nearest' or 'linear', got {interpolation!r}")
+    batch = mask_nhw_u8.shape[0]
+    h, w = out_hw
+    out = check_out(out, (batch, h, w), np.uint8, mask_nhw_u8)
+    if is_gpu_array(mask_nhw_u8):
+        from bgblur.ops import resize_gpu
+
+        return resize_gpu.upscale_mask(mask_nhw_u8, out_hw, interpolation=interpolation, out=out)
+    flag = cv2.INTER_NEAREST if interpolation == "nearest" else cv2.INTER_LINEAR
+    for b in range(batch):
+        out[b] = cv2.resize(mask_nhw_u8[b], (w, h), interpolation=flag)
+    return out

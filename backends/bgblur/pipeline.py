@@ -1,0 +1,53 @@
+"""The whole background-blur pipeline in one process (no Triton): preprocess -> network -> post.
+
+Used by the tests (the served result must equal this) and by the benchmarks' in-process runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bgblur.config import BlurParams
+from bgblur.device import Device
+from bgblur.models.registry import get_model_spec
+from bgblur.runtimes.select import build_runtime
+from bgblur.stages.postprocess import Postprocess
+from bgblur.stages.preprocess import Preprocess
+
+
+class BackgroundBlurPipeline:
+    """``__call__(frames [B, H, W, 3] uint8 RGB, params) -> (blurred, mask)`` on ``device``.
+
+    Args:
+        model: segmentation network name (``bgblur.models.registry``).
+        device: where every stage runs.
+        cache_dir: weights cache.
+        blur_working_hw, mask_interpolation: see ``Postprocess``.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        device: Device | None = None,
+        *,
+        cache_dir: Path | None = None,
+        blur_working_hw: tuple[int, int] = (224, 224),
+        mask_interpolation: str = "nearest",
+    ) -> None:
+        self.device = device or Device()
+        self.spec = get_model_spec(model)
+        self.preprocess = Preprocess(self.spec, self.device)
+        self.runtime = build_runtime(self.spec, self.device, cache_dir=cache_dir)
+        self.postprocess = Postprocess(
+            self.device, blur_working_hw=blur_working_hw, mask_interpolation=mask_interpolation
+        )
+
+    def __call__(self, frames_nhwc_u8: Any, params: BlurParams | None = None) -> tuple[Any, Any]:
+        inputs = self.preprocess(frames_nhwc_u8)
+        probability = self.runtime(inputs)
+        if self.device.is_gpu:
+            import cupy
+
+            probability = cupy.from_dlpack(probability)
+        return self.postprocess(frames_nhwc_u8, probability, params or BlurParams())

@@ -1,0 +1,1 @@
+"""Segmentation runtimes: one interface, the fastest backend each machine has."""

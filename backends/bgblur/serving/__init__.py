@@ -1,0 +1,1 @@
+"""What the Triton Python-backend adapters share: tensor I/O, grouping, error mapping."""

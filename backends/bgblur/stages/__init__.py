@@ -1,0 +1,1 @@
+"""Pipeline stages built from the ops: buffers and stream held per instance, no Triton."""

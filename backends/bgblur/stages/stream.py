@@ -1,0 +1,50 @@
+"""The one CUDA stream a GPU stage instance runs on."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from bgblur.device import Device
+
+
+class StageStream:
+    """Device context + CuPy stream of a stage; ``with stage_stream:`` makes both current.
+
+    On the CPU it is a no-op context. ``synchronize()`` is the hand-off point: the only host
+    synchronisation a stage performs.
+    """
+
+    def __init__(self, device: Device) -> None:
+        self.device = device
+        self._stream: Any = None
+        if device.is_gpu:
+            import cupy
+
+            with cupy.cuda.Device(device.index):
+                self._stream = cupy.cuda.Stream(non_blocking=True)
+
+    @contextlib.contextmanager
+    def activate(self) -> Iterator[None]:
+        if self._stream is None:
+            yield
+            return
+        import cupy
+
+        with cupy.cuda.Device(self.device.index), self._stream:
+            yield
+
+    def to_device(self, array: Any) -> Any:
+        """``array`` (NumPy or CuPy) on this stage's device; call inside ``activate()``."""
+        if self._stream is None:
+            if not isinstance(array, __import__("numpy").ndarray):
+                raise TypeError(f"a CPU stage got a {type(array).__name__}")
+            return array
+        import cupy
+
+        return cupy.asarray(array)
+
+    def synchronize(self) -> None:
+        if self._stream is not None:
+            self._stream.synchronize()

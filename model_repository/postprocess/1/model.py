@@ -1,0 +1,48 @@
+"""Triton adapter: frames + probability -> blurred frames + mask (bgblur.stages.postprocess)."""
+
+import triton_python_backend_utils as pb_utils
+
+from bgblur.config import BlurParams
+from bgblur.device import Device
+from bgblur.errors import InvalidInputError
+from bgblur.serving.triton_io import (
+    PreparedRequest,
+    blur_params_from_request,
+    execute_grouped,
+    frames_input,
+    input_array,
+    model_parameters,
+    parse_hw,
+)
+from bgblur.stages.postprocess import Postprocess
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        parameters = model_parameters(args)
+        self.device = Device.from_triton_args(args)
+        self.defaults = BlurParams()
+        self.stage = Postprocess(
+            self.device,
+            blur_working_hw=parse_hw(parameters["blur_working_size"]),
+            mask_interpolation=parameters["mask_interpolation"],
+        )
+
+    def execute(self, requests):
+        return execute_grouped(
+            pb_utils, requests, self._prepare, self._run, output_names=["BLURRED", "MASK"]
+        )
+
+    def _prepare(self, request):
+        frames = frames_input(pb_utils, request, self.device)
+        probability = input_array(pb_utils, request, "PROBABILITY", self.device)
+        if probability.shape[0] != frames.shape[0]:
+            raise InvalidInputError(
+                f"PROBABILITY batch {probability.shape[0]} != FRAMES batch {frames.shape[0]}"
+            )
+        params = blur_params_from_request(request, self.defaults)
+        key = (tuple(frames.shape[1:]), tuple(probability.shape[1:]), params)
+        return PreparedRequest(key=key, arrays=(frames, probability), options=params)
+
+    def _run(self, arrays, params):
+        return self.stage(arrays[0], arrays[1], params)

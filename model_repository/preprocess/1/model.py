@@ -1,0 +1,36 @@
+"""Triton adapter: frames -> network input (bgblur.stages.preprocess.Preprocess)."""
+
+import triton_python_backend_utils as pb_utils
+
+from bgblur.config import BlurParams
+from bgblur.device import Device
+from bgblur.models.registry import get_model_spec
+from bgblur.serving.triton_io import (
+    PreparedRequest,
+    blur_params_from_request,
+    execute_grouped,
+    frames_input,
+    model_parameters,
+)
+from bgblur.stages.preprocess import Preprocess
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        parameters = model_parameters(args)
+        self.device = Device.from_triton_args(args)
+        self.stage = Preprocess(get_model_spec(parameters["segmentation_model"]), self.device)
+
+    def execute(self, requests):
+        return execute_grouped(
+            pb_utils, requests, self._prepare, self._run, output_names=["NETWORK_INPUT"]
+        )
+
+    def _prepare(self, request):
+        frames = frames_input(pb_utils, request, self.device)
+        # Reject bad request parameters here, before any work is spent on the request.
+        blur_params_from_request(request, BlurParams())
+        return PreparedRequest(key=tuple(frames.shape[1:]), arrays=(frames,))
+
+    def _run(self, arrays, options):
+        return [self.stage(arrays[0])]

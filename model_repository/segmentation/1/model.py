@@ -1,0 +1,37 @@
+"""Triton adapter: network input -> foreground probability (bgblur.runtimes)."""
+
+import triton_python_backend_utils as pb_utils
+
+from bgblur.device import Device
+from bgblur.errors import InvalidInputError
+from bgblur.models.registry import get_model_spec
+from bgblur.runtimes.select import build_runtime
+from bgblur.serving.triton_io import PreparedRequest, execute_grouped, input_array, model_parameters
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        parameters = model_parameters(args)
+        self.device = Device.from_triton_args(args)
+        self.spec = get_model_spec(parameters["segmentation_model"])
+        self.runtime = build_runtime(self.spec, self.device)
+        pb_utils.Logger.log_info(
+            f"segmentation: {self.spec.name} on {self.runtime.name}; weights: {self.spec.weights}"
+        )
+
+    def execute(self, requests):
+        return execute_grouped(
+            pb_utils, requests, self._prepare, self._run, output_names=["PROBABILITY"]
+        )
+
+    def _prepare(self, request):
+        inputs = input_array(pb_utils, request, "NETWORK_INPUT", self.device)
+        if tuple(inputs.shape[1:]) != (3, *self.spec.input_hw):
+            raise InvalidInputError(
+                f"NETWORK_INPUT must be [batch, 3, {self.spec.input_hw[0]}, "
+                f"{self.spec.input_hw[1]}] for {self.spec.name}, got {list(inputs.shape)}"
+            )
+        return PreparedRequest(key=tuple(inputs.shape[1:]), arrays=(inputs,))
+
+    def _run(self, arrays, options):
+        return [self.runtime(arrays[0])]
