@@ -76,7 +76,7 @@ _SPECS: dict[str, Callable[[], SegmentationModelSpec]] = {
     "fixed_ellipse": _fixed_ellipse_spec,
 }
 
-DEFAULT_MODEL = "selfie_general"
+DEFAULT_MODEL = "fixed_ellipse"  # selfie_general once its port lands
 
 
 def model_names() -> list[str]:
