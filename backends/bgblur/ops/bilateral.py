@@ -57,12 +57,53 @@ def joint_bilateral_filter(
     if diameter <= 1:
         out[...] = mask_nhw_u8
         return out
+    ximgproc = getattr(cv2, "ximgproc", None)
     for b in range(mask_nhw_u8.shape[0]):
-        out[b] = cv2.ximgproc.jointBilateralFilter(
-            np.ascontiguousarray(guide_nhw_u8[b]),
-            np.ascontiguousarray(mask_nhw_u8[b]),
-            int(diameter),
-            float(sigma_color),
-            float(sigma_space),
-        )
+        guide, mask = np.ascontiguousarray(guide_nhw_u8[b]), np.ascontiguousarray(mask_nhw_u8[b])
+        if ximgproc is not None:
+            out[b] = ximgproc.jointBilateralFilter(
+                guide, mask, int(diameter), float(sigma_color), float(sigma_space)
+            )
+        else:
+            out[b] = joint_bilateral_filter_numpy(mask, guide, diameter, sigma_color, sigma_space)
     return out
+
+
+def joint_bilateral_filter_numpy(
+    mask_hw_u8: np.ndarray,
+    guide_hw_u8: np.ndarray,
+    diameter: int,
+    sigma_color: float,
+    sigma_space: float,
+) -> np.ndarray:
+    """One frame of ``cv2.ximgproc.jointBilateralFilter`` (8-bit, one channel) in NumPy.
+
+    Used where OpenCV is built without ximgproc (plain opencv-python); the tests hold it to the
+    ximgproc result. Same arithmetic: radius ``max(diameter // 2, 1)``, window ``i^2 + j^2 <=
+    radius^2``, BORDER_REFLECT_101, float32 weights, result rounded to nearest.
+    """
+    radius = max(int(diameter) // 2, 1)
+    mask_padded = cv2.copyMakeBorder(
+        mask_hw_u8, radius, radius, radius, radius, cv2.BORDER_REFLECT_101
+    ).astype(np.float32)
+    guide_padded = cv2.copyMakeBorder(
+        guide_hw_u8, radius, radius, radius, radius, cv2.BORDER_REFLECT_101
+    ).astype(np.int32)
+    color_weight = np.exp(
+        np.arange(256, dtype=np.float32) ** 2 * np.float32(-0.5 / sigma_color**2)
+    ).astype(np.float32)
+    height, width = mask_hw_u8.shape
+    centre = guide_hw_u8.astype(np.int32)
+    total = np.zeros((height, width), np.float32)
+    weights = np.zeros((height, width), np.float32)
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            if dy * dy + dx * dx > radius * radius:
+                continue
+            space = np.float32(np.exp((dy * dy + dx * dx) * (-0.5 / sigma_space**2)))
+            rows = slice(radius + dy, radius + dy + height)
+            cols = slice(radius + dx, radius + dx + width)
+            weight = space * color_weight[np.abs(guide_padded[rows, cols] - centre)]
+            total += weight * mask_padded[rows, cols]
+            weights += weight
+    return np.clip(np.rint(total / weights), 0, 255).astype(np.uint8)
