@@ -76,7 +76,7 @@ _SPECS: dict[str, Callable[[], SegmentationModelSpec]] = {
     "fixed_ellipse": _fixed_ellipse_spec,
 }
 
-DEFAULT_MODEL = "fixed_ellipse"  # selfie_general once its port lands
+DEFAULT_MODEL = "selfie_general"
 
 
 def model_names() -> list[str]:

@@ -39,6 +39,7 @@ __all__ = [
     "TFLiteFormatError",
     "TFLiteModel",
     "Tensor",
+    "parse_tflite",
     "read_tflite",
 ]
 
