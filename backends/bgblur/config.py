@@ -48,6 +48,19 @@ class BlurParams:
     mask_threshold: float = 0.5
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type == "bool":
+                ok = isinstance(value, bool)
+            else:
+                ok = isinstance(value, int if f.type == "int" else (int, float))
+                ok = ok and not isinstance(value, bool)
+            if not ok:
+                raise InvalidInputError(
+                    f"parameter {f.name!r} must be of type {f.type}, got {value!r}"
+                )
+            if f.type == "float":
+                object.__setattr__(self, f.name, float(value))
         _check(
             self.blur_ksize % 2 == 1 and 1 <= self.blur_ksize <= 99,
             "blur_ksize",

@@ -93,6 +93,8 @@ def render_model_repository(
     Each Python-backend model gets one instance per GPU (KIND_GPU) or one KIND_CPU instance;
     ``segmentation_model`` replaces the network named in preprocess and segmentation.
     """
+    if device not in ("cpu", "gpu"):
+        raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
     if segmentation_model is not None and segmentation_model not in model_names():
         raise ValueError(
             f"unknown segmentation model {segmentation_model!r}; known: {', '.join(model_names())}"

@@ -1,0 +1,287 @@
+"""Postprocess on the CPU with hand-made probabilities: the composite keeps the frame where the
+mask is 255, shows the blurred background where it is 0, and the mask is the (optionally
+refined) upscale of probability x 255. References are plain OpenCV calls per frame."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+import torch
+
+from bgblur.config import BlurParams
+from bgblur.device import Device
+from bgblur.stages.postprocess import Postprocess
+
+NO_REFINEMENT = BlurParams(bilateral_diameter=0)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(20240618)
+
+
+@pytest.fixture
+def postprocess() -> Postprocess:
+    return Postprocess(Device("cpu"))
+
+
+def box_probability(batch: int, low_hw: tuple[int, int] = (64, 64)) -> np.ndarray:
+    """1 in a central box (rows 16..47, columns 20..43 of 64x64), 0 elsewhere; float16."""
+    probability = np.zeros((batch, 1, *low_hw), np.float16)
+    probability[:, 0, 16:48, 20:44] = 1.0
+    return probability
+
+
+def reference_background(
+    frames: np.ndarray, working_hw: tuple[int, int], ksize: int, sigma: float
+) -> np.ndarray:
+    """Frame -> bilinear to the working size -> Gaussian -> bilinear back, per frame."""
+    h, w = frames.shape[1:3]
+    result = []
+    for frame in frames:
+        small = cv2.resize(frame, working_hw[::-1], interpolation=cv2.INTER_LINEAR)
+        blurred = cv2.GaussianBlur(small, (ksize, ksize), sigma)
+        result.append(cv2.resize(blurred, (w, h), interpolation=cv2.INTER_LINEAR))
+    return np.stack(result)
+
+
+def reference_mask(
+    frames: np.ndarray, probability: np.ndarray, params: BlurParams, interpolation: int
+) -> np.ndarray:
+    h, w = frames.shape[1:3]
+    result = []
+    for frame, p in zip(frames, probability[:, 0].astype(np.float64), strict=True):
+        if params.soft_mask:
+            low = np.floor(np.clip(p, 0, 1) * 255 + 0.5).astype(np.uint8)
+        else:
+            low = np.where(p >= params.mask_threshold, 255, 0).astype(np.uint8)
+        mask = cv2.resize(low, (w, h), interpolation=interpolation)
+        if params.bilateral_diameter > 1:
+            grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+            mask = cv2.ximgproc.jointBilateralFilter(
+                grey,
+                mask,
+                params.bilateral_diameter,
+                params.bilateral_sigma_color,
+                params.bilateral_sigma_space,
+            )
+        result.append(mask)
+    return np.stack(result)
+
+
+def float_composite(fg: np.ndarray, bg: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    m = mask[..., None].astype(np.float64) / 255
+    return np.rint(fg * m + bg * (1 - m))
+
+
+class TestPostprocess:
+    @pytest.mark.parametrize("batch", [1, 3])
+    @pytest.mark.parametrize("hw", [(1, 1), (7, 13), (300, 451)])
+    def test_smoke(
+        self, postprocess: Postprocess, rng: np.random.Generator, batch: int, hw: tuple[int, int]
+    ) -> None:
+        frames = rng.integers(0, 256, (batch, *hw, 3), dtype=np.uint8)
+        probability = rng.random((batch, 1, 64, 64)).astype(np.float16)
+        blurred, mask = postprocess(frames, probability, BlurParams())
+        assert blurred.shape == (batch, *hw, 3) and blurred.dtype == np.uint8
+        assert mask.shape == (batch, *hw) and mask.dtype == np.uint8
+
+    @pytest.mark.parametrize("params", [BlurParams(), NO_REFINEMENT], ids=["refined", "raw"])
+    def test_where_the_mask_is_255_far_from_edges_the_output_equals_the_frame(
+        self, postprocess: Postprocess, astronaut_frames: np.ndarray, params: BlurParams
+    ) -> None:
+        blurred, mask = postprocess(astronaut_frames, box_probability(2), params)
+        # The box covers rows 128..383, columns 160..351 at 512x512; stay 8 px inside.
+        inside = (slice(None), slice(136, 376), slice(168, 344))
+        assert (mask[inside] == 255).all()
+        np.testing.assert_array_equal(blurred[inside], astronaut_frames[inside])
+
+    @pytest.mark.parametrize("params", [BlurParams(), NO_REFINEMENT], ids=["refined", "raw"])
+    def test_where_the_mask_is_0_far_from_edges_the_output_equals_the_blurred_background(
+        self, postprocess: Postprocess, astronaut_frames: np.ndarray, params: BlurParams
+    ) -> None:
+        blurred, mask = postprocess(astronaut_frames, box_probability(2), params)
+        background = reference_background(astronaut_frames, (224, 224), 15, 5.0)
+        outside = np.ones(mask.shape, bool)
+        outside[:, 120:392, 152:360] = False
+        assert (mask[outside] == 0).all()
+        np.testing.assert_array_equal(blurred[outside], background[outside])
+        assert np.abs(blurred[outside].astype(int) - astronaut_frames[outside]).mean() > 5
+
+    def test_output_is_the_composite_of_frame_and_background_by_the_returned_mask(
+        self, postprocess: Postprocess, astronaut_frames: np.ndarray, rng: np.random.Generator
+    ) -> None:
+        probability = rng.random((2, 1, 64, 64)).astype(np.float16)
+        blurred, mask = postprocess(astronaut_frames, probability, BlurParams())
+        background = reference_background(astronaut_frames, (224, 224), 15, 5.0)
+        expected = float_composite(astronaut_frames, background, mask)
+        assert np.abs(blurred.astype(int) - expected).max() <= 1
+
+    @pytest.mark.parametrize("diameter", [0, 1])
+    def test_bilateral_diameter_0_or_1_skips_the_refinement(
+        self,
+        postprocess: Postprocess,
+        astronaut_frames: np.ndarray,
+        rng: np.random.Generator,
+        diameter: int,
+    ) -> None:
+        probability = rng.random((2, 1, 64, 64)).astype(np.float16)
+        params = BlurParams(bilateral_diameter=diameter)
+        _, mask = postprocess(astronaut_frames, probability, params)
+        # probability x 255, rounded, nearest-upscaled 8x: constant 8x8 blocks, no refinement.
+        low = np.floor(probability[:, 0].astype(np.float64) * 255 + 0.5)
+        np.testing.assert_array_equal(mask, low.repeat(8, axis=1).repeat(8, axis=2))
+
+    @pytest.mark.parametrize(
+        "params",
+        [
+            BlurParams(),
+            BlurParams(bilateral_diameter=9, bilateral_sigma_color=20.0, bilateral_sigma_space=3.0),
+        ],
+        ids=["default", "d9"],
+    )
+    def test_refinement_is_the_joint_bilateral_of_the_upscaled_mask_guided_by_grey(
+        self, postprocess: Postprocess, astronaut_frames: np.ndarray, params: BlurParams
+    ) -> None:
+        probability = box_probability(2)
+        _, mask = postprocess(astronaut_frames, probability, params)
+        expected = reference_mask(astronaut_frames, probability, params, cv2.INTER_NEAREST)
+        np.testing.assert_array_equal(mask, expected)
+        _, raw = postprocess(astronaut_frames, probability, NO_REFINEMENT)
+        assert (mask != raw).any()
+
+    def test_hard_mask_has_only_0_and_255(
+        self, postprocess: Postprocess, astronaut_frames: np.ndarray, rng: np.random.Generator
+    ) -> None:
+        probability = rng.random((2, 1, 64, 64)).astype(np.float16)
+        params = BlurParams(soft_mask=False, bilateral_diameter=0, mask_threshold=0.3)
+        _, mask = postprocess(astronaut_frames, probability, params)
+        assert set(np.unique(mask).tolist()) == {0, 255}
+        expected = reference_mask(astronaut_frames, probability, params, cv2.INTER_NEAREST)
+        np.testing.assert_array_equal(mask, expected)
+
+    @pytest.mark.parametrize(
+        ("params", "level"),
+        [
+            (BlurParams(), 77),  # float16(0.3) * 255 = 76.51
+            (BlurParams(soft_mask=False), 0),
+            (BlurParams(soft_mask=False, mask_threshold=0.25), 255),
+        ],
+        ids=["soft", "hard_below", "hard_above"],
+    )
+    def test_uniform_probability_gives_a_uniform_mask(
+        self, postprocess: Postprocess, astronaut_frames: np.ndarray, params: BlurParams, level: int
+    ) -> None:
+        probability = np.full((2, 1, 64, 64), 0.3, np.float16)
+        _, mask = postprocess(astronaut_frames, probability, params)
+        assert (mask == level).all()
+
+    def test_linear_mask_interpolation(
+        self, astronaut_frames: np.ndarray, rng: np.random.Generator
+    ) -> None:
+        postprocess = Postprocess(Device("cpu"), mask_interpolation="linear")
+        probability = rng.random((2, 1, 64, 64)).astype(np.float16)
+        for params in (NO_REFINEMENT, BlurParams()):
+            _, mask = postprocess(astronaut_frames, probability, params)
+            expected = reference_mask(astronaut_frames, probability, params, cv2.INTER_LINEAR)
+            np.testing.assert_array_equal(mask, expected)
+
+    @pytest.mark.parametrize(
+        ("working_hw", "ksize", "sigma"),
+        [((224, 224), 1, 1.0), ((100, 180), 15, 5.0), ((31, 17), 99, 100.0)],
+    )
+    def test_background_follows_the_working_size_and_blur_params(
+        self, working_hw: tuple[int, int], ksize: int, sigma: float
+    ) -> None:
+        frames = skimage.data.chelsea()[None]
+        postprocess = Postprocess(Device("cpu"), blur_working_hw=working_hw)
+        probability = np.zeros((1, 1, 64, 64), np.float16)
+        blurred, _ = postprocess(
+            frames, probability, BlurParams(blur_ksize=ksize, blur_sigma=sigma)
+        )
+        np.testing.assert_array_equal(
+            blurred, reference_background(frames, working_hw, ksize, sigma)
+        )
+
+    @pytest.mark.parametrize("batch", [1, 3])
+    @pytest.mark.parametrize("hw", [(1, 1), (7, 13), (1, 1919)])
+    def test_odd_sizes_match_the_reference(
+        self, postprocess: Postprocess, rng: np.random.Generator, batch: int, hw: tuple[int, int]
+    ) -> None:
+        frames = rng.integers(0, 256, (batch, *hw, 3), dtype=np.uint8)
+        probability = rng.random((batch, 1, 5, 9)).astype(np.float16)
+        blurred, mask = postprocess(frames, probability, BlurParams())
+        params = BlurParams()
+        np.testing.assert_array_equal(
+            mask, reference_mask(frames, probability, params, cv2.INTER_NEAREST)
+        )
+        background = reference_background(frames, (224, 224), 15, 5.0)
+        assert np.abs(blurred.astype(int) - float_composite(frames, background, mask)).max() <= 1
+
+    def test_large_frame_keeps_the_centre_sharp(
+        self, postprocess: Postprocess, rng: np.random.Generator
+    ) -> None:
+        frames = rng.integers(0, 256, (1, 1081, 1921, 3), dtype=np.uint8)
+        blurred, mask = postprocess(frames, box_probability(1), BlurParams())
+        np.testing.assert_array_equal(blurred[0, 400:700, 700:1200], frames[0, 400:700, 700:1200])
+        assert (mask[0, :200] == 0).all()
+
+    def test_noncontiguous(
+        self, postprocess: Postprocess, astronaut_frames: np.ndarray, rng: np.random.Generator
+    ) -> None:
+        frames = astronaut_frames[:, ::2, 1::3]
+        probability = rng.random((2, 2, 64, 64)).astype(np.float16)[:, 1:]
+        assert not frames.flags.c_contiguous and not probability.flags.c_contiguous
+        blurred, mask = postprocess(frames, probability, BlurParams())
+        expected_blurred, expected_mask = postprocess(
+            np.ascontiguousarray(frames), np.ascontiguousarray(probability), BlurParams()
+        )
+        np.testing.assert_array_equal(mask, expected_mask)
+        np.testing.assert_array_equal(blurred, expected_blurred)
+        np.testing.assert_array_equal(
+            mask,
+            reference_mask(
+                np.ascontiguousarray(frames), probability, BlurParams(), cv2.INTER_NEAREST
+            ),
+        )
+
+    def test_leaves_its_inputs_untouched(
+        self, postprocess: Postprocess, rng: np.random.Generator
+    ) -> None:
+        frames = rng.integers(0, 256, (3, 7, 13, 3), dtype=np.uint8)
+        probability = rng.random((3, 1, 5, 9)).astype(np.float16)
+        before = frames.copy(), probability.copy()
+        postprocess(frames, probability, BlurParams())
+        np.testing.assert_array_equal(frames, before[0])
+        np.testing.assert_array_equal(probability, before[1])
+
+    def test_exception_when_batch_sizes_differ(
+        self, postprocess: Postprocess, rng: np.random.Generator
+    ) -> None:
+        frames = rng.integers(0, 256, (2, 7, 13, 3), dtype=np.uint8)
+        with pytest.raises(ValueError, match="frames and probability batch sizes differ: 2 vs 1"):
+            postprocess(frames, box_probability(1), BlurParams())
+
+    @pytest.mark.parametrize("interpolation", ["cubic", "Nearest", ""])
+    def test_exception_when_mask_interpolation_is_unknown(self, interpolation: str) -> None:
+        with pytest.raises(
+            ValueError, match=f"mask_interpolation must be nearest or linear, got '{interpolation}'"
+        ):
+            Postprocess(Device("cpu"), mask_interpolation=interpolation)
+
+    @pytest.mark.parametrize("working_hw", [(0, 224), (224, 0), (-1, 5)])
+    def test_exception_when_blur_working_size_is_not_positive(
+        self, working_hw: tuple[int, int]
+    ) -> None:
+        with pytest.raises(ValueError, match="blur_working_hw must be positive"):
+            Postprocess(Device("cpu"), blur_working_hw=working_hw)
+
+    def test_exception_when_a_cpu_stage_gets_a_torch_tensor(
+        self, postprocess: Postprocess, rng: np.random.Generator
+    ) -> None:
+        frames = rng.integers(0, 256, (1, 7, 13, 3), dtype=np.uint8)
+        probability = torch.from_numpy(box_probability(1))
+        with pytest.raises(TypeError, match="a CPU stage got a Tensor"):
+            postprocess(frames, probability, BlurParams())

@@ -1,0 +1,98 @@
+"""Preprocess on the CPU: frames -> ``[B, 3, h, w]`` float16 network input of the spec's size and
+normalization, checked against ``(cv2.resize(frame) / 255 - mean) / std``."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+
+from bgblur.device import Device
+from bgblur.models.registry import SegmentationModelSpec, get_model_spec
+from bgblur.stages.preprocess import Preprocess
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(20240617)
+
+
+@pytest.fixture
+def preprocess() -> Preprocess:
+    return Preprocess(get_model_spec("fixed_ellipse"), Device("cpu"))
+
+
+def reference(frames: np.ndarray, out_hw: tuple[int, int], mean: tuple, std: tuple) -> np.ndarray:
+    h, w = out_hw
+    result = []
+    for frame in frames:
+        resized = cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float64)
+        result.append(((resized / 255 - np.array(mean)) / np.array(std)).transpose(2, 0, 1))
+    return np.stack(result)
+
+
+class TestPreprocess:
+    @pytest.mark.parametrize("batch", [1, 3])
+    @pytest.mark.parametrize("hw", [(1, 1), (7, 13), (512, 512)])
+    def test_fixed_ellipse_input_is_batch_x_3_x_64_x_64_float16(
+        self, preprocess: Preprocess, rng: np.random.Generator, batch: int, hw: tuple[int, int]
+    ) -> None:
+        frames = rng.integers(0, 256, (batch, *hw, 3), dtype=np.uint8)
+        out = preprocess(frames)
+        assert isinstance(out, np.ndarray)
+        assert out.shape == (batch, 3, 64, 64)
+        assert out.dtype == np.float16
+
+    def test_fixed_ellipse_input_is_the_resized_frame_scaled_to_minus_one_to_one(
+        self, preprocess: Preprocess, astronaut_frames: np.ndarray
+    ) -> None:
+        out = preprocess(astronaut_frames)
+        expected = reference(astronaut_frames, (64, 64), (0.5,) * 3, (0.5,) * 3)
+        np.testing.assert_allclose(out.astype(np.float64), expected, atol=1e-3)
+        assert out.min() >= -1.0 and out.max() <= 1.0
+
+    def test_black_and_white_frames_give_minus_one_and_one(self, preprocess: Preprocess) -> None:
+        frames = np.zeros((2, 7, 13, 3), np.uint8)
+        frames[1] = 255
+        out = preprocess(frames)
+        assert (out[0] == -1.0).all()
+        assert (out[1] == 1.0).all()
+
+    def test_a_non_square_spec_gives_its_height_and_width_and_per_channel_normalization(
+        self,
+    ) -> None:
+        spec = SegmentationModelSpec(
+            name="test_spec",
+            input_hw=(9, 17),
+            mean=(0.1, 0.2, 0.3),
+            std=(0.5, 0.25, 2.0),
+            weights="none",
+            build=lambda cache_dir: None,  # type: ignore[arg-type,return-value]
+        )
+        frames = skimage.data.chelsea()[None]
+        out = Preprocess(spec, Device("cpu"))(frames)
+        assert out.shape == (1, 3, 9, 17)
+        expected = reference(frames, (9, 17), spec.mean, spec.std)
+        np.testing.assert_allclose(out.astype(np.float64), expected, atol=4e-3)
+
+    def test_noncontiguous(self, preprocess: Preprocess, astronaut_frames: np.ndarray) -> None:
+        frames = astronaut_frames[:, 1::3, ::-2]
+        assert not frames.flags.c_contiguous
+        out = preprocess(frames)
+        expected = reference(np.ascontiguousarray(frames), (64, 64), (0.5,) * 3, (0.5,) * 3)
+        np.testing.assert_allclose(out.astype(np.float64), expected, atol=1e-3)
+
+    def test_leaves_the_frames_untouched(
+        self, preprocess: Preprocess, rng: np.random.Generator
+    ) -> None:
+        frames = rng.integers(0, 256, (3, 7, 13, 3), dtype=np.uint8)
+        before = frames.copy()
+        preprocess(frames)
+        np.testing.assert_array_equal(frames, before)
+
+    def test_exception_when_a_cpu_stage_gets_something_else_than_numpy(
+        self, preprocess: Preprocess
+    ) -> None:
+        with pytest.raises(TypeError, match="a CPU stage got a list"):
+            preprocess([[[[0, 0, 0]]]])
