@@ -1,0 +1,183 @@
+"""End-to-end throughput and latency of the served ensemble, and of the in-process pipeline.
+
+Starts the embedded Triton server (or uses ``--url``), sends real frames (scikit-image's
+astronaut photo resized to each size) and prints/records, per (size, batch, concurrency):
+latency p50/p90/p99 per request and frames/s. ``--in-process`` also times the library pipeline
+without Triton on the same device (the stages alone) and the CPU pipeline (OpenCV pre/post on the
+CPU, the network with torch on the best device: the seed's CPU baseline shape).
+
+    python bench/e2e.py --sizes 720p,1080p --batches 1,4 --concurrency 1,4 --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime
+import json
+import platform
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import skimage.data
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+
+SIZES = {"360p": (360, 640), "720p": (720, 1280), "1080p": (1080, 1920), "4k": (2160, 3840)}
+
+
+def frames_of(size: str, batch: int) -> np.ndarray:
+    height, width = SIZES[size]
+    photo = cv2.resize(skimage.data.astronaut(), (width, height), interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(np.broadcast_to(photo, (batch, height, width, 3)))
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def run_served(
+    url: str, protocol: str, frames: np.ndarray, concurrency: int, seconds: float
+) -> dict:
+    module = grpcclient if protocol == "grpc" else httpclient
+    latencies: list[float] = []
+    lock = threading.Lock()
+    deadline = time.perf_counter() + seconds
+
+    def worker() -> int:
+        client = module.InferenceServerClient(url)
+        tensor = module.InferInput("FRAMES", list(frames.shape), "UINT8")
+        tensor.set_data_from_numpy(frames)
+        outputs = [module.InferRequestedOutput("BLURRED")]
+        done = 0
+        client.infer("background_blur", [tensor], outputs=outputs)  # warm-up
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            result = client.infer("background_blur", [tensor], outputs=outputs)
+            result.as_numpy("BLURRED")
+            with lock:
+                latencies.append(time.perf_counter() - start)
+            done += 1
+        client.close()
+        return done
+
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        requests = sum(pool.map(lambda _: worker(), range(concurrency)))
+    elapsed = time.perf_counter() - start
+    return {
+        "requests": requests,
+        "frames_per_s": requests * frames.shape[0] / elapsed,
+        "latency_ms_p50": 1e3 * percentile(latencies, 50),
+        "latency_ms_p90": 1e3 * percentile(latencies, 90),
+        "latency_ms_p99": 1e3 * percentile(latencies, 99),
+    }
+
+
+def run_in_process(pipeline: Any, frames: np.ndarray, seconds: float) -> dict:
+    pipeline(frames)  # warm-up (CUDA graphs, kernel compilation)
+    latencies = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        blurred, _ = pipeline(frames)
+        if hasattr(blurred, "get"):
+            blurred.get()
+        latencies.append(time.perf_counter() - start)
+    return {
+        "requests": len(latencies),
+        "frames_per_s": len(latencies) * frames.shape[0] / sum(latencies),
+        "latency_ms_p50": 1e3 * percentile(latencies, 50),
+        "latency_ms_p99": 1e3 * percentile(latencies, 99),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", help="a running server (default: start the embedded one)")
+    parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    parser.add_argument("--model", default=None, help="segmentation network")
+    parser.add_argument("--sizes", default="720p,1080p")
+    parser.add_argument("--batches", default="1,4")
+    parser.add_argument("--concurrency", default="1,4")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--in-process", action="store_true", help="also time the library alone")
+    parser.add_argument("--out", type=Path, help="JSON file for the results")
+    args = parser.parse_args()
+
+    from bgblur.device import Device, cuda_device_count
+    from bgblur.launcher import TritonServer
+    from bgblur.models.registry import DEFAULT_MODEL
+
+    model = args.model or DEFAULT_MODEL
+    server = None
+    url = args.url
+    if url is None:
+        server = TritonServer(device=args.device, segmentation_model=model).start()
+        url = server.grpc_url if args.protocol == "grpc" else server.http_url
+    device = server.device if server else args.device
+    report: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "gpu": _gpu_name(),
+        "device": device,
+        "model": model,
+        "protocol": args.protocol,
+        "command": "python bench/e2e.py " + " ".join(_argv()),
+        "served": [],
+        "in_process": [],
+    }
+    try:
+        for size in args.sizes.split(","):
+            for batch in map(int, args.batches.split(",")):
+                frames = frames_of(size, batch)
+                for concurrency in map(int, args.concurrency.split(",")):
+                    row = {"size": size, "batch": batch, "concurrency": concurrency}
+                    row |= run_served(url, args.protocol, frames, concurrency, args.seconds)
+                    report["served"].append(row)
+                    print(json.dumps(row), flush=True)
+    finally:
+        if server is not None:
+            server.stop()
+
+    if args.in_process:
+        from bgblur.pipeline import BackgroundBlurPipeline
+
+        targets = [("cpu", Device("cpu"))]
+        if cuda_device_count():
+            targets.append(("gpu", Device("gpu", 0)))
+        for name, dev in targets:
+            pipeline = BackgroundBlurPipeline(model, dev)
+            for size in args.sizes.split(","):
+                for batch in map(int, args.batches.split(",")):
+                    row = {"pipeline": name, "size": size, "batch": batch}
+                    row |= run_in_process(pipeline, frames_of(size, batch), args.seconds)
+                    report["in_process"].append(row)
+                    print(json.dumps(row), flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _argv() -> list[str]:
+    import sys
+
+    return sys.argv[1:]
+
+
+def _gpu_name() -> str | None:
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    except Exception:
+        return None
+
+
+if __name__ == "__main__":
+    main()
