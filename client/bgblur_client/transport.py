@@ -1,0 +1,372 @@
+"""Talk to the ``background_blur`` ensemble on Triton over gRPC or HTTP.
+
+:class:`BlurClient` checks on construction that the server is live and the model ready, so
+a wrong URL or model name fails at once with a clear :class:`~bgblur_client.errors.ClientError`
+instead of on the first frame. :meth:`BlurClient.blur` sends one batch and waits;
+:meth:`BlurClient.blur_batches` keeps several batches in flight on worker threads (one
+tritonclient connection per thread, since the HTTP client is not thread-safe) so the
+caller's decoding and encoding overlap with inference, and yields results in input order.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from bgblur_client.errors import (
+    ClientError,
+    ModelNotFoundError,
+    RequestRejectedError,
+    ServerUnreachableError,
+)
+
+ProtocolName = Literal["grpc", "http"]
+ParameterValue = bool | int | float | str
+
+PROTOCOLS: tuple[ProtocolName, ...] = ("grpc", "http")
+DEFAULT_MODEL = "background_blur"
+DEFAULT_TIMEOUT_S = 60.0
+# Health and metadata calls are tiny: an unroutable host should fail fast, not after a
+# generous inference timeout.
+_HEALTH_TIMEOUT_S = 10.0
+
+INPUT_FRAMES = "FRAMES"
+OUTPUT_BLURRED = "BLURRED"
+OUTPUT_MASK = "MASK"
+
+
+def default_url(protocol: ProtocolName) -> str:
+    """Triton's default local endpoint for ``protocol`` (gRPC 8001, HTTP 8000)."""
+    return {"grpc": "localhost:8001", "http": "localhost:8000"}[protocol]
+
+
+@dataclass(frozen=True)
+class BlurResult:
+    """What the server returned for one request.
+
+    The batch dimension matches the input: a single ``[H, W, 3]`` frame gives
+    ``blurred_nhwc_u8`` of shape ``[H, W, 3]`` and ``mask_nhw_u8`` of shape ``[H, W]``;
+    a batch ``[B, H, W, 3]`` gives ``[B, H, W, 3]`` and ``[B, H, W]``.
+
+    Attributes:
+        blurred_nhwc_u8: uint8 RGB frames with the background blurred.
+        mask_nhw_u8: uint8 foreground probability x255, or ``None`` unless requested.
+    """
+
+    blurred_nhwc_u8: np.ndarray
+    mask_nhw_u8: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class _PreparedBatch:
+    frames_nhwc_u8: np.ndarray
+    single_frame: bool
+
+
+class BlurClient:
+    """A connection to the background-blur ensemble on one Triton server.
+
+    Args:
+        url: ``host:port`` without a scheme, e.g. ``"localhost:8001"``.
+        protocol: ``"grpc"`` or ``"http"``; the port must be the server's port for it.
+        model: Name of the ensemble model.
+        timeout_s: Longest wait for one inference request, in seconds.
+
+    Attributes:
+        max_batch_size: The model's ``max_batch_size`` from its config (0: no batching).
+
+    Raises:
+        ServerUnreachableError: Nothing answers at ``url`` over ``protocol``.
+        ModelNotFoundError: The server is up but ``model`` is not ready.
+        ClientError: ``url`` is not ``host:port``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        protocol: ProtocolName = "grpc",
+        model: str = DEFAULT_MODEL,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        _check_host_port(url)
+        self.url = url
+        self.protocol: ProtocolName = protocol
+        self.model = model
+        self.timeout_s = timeout_s
+        self._client = self._connect()
+        try:
+            self.max_batch_size = self._check_ready()
+        except BaseException:
+            self._client.close()
+            raise
+
+    def __enter__(self) -> BlurClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection; the client cannot be used afterwards."""
+        self._client.close()
+
+    def blur(
+        self,
+        frames_nhwc_u8: np.ndarray,
+        *,
+        want_mask: bool = False,
+        parameters: Mapping[str, ParameterValue] | None = None,
+    ) -> BlurResult:
+        """Blur the background of one batch of frames and wait for the answer.
+
+        Args:
+            frames_nhwc_u8: uint8 RGB frames ``[B, H, W, 3]`` (B <= ``max_batch_size``),
+                or a single frame ``[H, W, 3]``.
+            want_mask: Also return the refined foreground mask.
+            parameters: Optional server parameters, e.g. ``{"blur_ksize": 31}``.
+
+        Returns:
+            A :class:`BlurResult` with the same batch layout as the input.
+
+        Raises:
+            ValueError: The array is not uint8 RGB or the batch is too large.
+            RequestRejectedError: The server refused the request (e.g. a bad parameter).
+            ServerUnreachableError: The connection was lost.
+            ClientError: No answer within ``timeout_s``.
+        """
+        batch = self._prepare(frames_nhwc_u8)
+        return self._infer(self._client, batch, want_mask, parameters)
+
+    def blur_batches(
+        self,
+        batches: Iterable[np.ndarray],
+        *,
+        in_flight: int = 2,
+        want_mask: bool = False,
+        parameters: Mapping[str, ParameterValue] | None = None,
+    ) -> Iterator[BlurResult]:
+        """Blur a stream of batches with up to ``in_flight`` requests outstanding.
+
+        ``batches`` is consumed lazily, so work done while producing a batch (decoding)
+        or while handling a yielded result (encoding) overlaps with inference. Results are
+        yielded in input order. Closing the generator early cancels requests not yet sent
+        and waits for those already running.
+
+        Args:
+            batches: Arrays as accepted by :meth:`blur` (``[B, H, W, 3]`` or ``[H, W, 3]``).
+            in_flight: Most requests outstanding at once (>= 1).
+            want_mask: Also return the refined foreground masks.
+            parameters: Optional server parameters, applied to every request.
+
+        Yields:
+            One :class:`BlurResult` per input batch, in order.
+
+        Raises:
+            Same as :meth:`blur`, when the failing batch's result is reached.
+        """
+        if in_flight < 1:
+            raise ValueError(f"in_flight must be >= 1, got {in_flight}")
+        connections = _PerThreadConnections(self._connect)
+        pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="bgblur-infer")
+        pending: deque[Future[BlurResult]] = deque()
+
+        def infer_on_worker(batch: _PreparedBatch) -> BlurResult:
+            return self._infer(connections.get(), batch, want_mask, parameters)
+
+        try:
+            for frames in batches:
+                batch = self._prepare(frames)
+                if len(pending) == in_flight:
+                    yield pending.popleft().result()
+                pending.append(pool.submit(infer_on_worker, batch))
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            connections.close()
+
+    def _connect(self) -> grpcclient.InferenceServerClient | httpclient.InferenceServerClient:
+        if self.protocol == "grpc":
+            return grpcclient.InferenceServerClient(self.url)
+        return httpclient.InferenceServerClient(
+            self.url,
+            connection_timeout=min(self.timeout_s, _HEALTH_TIMEOUT_S),
+            network_timeout=self.timeout_s,
+        )
+
+    def _check_ready(self) -> int:
+        """Check liveness and model readiness; return the model's max_batch_size."""
+        grpc_kwargs: dict[str, Any] = (
+            {"client_timeout": min(self.timeout_s, _HEALTH_TIMEOUT_S)}
+            if self.protocol == "grpc"
+            else {}
+        )
+        try:
+            live = self._client.is_server_live(**grpc_kwargs)
+        # Connection failures surface as tritonclient, socket, gevent or HTTP-parser errors
+        # (the last when the port speaks the other protocol); all mean "not reachable".
+        except Exception as exc:
+            raise ServerUnreachableError(
+                f"cannot reach Triton at {self.url} over {self.protocol}: {_describe(exc)}"
+                " — is the server running? (make serve)"
+            ) from exc
+        if not live:
+            raise ServerUnreachableError(f"Triton at {self.url} answers but is not live")
+        try:
+            if not self._client.is_model_ready(self.model, **grpc_kwargs):
+                raise ModelNotFoundError(self._model_not_ready_message(grpc_kwargs))
+            if self.protocol == "grpc":
+                config = self._client.get_model_config(self.model, as_json=True, **grpc_kwargs)
+                config = config["config"]
+            else:
+                config = self._client.get_model_config(self.model)
+        except InferenceServerException as exc:
+            raise ClientError(
+                f"cannot query model {self.model!r} on {self.url}: {_describe(exc)}"
+            ) from exc
+        return int(config.get("max_batch_size", 0))
+
+    def _model_not_ready_message(self, grpc_kwargs: dict[str, Any]) -> str:
+        if self.protocol == "grpc":
+            index = self._client.get_model_repository_index(as_json=True, **grpc_kwargs)
+            entries = index.get("models", [])
+        else:
+            entries = self._client.get_model_repository_index()
+        available = sorted({e["name"] for e in entries if e.get("state") == "READY"})
+        own = next((e for e in entries if e["name"] == self.model), None)
+        state = ""
+        if own is not None:  # known to the server but not loaded: say why
+            state = f" ({own.get('state', 'UNKNOWN')}: {own.get('reason') or 'no reason given'})"
+        return f"model {self.model!r} is not ready on {self.url}{state}; available: {available}"
+
+    def _prepare(self, frames_nhwc_u8: np.ndarray) -> _PreparedBatch:
+        if not isinstance(frames_nhwc_u8, np.ndarray):
+            raise ValueError(f"frames must be a numpy array, got {type(frames_nhwc_u8).__name__}")
+        if frames_nhwc_u8.dtype != np.uint8:
+            raise ValueError(f"frames must be uint8 RGB, got dtype {frames_nhwc_u8.dtype}")
+        single_frame = frames_nhwc_u8.ndim == 3
+        batch = frames_nhwc_u8[np.newaxis] if single_frame else frames_nhwc_u8
+        if batch.ndim != 4 or batch.shape[-1] != 3 or 0 in batch.shape:
+            raise ValueError(
+                "frames must be RGB [B, H, W, 3] or a single frame [H, W, 3], "
+                f"got shape {list(frames_nhwc_u8.shape)}"
+            )
+        if 0 < self.max_batch_size < batch.shape[0]:
+            raise ValueError(
+                f"batch of {batch.shape[0]} frames exceeds model {self.model!r}'s "
+                f"max_batch_size {self.max_batch_size}"
+            )
+        return _PreparedBatch(np.ascontiguousarray(batch), single_frame)
+
+    def _infer(
+        self,
+        client: grpcclient.InferenceServerClient | httpclient.InferenceServerClient,
+        batch: _PreparedBatch,
+        want_mask: bool,
+        parameters: Mapping[str, ParameterValue] | None,
+    ) -> BlurResult:
+        module = grpcclient if self.protocol == "grpc" else httpclient
+        frames = batch.frames_nhwc_u8
+        infer_input = module.InferInput(INPUT_FRAMES, list(frames.shape), "UINT8")
+        infer_input.set_data_from_numpy(frames)
+        output_names = [OUTPUT_BLURRED, OUTPUT_MASK] if want_mask else [OUTPUT_BLURRED]
+        outputs = [module.InferRequestedOutput(name) for name in output_names]
+        timeout_kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+        try:
+            response = client.infer(
+                self.model,
+                [infer_input],
+                outputs=outputs,
+                parameters=dict(parameters) if parameters else None,
+                **timeout_kwargs,
+            )
+        except InferenceServerException as exc:
+            raise self._translate_infer_error(exc) from exc
+        except TimeoutError as exc:
+            raise self._timeout_error() from exc
+        except OSError as exc:
+            raise ServerUnreachableError(
+                f"lost the connection to Triton at {self.url}: {_describe(exc)}"
+            ) from exc
+
+        blurred = response.as_numpy(OUTPUT_BLURRED)
+        mask = response.as_numpy(OUTPUT_MASK) if want_mask else None
+        if blurred is None or blurred.shape != frames.shape or blurred.dtype != np.uint8:
+            got = "nothing" if blurred is None else f"{blurred.dtype} {list(blurred.shape)}"
+            raise ClientError(
+                f"server returned {got} for {OUTPUT_BLURRED}, expected uint8 {list(frames.shape)}"
+            )
+        if want_mask and (mask is None or mask.shape != frames.shape[:3]):
+            got = "nothing" if mask is None else str(list(mask.shape))
+            raise ClientError(
+                f"server returned {got} for {OUTPUT_MASK}, expected {list(frames.shape[:3])}"
+            )
+        if batch.single_frame:
+            return BlurResult(blurred[0], None if mask is None else mask[0])
+        return BlurResult(blurred, mask)
+
+    def _translate_infer_error(self, exc: InferenceServerException) -> ClientError:
+        status = exc.status()
+        if status is None:  # raised by tritonclient itself before sending
+            return ClientError(f"invalid request: {_describe(exc)}")
+        if status == "StatusCode.UNAVAILABLE":
+            return ServerUnreachableError(
+                f"lost the connection to Triton at {self.url}: {_describe(exc)}"
+            )
+        if status == "StatusCode.DEADLINE_EXCEEDED":
+            return self._timeout_error()
+        return RequestRejectedError(exc.message() or str(exc), status)
+
+    def _timeout_error(self) -> ClientError:
+        return ClientError(f"no answer from Triton at {self.url} within {self.timeout_s:g} s")
+
+
+class _PerThreadConnections:
+    """Lazily opens one tritonclient connection per worker thread; closes them all."""
+
+    def __init__(self, connect: Callable[[], Any]) -> None:
+        self._connect = connect
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._opened: list[Any] = []
+
+    def get(self) -> Any:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._connect()
+            self._local.client = client
+            with self._lock:
+                self._opened.append(client)
+        return client
+
+    def close(self) -> None:
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for client in opened:
+            client.close()
+
+
+def _check_host_port(url: str) -> None:
+    """Raise :class:`ClientError` unless ``url`` is ``host:port`` (IPv6 hosts in brackets)."""
+    host, _, port = url.rpartition(":")
+    if not host or "/" in url or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ClientError(f"the server URL must be host:port, e.g. localhost:8001; got {url!r}")
+
+
+def _describe(exc: BaseException) -> str:
+    """One-line text of an exception, falling back to its type when it has no message."""
+    text = (exc.message() if isinstance(exc, InferenceServerException) else None) or str(exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
