@@ -89,9 +89,9 @@ def joint_bilateral_filter_numpy(
     guide_padded = cv2.copyMakeBorder(
         guide_hw_u8, radius, radius, radius, radius, cv2.BORDER_REFLECT_101
     ).astype(np.int32)
-    color_weight = np.exp(
-        np.arange(256, dtype=np.float32) ** 2 * np.float32(-0.5 / sigma_color**2)
-    ).astype(np.float32)
+    color_weight = np.exp(np.arange(256, dtype=np.float64) ** 2 * (-0.5 / sigma_color**2)).astype(
+        np.float32
+    )
     height, width = mask_hw_u8.shape
     centre = guide_hw_u8.astype(np.int32)
     total = np.zeros((height, width), np.float32)
@@ -106,4 +106,4 @@ def joint_bilateral_filter_numpy(
             weight = space * color_weight[np.abs(guide_padded[rows, cols] - centre)]
             total += weight * mask_padded[rows, cols]
             weights += weight
-    return np.clip(np.rint(total / weights), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(total * (np.float32(1) / weights)), 0, 255).astype(np.uint8)

@@ -1,0 +1,144 @@
+// Resizes with OpenCV's conventions (imgproc/src/resize.cpp), for uint8 images addressed
+// through element strides. The scales are passed as doubles computed on the host exactly as
+// OpenCV computes them: scale = 1. / ((double)dst_size / src_size).
+//
+// INTER_LINEAR on CV_8U (hal::resize + resizeGeneric_, HResizeLinear / VResizeLinear):
+//   fx = (float)((dx + 0.5) * scale - 0.5); sx = floor(fx); fx -= sx;
+//   columns: sx < 0 -> (sx, fx) = (0, 0); sx >= W - 1 -> (sx, fx) = (W - 1, 0);
+//   rows: sy is NOT clamped with fy; the two rows read are clip(sy) and clip(sy + 1);
+//   weights are 11-bit fixed point: w0 = round((1 - f) * 2048), w1 = round(f * 2048) (half even);
+//   horizontal: S = src[sx] * a0 + src[sx + 1] * a1 (int, 11 fractional bits);
+//   vertical: OpenCV's SIMD VResizeLinearVec_32s8u, which covers every pixel of a row:
+//     out = ((((S0 >> 4) * b0) >> 16) + (((S1 >> 4) * b1) >> 16) + 2) >> 2, saturated to u8
+//   (not the exact (S0*b0 + S1*b1 + 2^21) >> 22 of the scalar path: the two differ by 1 LSB on
+//   ~10% of pixels and cv2.resize returns the SIMD one; verified bit-exact against cv2 4.11).
+// INTER_NEAREST (resizeNN): sx = min(floor(dx * scale), W - 1), computed in double.
+#include "common.cuh"
+
+struct LinearTap {
+    int i0, i1;  // source indices (already clamped into the image)
+    int w0, w1;  // 11-bit fixed-point weights, w0 + w1 == 2048
+};
+
+__device__ __forceinline__ LinearTap linear_tap(int d, double scale, int n, bool clamp_weight) {
+    float f = __double2float_rn(__dadd_rn(__dmul_rn((double)d + 0.5, scale), -0.5));
+    int s = (int)floorf(f);
+    f = __fsub_rn(f, (float)s);
+    if (clamp_weight) {  // columns: HResizeLinear's xmin / xmax handling
+        if (s < 0) { s = 0; f = 0.f; }
+        if (s >= n - 1) { s = n - 1; f = 0.f; }
+    }
+    LinearTap t;
+    t.i0 = clamp_int(s, 0, n - 1);
+    t.i1 = clamp_int(s + 1, 0, n - 1);
+    t.w0 = __float2int_rn(__fmul_rn(__fsub_rn(1.f, f), 2048.f));  // saturate_cast<short>
+    t.w1 = __float2int_rn(__fmul_rn(f, 2048.f));
+    return t;
+}
+
+__device__ __forceinline__ int linear_vertical(int s0, int s1, const LinearTap& ty) {
+    const int v = (((s0 >> 4) * ty.w0) >> 16) + (((s1 >> 4) * ty.w1) >> 16);
+    return clamp_int((v + 2) >> 2, 0, 255);
+}
+
+// One output pixel (all channels) per thread; grid (ceil(w / bx), ceil(h / by), B).
+extern "C" __global__ void resize_linear_u8(
+    const u8* __restrict__ src, u8* __restrict__ dst,
+    int H, int W, int C, int h, int w, double scale_x, double scale_y,
+    i64 s_b, i64 s_y, i64 s_x, i64 s_c,
+    i64 d_b, i64 d_y, i64 d_x, i64 d_c)
+{
+    const int x = blockIdx.x * blockDim.x + threadIdx.x;
+    const int y = blockIdx.y * blockDim.y + threadIdx.y;
+    if (x >= w || y >= h) return;
+    const i64 b = blockIdx.z;
+    const LinearTap tx = linear_tap(x, scale_x, W, true);
+    const LinearTap ty = linear_tap(y, scale_y, H, false);
+    const u8* r0 = src + b * s_b + ty.i0 * s_y;
+    const u8* r1 = src + b * s_b + ty.i1 * s_y;
+    const i64 o0 = tx.i0 * s_x, o1 = tx.i1 * s_x;
+    u8* o = dst + b * d_b + y * d_y + x * d_x;
+    for (int c = 0; c < C; ++c) {
+        const i64 oc = c * s_c;
+        const int s0 = __ldg(r0 + o0 + oc) * tx.w0 + __ldg(r0 + o1 + oc) * tx.w1;
+        const int s1 = __ldg(r1 + o0 + oc) * tx.w0 + __ldg(r1 + o1 + oc) * tx.w1;
+        o[c * d_c] = (u8)linear_vertical(s0, s1, ty);
+    }
+}
+
+// One output pixel per thread; grid (ceil(w / bx), ceil(h / by), B).
+extern "C" __global__ void resize_nearest_u8(
+    const u8* __restrict__ src, u8* __restrict__ dst,
+    int H, int W, int C, int h, int w, double scale_x, double scale_y,
+    i64 s_b, i64 s_y, i64 s_x, i64 s_c,
+    i64 d_b, i64 d_y, i64 d_x, i64 d_c)
+{
+    const int x = blockIdx.x * blockDim.x + threadIdx.x;
+    const int y = blockIdx.y * blockDim.y + threadIdx.y;
+    if (x >= w || y >= h) return;
+    const i64 b = blockIdx.z;
+    const int sx = min((int)floor(__dmul_rn((double)x, scale_x)), W - 1);
+    const int sy = min((int)floor(__dmul_rn((double)y, scale_y)), H - 1);
+    const u8* p = src + b * s_b + sy * s_y + sx * s_x;
+    u8* o = dst + b * d_b + y * d_y + x * d_x;
+    for (int c = 0; c < C; ++c) o[c * d_c] = __ldg(p + c * s_c);
+}
+
+// Model-input preprocessing in one pass: NHWC uint8 RGB -> bilinear resize (as above, so the
+// uint8 intermediate equals cv2.resize's) -> v * scale[c] + bias[c] in float32 (one rounding per
+// operation, as numpy's `chw * scale + bias`) -> NCHW float32 or float16 (round to nearest even).
+// One output pixel (3 channels, 3 planes) per thread; writes are coalesced along x in each plane.
+template <bool HALF>
+__device__ __forceinline__ void resize_normalize_nchw(
+    const u8* __restrict__ src, void* __restrict__ dst_,
+    int H, int W, int h, int w, double scale_x, double scale_y,
+    float sc0, float sc1, float sc2, float bi0, float bi1, float bi2,
+    i64 s_b, i64 s_y, i64 s_x, i64 s_c,
+    i64 d_b, i64 d_c, i64 d_y, i64 d_x)
+{
+    const int x = blockIdx.x * blockDim.x + threadIdx.x;
+    const int y = blockIdx.y * blockDim.y + threadIdx.y;
+    if (x >= w || y >= h) return;
+    const i64 b = blockIdx.z;
+    const LinearTap tx = linear_tap(x, scale_x, W, true);
+    const LinearTap ty = linear_tap(y, scale_y, H, false);
+    const u8* r0 = src + b * s_b + ty.i0 * s_y;
+    const u8* r1 = src + b * s_b + ty.i1 * s_y;
+    const i64 o0 = tx.i0 * s_x, o1 = tx.i1 * s_x;
+    const float sc[3] = {sc0, sc1, sc2};
+    const float bi[3] = {bi0, bi1, bi2};
+    const i64 base = b * d_b + y * d_y + x * d_x;
+#pragma unroll
+    for (int c = 0; c < 3; ++c) {
+        const i64 oc = c * s_c;
+        const int s0 = __ldg(r0 + o0 + oc) * tx.w0 + __ldg(r0 + o1 + oc) * tx.w1;
+        const int s1 = __ldg(r1 + o0 + oc) * tx.w0 + __ldg(r1 + o1 + oc) * tx.w1;
+        const float v = (float)linear_vertical(s0, s1, ty);
+        const float o = __fadd_rn(__fmul_rn(v, sc[c]), bi[c]);
+        if (HALF) {
+            static_cast<u16*>(dst_)[base + c * d_c] = f32_to_f16_bits(o);
+        } else {
+            static_cast<float*>(dst_)[base + c * d_c] = o;
+        }
+    }
+}
+
+#define RESIZE_NORMALIZE_ARGS                                                           \
+    const u8* __restrict__ src, OUT_T* __restrict__ dst, int H, int W, int h, int w,    \
+    double scale_x, double scale_y, float sc0, float sc1, float sc2, float bi0,         \
+    float bi1, float bi2, i64 s_b, i64 s_y, i64 s_x, i64 s_c, i64 d_b, i64 d_c,         \
+    i64 d_y, i64 d_x
+#define RESIZE_NORMALIZE_PASS                                                           \
+    src, dst, H, W, h, w, scale_x, scale_y, sc0, sc1, sc2, bi0, bi1, bi2, s_b, s_y,     \
+    s_x, s_c, d_b, d_c, d_y, d_x
+
+#define OUT_T float
+extern "C" __global__ void resize_normalize_nchw_f32(RESIZE_NORMALIZE_ARGS) {
+    resize_normalize_nchw<false>(RESIZE_NORMALIZE_PASS);
+}
+#undef OUT_T
+#define OUT_T u16  // float16 bits
+extern "C" __global__ void resize_normalize_nchw_f16(RESIZE_NORMALIZE_ARGS) {
+    resize_normalize_nchw<true>(RESIZE_NORMALIZE_PASS);
+}
+#undef OUT_T
