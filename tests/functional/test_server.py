@@ -17,6 +17,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from bgblur.config import BlurParams
+from bgblur.device import Device
 from bgblur.launcher import TritonServer
 from bgblur.models.registry import DEFAULT_MODEL
 from bgblur.pipeline import BackgroundBlurPipeline
@@ -88,9 +89,22 @@ def random_frames(batch: int, height: int, width: int, seed: int = 0) -> np.ndar
     return np.random.default_rng(seed).integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
 
 
-@pytest.fixture(scope="module")
-def in_process() -> BackgroundBlurPipeline:
-    return BackgroundBlurPipeline(DEFAULT_MODEL)
+_PIPELINES: dict[str, BackgroundBlurPipeline] = {}
+
+
+@pytest.fixture
+def in_process(device: str):
+    """The library's pipeline in this process, on the same device as the server under test."""
+    if device not in _PIPELINES:
+        _PIPELINES[device] = BackgroundBlurPipeline(DEFAULT_MODEL, Device(device, 0))
+
+    def run(frames: np.ndarray, params: BlurParams) -> tuple[np.ndarray, np.ndarray]:
+        blurred, mask = _PIPELINES[device](frames, params)
+        if device == "gpu":
+            blurred, mask = blurred.get(), mask.get()
+        return blurred, mask
+
+    return run
 
 
 def test_blurred_has_the_frames_shape_and_dtype(server_pool, device, protocol, client_factory):
