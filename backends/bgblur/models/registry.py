@@ -70,10 +70,32 @@ def _fixed_ellipse_spec() -> SegmentationModelSpec:
     )
 
 
+def _fcn_spec(name: str) -> SegmentationModelSpec:
+    from bgblur.models import fcn
+
+    foreground_class = fcn.REGISTERED_NETWORKS[name]
+
+    def build(cache_dir: Path | None) -> nn.Module:
+        return fcn.build_fcn_resnet101(foreground_class, cache_dir=cache_dir)
+
+    return SegmentationModelSpec(
+        name=name,
+        input_hw=fcn.INPUT_HW,
+        mean=fcn.FCN_MEAN,
+        std=fcn.FCN_STD,
+        weights=f"torchvision fcn_resnet101 pretrained (COCO with VOC labels), class "
+        f"{foreground_class}, from ${fcn.WEIGHTS_ENV} or {fcn.PRETRAINED_FILENAME} in the cache; "
+        "random (benchmark only, meaningless masks) when absent",
+        build=build,
+    )
+
+
 _SPECS: dict[str, Callable[[], SegmentationModelSpec]] = {
     "selfie_general": lambda: _selfie_spec("general"),
     "selfie_landscape": lambda: _selfie_spec("landscape"),
     "fixed_ellipse": _fixed_ellipse_spec,
+    "fcn_resnet101": lambda: _fcn_spec("fcn_resnet101"),
+    "fcn_resnet101_cat": lambda: _fcn_spec("fcn_resnet101_cat"),
 }
 
 DEFAULT_MODEL = "selfie_general"

@@ -60,8 +60,10 @@ class TorchRuntime:
             if not isinstance(inputs_nchw, torch.Tensor)
             else inputs_nchw
         )
+        # Order the side stream after the producer's work on the caller's current stream
+        # (this must happen before entering the side stream, where it would be a no-op).
+        self._stream.wait_stream(torch.cuda.current_stream(self.device.torch_device))
         with torch.cuda.stream(self._stream):
-            self._stream.wait_stream(torch.cuda.current_stream(self.device.torch_device))
             x = x.to(self.device.torch_device, torch.float16, non_blocking=True)
             if self.cuda_graphs:
                 out = self._run_graph(x)
