@@ -17,6 +17,7 @@ from bgblur_client.errors import ClientError
 from bgblur_client.image import blur_image_file, check_image_writable
 from bgblur_client.preview import write_preview
 from bgblur_client.samples import make_sample_video
+from bgblur_client.shm import SHARED_MEMORY_KINDS
 from bgblur_client.transport import (
     DEFAULT_MODEL,
     DEFAULT_TIMEOUT_S,
@@ -106,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     group.add_argument("--protocol", choices=PROTOCOLS, default="grpc", help="default: grpc")
     group.add_argument("--model", default=DEFAULT_MODEL, help=f"default: {DEFAULT_MODEL}")
+    group.add_argument(
+        "--shared-memory",
+        choices=SHARED_MEMORY_KINDS,
+        default="none",
+        help="pass frames through shared memory with a server on this host: system (RAM) or "
+        "cuda (GPU memory, needs CuPy); default: none (frames travel in the request)",
+    )
     group.add_argument(
         "--timeout",
         type=positive_float,
@@ -257,6 +265,7 @@ def _connect(args: argparse.Namespace) -> BlurClient:
         protocol=args.protocol,
         model=args.model,
         timeout_s=args.timeout,
+        shared_memory=args.shared_memory,
     )
 
 

@@ -28,6 +28,7 @@ from bgblur_client.errors import (
     RequestRejectedError,
     ServerUnreachableError,
 )
+from bgblur_client.shm import SHARED_MEMORY_KINDS, SharedMemoryKind, open_regions
 
 ProtocolName = Literal["grpc", "http"]
 ParameterValue = bool | int | float | str
@@ -80,6 +81,10 @@ class BlurClient:
         protocol: ``"grpc"`` or ``"http"``; the port must be the server's port for it.
         model: Name of the ensemble model.
         timeout_s: Longest wait for one inference request, in seconds.
+        shared_memory: ``"none"`` (tensors in the request), ``"system"`` (POSIX shared memory;
+            client and server on one host) or ``"cuda"`` (GPU memory shared through CUDA IPC;
+            frames may be CuPy arrays and results come back as CuPy arrays on ``cuda_device``).
+        cuda_device: GPU of the CUDA shared-memory regions.
 
     Attributes:
         max_batch_size: The model's ``max_batch_size`` from its config (0: no batching).
@@ -96,7 +101,17 @@ class BlurClient:
         protocol: ProtocolName = "grpc",
         model: str = DEFAULT_MODEL,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        shared_memory: SharedMemoryKind = "none",
+        cuda_device: int = 0,
     ) -> None:
+        if shared_memory not in SHARED_MEMORY_KINDS:
+            raise ValueError(
+                f"shared_memory must be one of {SHARED_MEMORY_KINDS}, got {shared_memory!r}"
+            )
+        self.shared_memory: SharedMemoryKind = shared_memory
+        self.cuda_device = cuda_device
+        self._regions: dict[int, Any] = {}
+        self._regions_lock = threading.Lock()
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
         if timeout_s <= 0:
@@ -121,7 +136,23 @@ class BlurClient:
 
     def close(self) -> None:
         """Close the connection; the client cannot be used afterwards."""
+        self._close_regions(self._client)
         self._client.close()
+
+    def _regions_for(self, client: Any) -> Any:
+        """The shared-memory regions of ``client``'s connection (opened on first use)."""
+        with self._regions_lock:
+            regions = self._regions.get(id(client))
+            if regions is None:
+                regions = open_regions(self.shared_memory, client, device=self.cuda_device)
+                self._regions[id(client)] = regions
+            return regions
+
+    def _close_regions(self, client: Any) -> None:
+        with self._regions_lock:
+            regions = self._regions.pop(id(client), None)
+        if regions is not None:
+            regions.close()
 
     def blur(
         self,
@@ -179,7 +210,7 @@ class BlurClient:
         """
         if in_flight < 1:
             raise ValueError(f"in_flight must be >= 1, got {in_flight}")
-        connections = _PerThreadConnections(self._connect)
+        connections = _PerThreadConnections(self._connect, on_close=self._close_regions)
         pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="bgblur-infer")
         pending: deque[Future[BlurResult]] = deque()
 
@@ -253,7 +284,10 @@ class BlurClient:
         return f"model {self.model!r} is not ready on {self.url}{state}; available: {available}"
 
     def _prepare(self, frames_nhwc_u8: np.ndarray) -> _PreparedBatch:
-        if not isinstance(frames_nhwc_u8, np.ndarray):
+        on_gpu = type(frames_nhwc_u8).__module__.startswith("cupy")
+        if on_gpu and self.shared_memory != "cuda":
+            raise ValueError("CuPy frames need shared_memory='cuda'")
+        if not isinstance(frames_nhwc_u8, np.ndarray) and not on_gpu:
             raise ValueError(f"frames must be a numpy array, got {type(frames_nhwc_u8).__name__}")
         if frames_nhwc_u8.dtype != np.uint8:
             raise ValueError(f"frames must be uint8 RGB, got dtype {frames_nhwc_u8.dtype}")
@@ -269,6 +303,8 @@ class BlurClient:
                 f"batch of {batch.shape[0]} frames exceeds model {self.model!r}'s "
                 f"max_batch_size {self.max_batch_size}"
             )
+        if on_gpu:
+            return _PreparedBatch(batch, single_frame)
         return _PreparedBatch(np.ascontiguousarray(batch), single_frame)
 
     def _infer(
@@ -281,9 +317,22 @@ class BlurClient:
         module = grpcclient if self.protocol == "grpc" else httpclient
         frames = batch.frames_nhwc_u8
         infer_input = module.InferInput(INPUT_FRAMES, list(frames.shape), "UINT8")
-        infer_input.set_data_from_numpy(frames)
         output_names = [OUTPUT_BLURRED, OUTPUT_MASK] if want_mask else [OUTPUT_BLURRED]
-        outputs = [module.InferRequestedOutput(name) for name in output_names]
+        output_shapes = {OUTPUT_BLURRED: tuple(frames.shape), OUTPUT_MASK: tuple(frames.shape[:3])}
+        regions = self._regions_for(client) if self.shared_memory != "none" else None
+        if regions is None:
+            infer_input.set_data_from_numpy(frames)
+            outputs = [module.InferRequestedOutput(name) for name in output_names]
+        else:
+            nbytes = int(np.prod(frames.shape))
+            infer_input.set_shared_memory(regions.reserve(INPUT_FRAMES, nbytes), nbytes)
+            regions.write(INPUT_FRAMES, frames)
+            outputs = []
+            for name in output_names:
+                size = int(np.prod(output_shapes[name]))
+                output = module.InferRequestedOutput(name)
+                output.set_shared_memory(regions.reserve(name, size), size)
+                outputs.append(output)
         timeout_kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
         try:
             response = client.infer(
@@ -302,8 +351,20 @@ class BlurClient:
                 f"lost the connection to Triton at {self.url}: {_describe(exc)}"
             ) from exc
 
-        blurred = response.as_numpy(OUTPUT_BLURRED)
-        mask = response.as_numpy(OUTPUT_MASK) if want_mask else None
+        if regions is None:
+            blurred = response.as_numpy(OUTPUT_BLURRED)
+            mask = response.as_numpy(OUTPUT_MASK) if want_mask else None
+        else:
+            blurred = regions.read(OUTPUT_BLURRED, output_shapes[OUTPUT_BLURRED], np.uint8)
+            mask = (
+                regions.read(OUTPUT_MASK, output_shapes[OUTPUT_MASK], np.uint8)
+                if want_mask
+                else None
+            )
+            if isinstance(frames, np.ndarray) and not isinstance(blurred, np.ndarray):
+                # CUDA regions, host frames: answer on the host like the other transports.
+                blurred = blurred.get()
+                mask = None if mask is None else mask.get()
         if blurred is None or blurred.shape != frames.shape or blurred.dtype != np.uint8:
             got = "nothing" if blurred is None else f"{blurred.dtype} {list(blurred.shape)}"
             raise ClientError(
@@ -337,8 +398,11 @@ class BlurClient:
 class _PerThreadConnections:
     """Lazily opens one tritonclient connection per worker thread; closes them all."""
 
-    def __init__(self, connect: Callable[[], Any]) -> None:
+    def __init__(
+        self, connect: Callable[[], Any], on_close: Callable[[Any], None] | None = None
+    ) -> None:
         self._connect = connect
+        self._on_close = on_close
         self._local = threading.local()
         self._lock = threading.Lock()
         self._opened: list[Any] = []
@@ -356,6 +420,8 @@ class _PerThreadConnections:
         with self._lock:
             opened, self._opened = self._opened, []
         for client in opened:
+            if self._on_close is not None:
+                self._on_close(client)
             client.close()
 
 

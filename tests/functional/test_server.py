@@ -278,3 +278,33 @@ def test_server_stops_cleanly_after_serving():
     assert process.poll() == 0
     assert not server.is_ready()
     assert _python_backend_shm() <= before
+
+
+@pytest.mark.parametrize("shared_memory", ["system", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_shared_memory_transport_equals_raw_and_frees_its_regions(
+    server_pool, device, protocol, shared_memory
+):
+    from bgblur_client.transport import BlurClient
+
+    if shared_memory == "cuda" and device != "gpu":
+        pytest.skip("CUDA shared memory is measured against the GPU server")
+    server = server_pool.get(device, "fixed_ellipse")
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    frames = random_frames(3, 72, 97, seed=11)
+    with BlurClient(url, protocol=protocol) as raw:
+        expected = raw.blur(frames, want_mask=True)
+    with BlurClient(url, protocol=protocol, shared_memory=shared_memory) as client:
+        for batch in (frames, frames[:1], np.concatenate([frames, frames])):  # regions grow
+            got = client.blur(batch, want_mask=True)
+            rows = min(len(batch), 3)
+            np.testing.assert_array_equal(
+                got.blurred_nhwc_u8[:rows], expected.blurred_nhwc_u8[:rows]
+            )
+            np.testing.assert_array_equal(got.mask_nhw_u8[:rows], expected.mask_nhw_u8[:rows])
+        status = (
+            client._client.get_system_shared_memory_status()
+            if shared_memory == "system"
+            else client._client.get_cuda_shared_memory_status()
+        )
+        assert "bgblur_" in str(status)
+    assert not [name for name in os.listdir("/dev/shm") if name.startswith("bgblur_")]

@@ -1,0 +1,163 @@
+"""Shared-memory transports: frames and results pass through memory the server maps directly.
+
+Raw gRPC/HTTP copies every 1080p frame (6 MB) through the network stack several times; on the
+same host a registered region avoids that. ``SystemSharedMemory`` uses POSIX shared memory
+(host RAM); ``CudaSharedMemory`` uses GPU memory shared with the server through CUDA IPC (the
+frames may already live on the GPU, e.g. decoded by NVDEC, and the results can stay there).
+
+One instance serves one tritonclient connection: its regions are registered on that
+connection's server under unique names, grown when a larger batch comes, and unregistered and
+freed by ``close()``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import uuid
+from typing import Any, Literal
+
+import numpy as np
+
+SharedMemoryKind = Literal["none", "system", "cuda"]
+SHARED_MEMORY_KINDS: tuple[SharedMemoryKind, ...] = ("none", "system", "cuda")
+
+
+class _Regions:
+    """Named regions (one per tensor) with capacity that grows as needed."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._prefix = f"bgblur_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        self._capacity: dict[str, int] = {}
+        self._handles: dict[str, Any] = {}
+
+    def region_name(self, tensor: str) -> str:
+        return f"{self._prefix}_{tensor.lower()}"
+
+    def reserve(self, tensor: str, nbytes: int) -> str:
+        """The region for ``tensor``, at least ``nbytes`` large; returns its registered name."""
+        name = self.region_name(tensor)
+        if self._capacity.get(tensor, 0) < nbytes:
+            if tensor in self._handles:
+                self._unregister(name)
+                self._free(self._handles.pop(tensor))
+            capacity = max(nbytes, 2 * self._capacity.get(tensor, 0))
+            self._handles[tensor] = self._allocate(name, capacity)
+            self._capacity[tensor] = capacity
+        return name
+
+    def close(self) -> None:
+        for tensor, handle in list(self._handles.items()):
+            # The server may be gone already: free our side regardless.
+            with contextlib.suppress(Exception):
+                self._unregister(self.region_name(tensor))
+            self._free(handle)
+        self._handles.clear()
+        self._capacity.clear()
+
+    def _allocate(self, name: str, nbytes: int) -> Any:
+        raise NotImplementedError
+
+    def _free(self, handle: Any) -> None:
+        raise NotImplementedError
+
+    def _unregister(self, name: str) -> None:
+        raise NotImplementedError
+
+    def write(self, tensor: str, array: Any) -> None:
+        raise NotImplementedError
+
+    def read(self, tensor: str, shape: tuple[int, ...], dtype: Any) -> Any:
+        raise NotImplementedError
+
+
+class SystemSharedMemory(_Regions):
+    """POSIX shared-memory regions (``/dev/shm``) registered with the server."""
+
+    def __init__(self, client: Any) -> None:
+        import tritonclient.utils.shared_memory as system_shm
+
+        super().__init__(client)
+        self._shm = system_shm
+
+    def _allocate(self, name: str, nbytes: int) -> Any:
+        handle = self._shm.create_shared_memory_region(name, f"/{name}", nbytes)
+        self._client.register_system_shared_memory(name, f"/{name}", nbytes)
+        return handle
+
+    def _free(self, handle: Any) -> None:
+        self._shm.destroy_shared_memory_region(handle)
+
+    def _unregister(self, name: str) -> None:
+        self._client.unregister_system_shared_memory(name)
+
+    def write(self, tensor: str, array: np.ndarray) -> None:
+        self._shm.set_shared_memory_region(self._handles[tensor], [np.ascontiguousarray(array)])
+
+    def read(self, tensor: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        view = self._shm.get_contents_as_numpy(self._handles[tensor], np.dtype(dtype), list(shape))
+        return np.array(view, copy=True)  # the region is reused by the next request
+
+
+class CudaSharedMemory(_Regions):
+    """GPU regions shared with the server through CUDA IPC (allocated with CuPy).
+
+    ``write`` takes NumPy (copied host -> device) or CuPy (device -> device) arrays; ``read``
+    returns a CuPy copy on ``device`` (the region is reused by the next request).
+    """
+
+    def __init__(self, client: Any, device: int = 0) -> None:
+        import cupy
+
+        super().__init__(client)
+        self._cupy = cupy
+        self.device = device
+
+    def _allocate(self, name: str, nbytes: int) -> Any:
+        cupy = self._cupy
+        with cupy.cuda.Device(self.device):
+            # A plain cudaMalloc (not CuPy's pool): an IPC handle covers a whole allocation.
+            pointer = cupy.cuda.runtime.malloc(nbytes)
+            raw_handle = cupy.cuda.runtime.ipcGetMemHandle(pointer)
+        self._client.register_cuda_shared_memory(
+            name, base64.b64encode(bytes(raw_handle)), self.device, nbytes
+        )
+        memory = cupy.cuda.UnownedMemory(pointer, nbytes, owner=None, device_id=self.device)
+        return pointer, cupy.cuda.MemoryPointer(memory, 0)
+
+    def _free(self, handle: Any) -> None:
+        with self._cupy.cuda.Device(self.device):
+            self._cupy.cuda.runtime.free(handle[0])
+
+    def _unregister(self, name: str) -> None:
+        self._client.unregister_cuda_shared_memory(name)
+
+    def _view(self, tensor: str, shape: tuple[int, ...], dtype: Any) -> Any:
+        return self._cupy.ndarray(shape, dtype=dtype, memptr=self._handles[tensor][1])
+
+    def write(self, tensor: str, array: Any) -> None:
+        cupy = self._cupy
+        with cupy.cuda.Device(self.device):
+            view = self._view(tensor, tuple(array.shape), array.dtype)
+            if isinstance(array, np.ndarray):
+                view.set(np.ascontiguousarray(array))
+            else:
+                view[...] = array
+            cupy.cuda.get_current_stream().synchronize()  # the server reads it next
+
+    def read(self, tensor: str, shape: tuple[int, ...], dtype: Any) -> Any:
+        with self._cupy.cuda.Device(self.device):
+            return self._view(tensor, shape, dtype).copy()
+
+
+def open_regions(kind: SharedMemoryKind, client: Any, *, device: int = 0) -> _Regions | None:
+    """The shared-memory regions for ``kind`` on ``client`` (None for ``"none"``)."""
+    if kind == "none":
+        return None
+    if kind == "system":
+        return SystemSharedMemory(client)
+    if kind == "cuda":
+        return CudaSharedMemory(client, device)
+    raise ValueError(f"shared memory must be one of {SHARED_MEMORY_KINDS}, got {kind!r}")
