@@ -24,8 +24,6 @@ from typing import Any
 import cv2
 import numpy as np
 import skimage.data
-import tritonclient.grpc as grpcclient
-import tritonclient.http as httpclient
 
 SIZES = {"360p": (360, 640), "720p": (720, 1280), "1080p": (1080, 1920), "4k": (2160, 3840)}
 
@@ -41,28 +39,37 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run_served(
-    url: str, protocol: str, frames: np.ndarray, concurrency: int, seconds: float
+    url: str,
+    protocol: str,
+    frames: np.ndarray,
+    concurrency: int,
+    seconds: float,
+    shared_memory: str = "none",
 ) -> dict:
-    module = grpcclient if protocol == "grpc" else httpclient
+    """``concurrency`` threads, each with its own connection, sending ``frames`` back to back.
+
+    With ``shared_memory="cuda"`` the frames are put on the GPU first (as if decoded there) and
+    the results stay on the GPU (the client's copy out of the region is included)."""
+    from bgblur_client.transport import BlurClient
+
     latencies: list[float] = []
     lock = threading.Lock()
     deadline = time.perf_counter() + seconds
+    if shared_memory == "cuda":
+        import cupy
+
+        frames = cupy.asarray(frames)
 
     def worker() -> int:
-        client = module.InferenceServerClient(url)
-        tensor = module.InferInput("FRAMES", list(frames.shape), "UINT8")
-        tensor.set_data_from_numpy(frames)
-        outputs = [module.InferRequestedOutput("BLURRED")]
         done = 0
-        client.infer("background_blur", [tensor], outputs=outputs)  # warm-up
-        while time.perf_counter() < deadline:
-            start = time.perf_counter()
-            result = client.infer("background_blur", [tensor], outputs=outputs)
-            result.as_numpy("BLURRED")
-            with lock:
-                latencies.append(time.perf_counter() - start)
-            done += 1
-        client.close()
+        with BlurClient(url, protocol=protocol, shared_memory=shared_memory) as client:
+            client.blur(frames)  # warm-up, region registration
+            while time.perf_counter() < deadline:
+                start = time.perf_counter()
+                client.blur(frames)
+                with lock:
+                    latencies.append(time.perf_counter() - start)
+                done += 1
         return done
 
     start = time.perf_counter()
@@ -106,6 +113,9 @@ def main() -> None:
     parser.add_argument("--batches", default="1,4")
     parser.add_argument("--concurrency", default="1,4")
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--shared-memory", default="none", help="comma list of none, system, cuda (transports)"
+    )
     parser.add_argument("--in-process", action="store_true", help="also time the library alone")
     parser.add_argument("--out", type=Path, help="JSON file for the results")
     args = parser.parse_args()
@@ -136,11 +146,21 @@ def main() -> None:
         for size in args.sizes.split(","):
             for batch in map(int, args.batches.split(",")):
                 frames = frames_of(size, batch)
-                for concurrency in map(int, args.concurrency.split(",")):
-                    row = {"size": size, "batch": batch, "concurrency": concurrency}
-                    row |= run_served(url, args.protocol, frames, concurrency, args.seconds)
-                    report["served"].append(row)
-                    print(json.dumps(row), flush=True)
+                for transport in args.shared_memory.split(","):
+                    for concurrency in map(int, args.concurrency.split(",")):
+                        row = {
+                            "size": size,
+                            "batch": batch,
+                            "concurrency": concurrency,
+                            "transport": f"{args.protocol}+{transport}-shm"
+                            if transport != "none"
+                            else args.protocol,
+                        }
+                        row |= run_served(
+                            url, args.protocol, frames, concurrency, args.seconds, transport
+                        )
+                        report["served"].append(row)
+                        print(json.dumps(row), flush=True)
     finally:
         if server is not None:
             server.stop()
