@@ -7,7 +7,7 @@ STAMP := $(VENV)/.setup-done
 export BGBLUR_CACHE ?= $(CURDIR)/.cache/bgblur
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo serve test test-gpu lint format clean
+.PHONY: help setup demo serve test test-gpu bench perf lint format clean
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,12 @@ test: setup  ## run the test suite (CPU; GPU tests skip themselves without CUDA)
 
 test-gpu: setup  ## run the GPU-marked tests (needs an NVIDIA GPU, CuPy and CUDA torch)
 	$(PY) -m pytest -q -m gpu
+
+bench: setup  ## end-to-end figures (embedded server, transports) -> bench/results/e2e-local.json
+	$(PY) bench/e2e.py --sizes 720p,1080p --batches 1,4 --concurrency 1,4 --shared-memory none,system --out bench/results/e2e-local.json
+
+perf: setup  ## perf_analyzer sweep with real frames -> out/perf/*.csv (needs glibc >= 2.38)
+	$(PY) bench/perf.py --out-dir out/perf
 
 lint:  ## ruff lint + format check
 	$(PY) -m ruff check .
