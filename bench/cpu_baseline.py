@@ -25,12 +25,19 @@ SIZES = {"720p": (720, 1280), "1080p": (1080, 1920)}
 
 
 def make_clip(path: Path, size: str, frames: int) -> Path:
-    from bgblur_client.samples import make_sample_video
+    """A slow zoom over scikit-image's astronaut photo, written with OpenCV (mp4v)."""
+    import skimage.data
 
     height, width = SIZES[size]
-    return make_sample_video(
-        path, width=width, height=height, seconds=frames / 30.0, fps=30, audio=False
-    )
+    photo = cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (width, height))
+    for index in range(frames):
+        crop = int(photo.shape[0] * (1.0 - 0.3 * index / max(frames - 1, 1)))
+        top = (photo.shape[0] - crop) // 2
+        frame = photo[top : top + crop, top : top + crop]
+        writer.write(cv2.resize(frame, (width, height), interpolation=cv2.INTER_LINEAR))
+    writer.release()
+    return path
 
 
 def run_one(clip: str, model: str, frames_limit: int, threads: int, out_dir: str) -> dict:

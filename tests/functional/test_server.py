@@ -90,6 +90,10 @@ def random_frames(batch: int, height: int, width: int, seed: int = 0) -> np.ndar
 
 
 _PIPELINES: dict[str, BackgroundBlurPipeline] = {}
+# Served and in-process networks run in different processes: on the GPU both must use cuDNN's
+# deterministic kernel choice (not per-process autotuning) to agree to 1 LSB. The launcher passes
+# the environment on to the server's model processes.
+os.environ["BGBLUR_CUDNN_DETERMINISTIC"] = "1"
 
 
 @pytest.fixture

@@ -97,7 +97,13 @@ class TestModelParameters:
             ),
             (
                 "segmentation",
-                {"segmentation_model": "selfie_general", "FORCE_CPU_ONLY_INPUT_TENSORS": "no"},
+                {
+                    "segmentation_model": "selfie_general",
+                    "runtime": "auto",
+                    "cuda_graph_batch_sizes": "1,2,4,8",
+                    "torch_compile": "off",
+                    "FORCE_CPU_ONLY_INPUT_TENSORS": "no",
+                },
             ),
         ],
     )

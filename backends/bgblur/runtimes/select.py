@@ -1,11 +1,24 @@
-"""Choose the runtime for a network on a device.
+"""Choose the runtime for a network on a device, once, at load.
 
-On a GPU, TensorRT when its Python package imports and a plan built for this model, this GPU
-architecture and this TensorRT version is in the plan folder (``$BGBLUR_TRT_PLAN_DIR``; plans
-and their names come from ``python -m bgblur.runtimes.tensorrt_build``); otherwise, and always
-on the CPU, PyTorch (CUDA graphs on the GPU, eager on the CPU). A plan that fails to load is
-logged and PyTorch serves instead. ``$BGBLUR_RUNTIME`` overrides: ``torch`` (never TensorRT),
-``tensorrt`` (TensorRT or an error), ``auto`` (the default).
+``auto`` (the default):
+
+* a GPU: TensorRT when its Python package imports and a plan built for this model, this GPU
+  architecture and this TensorRT version is in the plan folder (``$BGBLUR_TRT_PLAN_DIR``; plans
+  and their names come from ``python -m bgblur.runtimes.tensorrt_build``); otherwise PyTorch
+  (fp16, channels_last, CUDA graphs captured at load: ``TorchRuntime``). A plan that fails to
+  load is logged and PyTorch serves instead.
+* the CPU: whichever of PyTorch (eager, fp32, channels_last) and ONNX Runtime
+  (``OnnxRuntimeCPU``) was measured faster for the network on the CPU machine
+  (``CPU_RUNTIME_BY_MODEL``, from ``bench/models.py``; ``bench/results/models-cpu.json``),
+  PyTorch for networks not in that table. When ONNX Runtime is preferred but cannot serve
+  (onnxruntime or onnx missing, export failed) PyTorch serves, with a warning.
+
+``$BGBLUR_RUNTIME`` overrides (the ``segmentation`` model's config parameter ``runtime`` when
+the variable is unset): ``torch`` (always PyTorch), ``onnxruntime`` (ONNX Runtime, on the CPU,
+or an error), ``tensorrt`` (TensorRT or an error), ``auto``. Anything else is a ValueError.
+
+``describe_runtime(runtime)`` is the line the ``segmentation`` model logs at load: the runtime's
+``name`` and its ``describe()``.
 """
 
 from __future__ import annotations
@@ -13,7 +26,9 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from bgblur.device import Device
 from bgblur.errors import ModelUnavailableError
@@ -23,17 +38,108 @@ from bgblur.runtimes.base import SegmentationRuntime
 LOG = logging.getLogger(__name__)
 
 RUNTIME_ENV = "BGBLUR_RUNTIME"
-RUNTIME_CHOICES = ("auto", "torch", "tensorrt")
+RUNTIME_CHOICES = ("auto", "torch", "onnxruntime", "tensorrt")
+
+CPU_RUNTIME_BY_MODEL: dict[str, str] = {
+    # Measured on the 2-core CPU machine (Intel Xeon; torch 2.13 eager fp32 channels_last vs
+    # onnxruntime 1.20.1 CPUExecutionProvider fp32, both with 2 threads): median ms per call,
+    # the runtimes interleaved round after round (bench/models.py --device cpu, cpu_ab in
+    # bench/results/models-cpu.json, 2026-11-25).
+    #   selfie_general, quiet cores:  batch 1  onnxruntime 5.25  torch 5.78  (ort won 9/9 rounds)
+    #                                 batch 4  onnxruntime 16.21 torch 15.75 (torch won 8/9)
+    #                 mostly quiet:   batch 1  onnxruntime 5.01  torch 8.01
+    #                                 batch 4  onnxruntime 15.58 torch 25.08
+    #                 other work on the cores (as the pipeline's other stages do when served):
+    #                                 batch 1  onnxruntime 10.8-16.6  torch 75-514
+    #                                 batch 4  onnxruntime 18.4-51.7  torch 20.4-269
+    # A tie when the cores are idle, onnxruntime far ahead as soon as they are shared (torch's
+    # OpenMP threads stall): onnxruntime. selfie_landscape (quiet: 2.96 vs 3.97 ms at batch 1,
+    # 9.05 vs 9.84 at batch 4) and fcn_resnet101 (249 vs 292 ms, 1031 vs 1126 ms) were faster
+    # on onnxruntime in every set. fixed_ellipse (no network: a mask drawn by a few tensor ops)
+    # stays on torch: there is nothing to gain and an export to pay.
+    "selfie_general": "onnxruntime",
+    "selfie_landscape": "onnxruntime",
+    "fcn_resnet101": "onnxruntime",
+    "fcn_resnet101_cat": "onnxruntime",  # the same network, another output class
+}
+"""The CPU runtime per network where ONNX Runtime was measured faster; PyTorch elsewhere."""
+
+CONFIG_RUNTIME = "runtime"
+CONFIG_BATCH_SIZES = "cuda_graph_batch_sizes"
+CONFIG_COMPILE = "torch_compile"
+"""The ``segmentation`` model's config parameters read by ``runtime_options``."""
 
 
-def runtime_choice() -> str:
-    """``$BGBLUR_RUNTIME`` (``auto`` when unset)."""
-    choice = os.environ.get(RUNTIME_ENV, "").strip().lower() or "auto"
+def _check_choice(choice: str, source: str) -> str:
     if choice not in RUNTIME_CHOICES:
-        raise ValueError(
-            f"{RUNTIME_ENV} must be one of {', '.join(RUNTIME_CHOICES)}, not {choice!r}"
-        )
+        raise ValueError(f"{source} must be one of {', '.join(RUNTIME_CHOICES)}, not {choice!r}")
     return choice
+
+
+def runtime_choice(default: str | None = None) -> str:
+    """``$BGBLUR_RUNTIME``, else ``default`` (e.g. the config parameter), else ``auto``.
+
+    Raises:
+        ValueError: a value that is not one of ``RUNTIME_CHOICES`` (naming where it came from).
+    """
+    env = os.environ.get(RUNTIME_ENV, "").strip().lower()
+    if env:
+        return _check_choice(env, RUNTIME_ENV)
+    text = (default or "").strip().lower()
+    if text:
+        return _check_choice(text, f"the {CONFIG_RUNTIME!r} parameter")
+    return "auto"
+
+
+def cpu_runtime_for(spec: SegmentationModelSpec) -> str:
+    """``onnxruntime`` or ``torch``: the faster on the CPU for ``spec``
+    (``CPU_RUNTIME_BY_MODEL``)."""
+    return CPU_RUNTIME_BY_MODEL.get(spec.name, "torch")
+
+
+def parse_batch_sizes(text: str, max_batch_size: int | None = None) -> tuple[int, ...]:
+    """``"1,2,4,8"`` -> ``(1, 2, 4, 8)``; ``max_batch_size`` is added when the largest size is
+    below it (the buckets must cover every batch Triton can form)."""
+    from bgblur.runtimes.torch_runtime import normalize_batch_sizes
+
+    try:
+        sizes = normalize_batch_sizes(int(p) for p in text.replace(" ", "").split(",") if p)
+    except ValueError:
+        raise ValueError(
+            f"{CONFIG_BATCH_SIZES} must be positive integers separated by commas, not {text!r}"
+        ) from None
+    if max_batch_size and max_batch_size > sizes[-1]:
+        LOG.info("adding batch size %d (max_batch_size) to %s", max_batch_size, sizes)
+        sizes = (*sizes, int(max_batch_size))
+    return sizes
+
+
+def runtime_options(
+    parameters: Mapping[str, str], max_batch_size: int | None = None
+) -> dict[str, Any]:
+    """``build_runtime`` keyword arguments from the ``segmentation`` model's config:
+    ``runtime`` (``auto``), ``cuda_graph_batch_sizes`` (``1,2,4,8``, extended to
+    ``max_batch_size``), ``torch_compile`` (``off``, ``on`` or a mode)."""
+    from bgblur.runtimes.torch_runtime import DEFAULT_BATCH_SIZES, resolve_compile_mode
+
+    text = parameters.get(CONFIG_BATCH_SIZES, "") or ",".join(map(str, DEFAULT_BATCH_SIZES))
+    return {
+        "choice": runtime_choice(parameters.get(CONFIG_RUNTIME)),
+        "torch_options": {
+            "batch_sizes": parse_batch_sizes(text, max_batch_size),
+            "compile": resolve_compile_mode(parameters.get(CONFIG_COMPILE, "off")),
+        },
+    }
+
+
+def describe_runtime(runtime: Any) -> str:
+    """``name: describe()`` of a runtime (``name`` alone when it has no ``describe``)."""
+    name = getattr(runtime, "name", type(runtime).__name__)
+    describe = getattr(runtime, "describe", None)
+    if callable(describe):
+        return f"{name}: {describe()}"
+    plan = getattr(runtime, "plan_path", None)
+    return f"{name}: {plan}" if plan is not None else str(name)
 
 
 def tensorrt_plan_for(
@@ -77,14 +183,24 @@ def build_runtime(
     *,
     cache_dir: Path | None = None,
     plan_dir: Path | None = None,
+    choice: str | None = None,
+    torch_options: Mapping[str, Any] | None = None,
 ) -> SegmentationRuntime:
-    """The best runtime available for ``spec`` on ``device`` (see the module docstring).
+    """The runtime for ``spec`` on ``device`` (see the module docstring), built and warmed up.
+
+    Args:
+        choice: the configured choice (``$BGBLUR_RUNTIME`` wins over it); None: ``auto``.
+        torch_options: keyword arguments for ``TorchRuntime`` (``batch_sizes``, ``compile``).
 
     Raises:
-        ModelUnavailableError: ``$BGBLUR_RUNTIME=tensorrt`` and no usable plan.
+        ValueError: an unknown runtime name.
+        ModelUnavailableError: the runtime asked for cannot serve (``tensorrt`` without a
+            usable plan, ``onnxruntime`` on a GPU or without onnxruntime).
     """
-    choice = runtime_choice()
-    if choice != "torch":
+    choice = runtime_choice(choice)
+    if choice == "onnxruntime":
+        return _onnxruntime(spec, device, cache_dir)
+    if device.is_gpu and choice in ("auto", "tensorrt"):
         plan = tensorrt_plan_for(spec, device, plan_dir)
         if plan is not None:
             from bgblur.runtimes.tensorrt_runtime import TensorRTRuntime
@@ -95,12 +211,29 @@ def build_runtime(
                 if choice == "tensorrt":
                     raise
                 LOG.warning("TensorRT plan %s unusable (%s): PyTorch runs %s", plan, exc, spec.name)
-        elif choice == "tensorrt":
-            raise ModelUnavailableError(
-                f"{RUNTIME_ENV}=tensorrt, but there is no usable TensorRT plan for {spec.name} on "
-                f"{device} (TensorRT importable, a plan in $BGBLUR_TRT_PLAN_DIR built for "
-                "this GPU and TensorRT version: see python -m bgblur.runtimes.tensorrt_build)"
-            )
+    if choice == "tensorrt":
+        raise ModelUnavailableError(
+            f"{RUNTIME_ENV}=tensorrt, but there is no usable TensorRT plan for {spec.name} on "
+            f"{device} (TensorRT importable, a plan in $BGBLUR_TRT_PLAN_DIR built for "
+            "this GPU and TensorRT version: see python -m bgblur.runtimes.tensorrt_build)"
+        )
+    if choice == "auto" and not device.is_gpu and cpu_runtime_for(spec) == "onnxruntime":
+        try:
+            return _onnxruntime(spec, device, cache_dir)
+        except ModelUnavailableError as exc:
+            LOG.warning("ONNX Runtime cannot serve %s (%s): PyTorch runs it", spec.name, exc)
     from bgblur.runtimes.torch_runtime import TorchRuntime
 
-    return TorchRuntime(spec, device, cache_dir=cache_dir)
+    return TorchRuntime(spec, device, cache_dir=cache_dir, **dict(torch_options or {}))
+
+
+def _onnxruntime(
+    spec: SegmentationModelSpec, device: Device, cache_dir: Path | None
+) -> SegmentationRuntime:
+    if device.is_gpu:
+        raise ModelUnavailableError(
+            f"{RUNTIME_ENV}=onnxruntime runs on the CPU only; {device} takes torch or tensorrt"
+        )
+    from bgblur.runtimes.onnx_runtime import OnnxRuntimeCPU
+
+    return OnnxRuntimeCPU(spec, device, cache_dir=cache_dir)

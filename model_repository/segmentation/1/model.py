@@ -1,11 +1,13 @@
 """Triton adapter: network input -> foreground probability (bgblur.runtimes)."""
 
+import json
+
 import triton_python_backend_utils as pb_utils
 
 from bgblur.device import Device
 from bgblur.errors import InvalidInputError
 from bgblur.models.registry import get_model_spec
-from bgblur.runtimes.select import build_runtime
+from bgblur.runtimes.select import build_runtime, describe_runtime, runtime_options
 from bgblur.serving.triton_io import PreparedRequest, execute_grouped, input_array, model_parameters
 
 
@@ -14,9 +16,13 @@ class TritonPythonModel:
         parameters = model_parameters(args)
         self.device = Device.from_triton_args(args)
         self.spec = get_model_spec(parameters["segmentation_model"])
-        self.runtime = build_runtime(self.spec, self.device)
+        max_batch_size = json.loads(args["model_config"]).get("max_batch_size")
+        options = runtime_options(parameters, max_batch_size)
+        self.runtime = build_runtime(self.spec, self.device, **options)
+        self.runtime_name = self.runtime.name
         pb_utils.Logger.log_info(
-            f"segmentation: {self.spec.name} on {self.runtime.name}; weights: {self.spec.weights}"
+            f"segmentation: {self.spec.name} on {describe_runtime(self.runtime)} "
+            f"(runtime choice {options['choice']!r}); weights: {self.spec.weights}"
         )
 
     def execute(self, requests):
