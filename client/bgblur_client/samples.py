@@ -2,7 +2,8 @@
 
 The clip is a slow Ken Burns pan and zoom over ``skimage.data.astronaut()`` (a portrait
 photo, so the segmentation has a real person to find), H.264 in MP4 with an optional quiet
-sine-tone AAC track. The same arguments give a byte-identical file on every run.
+sine-tone AAC track. The pictures are generated deterministically; the encoded bytes can differ
+between runs (seen under load), so compare clips by what they decode to.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ AUDIO_AMPLITUDE = 0.05  # about -26 dBFS: audible, not loud
 _AUDIO_FADE_S = 0.01  # fade the tone in and out so it starts and stops without a click
 _ZOOM_END = 1.3  # the window shrinks to 1/1.3 of its starting size
 _FACE_CENTER_XY = (250.0, 170.0)  # the astronaut's face in the 512x512 photo
-# x264's output depends on its thread count; fixing it keeps the sample reproducible.
+# x264's output depends on its thread count; fixing it keeps runs comparable.
 _ENCODER_THREADS = 4
 
 

@@ -21,6 +21,7 @@
 //      windows too large for shared memory, bilateral_direct (global memory, colour table in
 //      shared memory).
 #include "common.cuh"
+#include "bilateral.cuh"
 
 #define BIL_BX 32
 #define BIL_BY 8
@@ -43,25 +44,6 @@ extern "C" __global__ void bilateral_tables(
         const int r2 = dy * dy + dx * dx;
         tables[i] = r2 <= r * r ? __double2float_rn(exp(__dmul_rn((double)r2, space_coeff))) : 0.f;
     }
-}
-
-// Largest j with i*i + j*j <= r2max: the window row i spans j in [-jm, jm] (OpenCV's order).
-__device__ __forceinline__ int circle_half_width(int i, int r2max) {
-    int jm = (int)sqrtf((float)(r2max - i * i));
-    while (jm * jm + i * i > r2max) --jm;
-    while ((jm + 1) * (jm + 1) + i * i <= r2max) ++jm;
-    return jm;
-}
-
-// One tap of OpenCV's loop: w = spatial * colour; sum += w * m; wsum += w (no FMA).
-__device__ __forceinline__ void bilateral_tap(float& sum, float& wsum, float sw, float cw, float m) {
-    const float w = __fmul_rn(sw, cw);
-    sum = __fadd_rn(sum, __fmul_rn(w, m));
-    wsum = __fadd_rn(wsum, w);
-}
-
-__device__ __forceinline__ u8 bilateral_result(float sum, float wsum) {
-    return (u8)clamp_int(__float2int_rn(__fmul_rn(sum, __fdiv_rn(1.f, wsum))), 0, 255);
 }
 
 template <bool TILED>

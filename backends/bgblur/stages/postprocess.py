@@ -26,10 +26,15 @@ class Postprocess:
     background = frame resized to ``blur_working_hw``, Gaussian-blurred, resized back
     (bilinear); output = composite(frame, background, mask).
 
+    On the GPU the whole chain runs by default as ``bgblur.ops.fused_gpu.FusedPostprocess``
+    (four launches, bit-identical to the per-op chain); ``fused=False`` keeps the per-op chain.
+
     Args:
         device: CPU (OpenCV) or GPU (CuPy kernels on this stage's own stream).
         blur_working_hw: ``(h, w)`` at which the background is blurred (CV-CUDA: 224x224).
         mask_interpolation: ``"nearest"`` (CV-CUDA) or ``"linear"``.
+        fused: on the GPU, run the fused kernels (default) or the per-op chain; ignored on the
+            CPU.
     """
 
     def __init__(
@@ -38,6 +43,7 @@ class Postprocess:
         *,
         blur_working_hw: tuple[int, int] = (224, 224),
         mask_interpolation: str = "nearest",
+        fused: bool = True,
     ) -> None:
         if mask_interpolation not in ("nearest", "linear"):
             raise ValueError(
@@ -49,6 +55,11 @@ class Postprocess:
         self.blur_working_hw = blur_working_hw
         self.mask_interpolation = mask_interpolation
         self.stream = StageStream(device)
+        self.fused = None
+        if device.is_gpu and fused:
+            from bgblur.ops.fused_gpu import FusedPostprocess
+
+            self.fused = FusedPostprocess(blur_working_hw, mask_interpolation)
 
     def __call__(
         self, frames_nhwc_u8: Any, probability_n1hw: Any, params: BlurParams
@@ -69,6 +80,10 @@ class Postprocess:
         with self.stream.activate():
             frames = self.stream.to_device(frames_nhwc_u8)
             probability = self.stream.to_device(probability_n1hw)
+            if self.fused is not None:
+                blurred, mask = self.fused(frames, probability, params)
+                self.stream.synchronize()
+                return blurred, mask
             mask_low = probability_to_mask(
                 probability, soft=params.soft_mask, threshold=params.mask_threshold
             )

@@ -1,0 +1,434 @@
+"""Fused GPU postprocess: the whole of ``bgblur.stages.postprocess`` in four launches.
+
+The per-op chain (``probability_to_mask`` -> ``upscale_mask`` -> ``rgb_to_grey`` ->
+``joint_bilateral_filter`` -> ``resize_linear_nhwc`` down -> ``gaussian_blur`` ->
+``resize_linear_nhwc`` up -> ``composite``) runs 10 to 15 kernels (the probability conversion
+alone is several CuPy elementwise kernels) and moves every full-resolution intermediate (mask,
+refined mask, grey, background) through memory. Here, per call, on the current stream:
+
+1. ``resize_linear_u8`` (``resize.cu``): frames -> small working image ``[B, h, w, 3]``;
+2. ``gaussian_h_*`` and 3. ``gaussian_v_*`` (``gaussian.cu``): the small image blurred (OpenCV's
+   bit-exact fixed-point Gaussian);
+4. ``fused_post_*`` (``fused.cu``): per 32x16 tile of the frame, the mask samples are computed on
+   the fly from the low-resolution probability (x255 or threshold, then nearest/linear upscale),
+   the grey guide from the RGB tile, the joint bilateral refinement from both tiles in shared
+   memory; the background is the bilinear upscale of the small blurred image, sampled in the same
+   thread; the composite is written as BLURRED and the refined mask as MASK.
+
+Full-resolution traffic: frames read once, BLURRED and MASK written once. Every step uses the
+same arithmetic as the per-op kernels, so both outputs are bit-identical to the unfused chain
+(and so to OpenCV). The weight tables (bilateral colour/spatial, Gaussian taps) are computed on
+the device once per parameter set and cached; the small buffers live in a workspace keyed by
+``(device, batch)``; in steady state a call allocates only its two outputs (from CuPy's
+stream-ordered pool, no cudaMalloc) and does not synchronise the host. Bilateral windows too
+large for the fused kernel's shared memory (diameter > 41) fall back to the per-op chain.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import numpy as np
+
+from bgblur.config import BlurParams
+from bgblur.kernels import (
+    SHARED_MEMORY_LIMIT,
+    blocks,
+    check_grid,
+    f32,
+    f64,
+    get_kernel,
+    i32,
+    require_u8,
+    strides,
+)
+
+_BLOCK = (32, 8, 1)  # FU_BX, FU_BY in fused.cu
+_TILE_W = 32  # FU_TX
+_TILE_H = 16  # FU_TY (two rows per thread)
+_COLOUR = 511  # colour weights of guide differences -255..255
+_TAP_BYTES = 16  # sizeof(LinearTap): four ints
+_MAX_WORKSPACES = 4  # small-image workspaces kept (least recently used dropped)
+_MAX_TABLES = 16  # weight tables kept per kind
+
+
+def fused_rgb_pitch(tile_w: int) -> int:
+    """Bytes per row of the RGB tile (``fused_rgb_pitch`` in fused.cu)."""
+    return (tile_w * 3 + 6 + 3) & ~3
+
+
+def fused_shared_bytes(radius: int, refine: bool) -> int:
+    """Dynamic shared memory of a ``fused_post_*`` block (layout in fused.cu)."""
+    halo = radius if refine else 0
+    tw, th = _TILE_W + 2 * halo, _TILE_H + 2 * halo
+    floats = (_COLOUR + (2 * halo + 1) ** 2 + th * tw) if refine else 0
+    taps = (tw + th + _TILE_W + _TILE_H) * _TAP_BYTES
+    row_offsets = 4 * th
+    tiles = th * fused_rgb_pitch(tw) + _TILE_H * _TILE_W * 4 + (th * tw if refine else 0)
+    return 4 * floats + taps + row_offsets + tiles
+
+
+def bilateral_radius(diameter: int) -> int:
+    """ximgproc's window radius ``max(d // 2, 1)``; 0 means no refinement (diameter 0 or 1)."""
+    return max(int(diameter) // 2, 1) if int(diameter) > 1 else 0
+
+
+def fits_fused(diameter: int) -> bool:
+    """Whether the fused kernel serves this bilateral diameter (else the per-op chain does)."""
+    radius = bilateral_radius(diameter)
+    return fused_shared_bytes(radius, radius > 0) <= SHARED_MEMORY_LIMIT
+
+
+class FusedPostprocess:
+    """``(frames [B, H, W, 3] u8, probability [B, 1, h, w] f16/f32, params) -> (blurred, mask)``.
+
+    CuPy arrays in, CuPy arrays out, on the arrays' device and the current stream; the same
+    results as the per-op chain of ``bgblur.stages.postprocess``. Holds the reusable state: small
+    working buffers per (device, batch), weight tables per parameter set, and an event that
+    orders a call after the previous one when the caller switches streams (the buffers are
+    shared between calls). Not thread-safe: one instance per stage (or per thread).
+
+    Args:
+        blur_working_hw: ``(h, w)`` at which the background is blurred (CV-CUDA: 224x224).
+        mask_interpolation: ``"nearest"`` or ``"linear"`` upscale of the mask.
+    """
+
+    def __init__(
+        self, blur_working_hw: tuple[int, int] = (224, 224), mask_interpolation: str = "nearest"
+    ) -> None:
+        if mask_interpolation not in ("nearest", "linear"):
+            raise ValueError(
+                f"mask_interpolation must be nearest or linear, got {mask_interpolation!r}"
+            )
+        h, w = (int(v) for v in blur_working_hw)
+        if min(h, w) < 1:
+            raise ValueError(f"blur_working_hw must be positive, got {blur_working_hw}")
+        self.blur_working_hw = (h, w)
+        self.mask_interpolation = mask_interpolation
+        self._workspaces: collections.OrderedDict[tuple[int, int], tuple[Any, Any, Any]] = (
+            collections.OrderedDict()
+        )
+        self._tables: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+        self._events: dict[int, Any] = {}
+        self._last: dict[int, int] = {}  # device -> stream of its previous call
+        self.launches = 0  # kernels launched by the last call (for the tests and benchmarks)
+
+    # ---- public ----------------------------------------------------------------------------
+
+    def __call__(
+        self,
+        frames_nhwc_u8: Any,
+        probability_n1hw: Any,
+        params: BlurParams,
+        *,
+        out: Any = None,
+        mask_out: Any = None,
+    ) -> tuple[Any, Any]:
+        """Returns ``(blurred [B, H, W, 3] uint8, mask [B, H, W] uint8)`` (CuPy).
+
+        ``out`` / ``mask_out``: optional arrays (views allowed) to write the results into; by
+        default both come from CuPy's memory pool.
+        """
+        import cupy
+
+        frames, probability = frames_nhwc_u8, probability_n1hw
+        require_u8("fused postprocess", frames=frames)
+        if frames.ndim != 4 or frames.shape[3] != 3:
+            raise ValueError(f"fused postprocess needs [B, H, W, 3] frames, got {frames.shape}")
+        if probability.ndim != 4 or probability.shape[1] != 1:
+            raise ValueError(
+                f"probability must have shape [B, 1, h, w], got {tuple(probability.shape)}"
+            )
+        batch, height, width, _ = frames.shape
+        if probability.shape[0] != batch:
+            raise ValueError(
+                f"frames and probability batch sizes differ: {batch} vs {probability.shape[0]}"
+            )
+        ph, pw = int(probability.shape[2]), int(probability.shape[3])
+        with frames.device:
+            if out is None:
+                out = cupy.empty((batch, height, width, 3), np.uint8)
+            if mask_out is None:
+                mask_out = cupy.empty((batch, height, width), np.uint8)
+            require_u8("fused postprocess", out=out, mask_out=mask_out)
+            if tuple(out.shape) != tuple(frames.shape) or tuple(mask_out.shape) != (
+                batch,
+                height,
+                width,
+            ):
+                raise ValueError(
+                    f"out {tuple(out.shape)} / mask_out {tuple(mask_out.shape)} do not match "
+                    f"frames {tuple(frames.shape)}"
+                )
+            self.launches = 0
+            if out.size == 0:
+                return out, mask_out
+            if min(ph, pw) < 1:
+                raise ValueError(
+                    f"cannot upscale an empty {(ph, pw)} probability to {(height, width)}"
+                )
+            if not fits_fused(params.bilateral_diameter):
+                return self._per_op_chain(frames, probability, params, out, mask_out)
+            if probability.dtype not in (np.float16, np.float32):
+                probability = probability.astype(np.float32)  # rare: float64 & co.
+            stream = cupy.cuda.get_current_stream()
+            device = int(frames.device.id)
+            self._order_after_previous_call(device, stream)
+            small_blurred = self._small_background(frames, params)
+            self._launch_fused(frames, probability, small_blurred, params, out, mask_out)
+            self._record_call(device, stream)
+        return out, mask_out
+
+    # ---- steps -------------------------------------------------------------------------------
+
+    def _small_background(self, frames: Any, params: BlurParams) -> Any:
+        """Frames -> small working image -> Gaussian; returns the workspace's blurred buffer."""
+        from bgblur.ops import gaussian_gpu, resize_gpu
+
+        batch = frames.shape[0]
+        small, tmp, small_blurred = self._workspace(int(frames.device.id), batch)
+        resize_gpu.resize_linear_nhwc(frames, self.blur_working_hw, out=small)
+        self.launches += 1
+
+        ksize, sigma = int(params.blur_ksize), float(params.blur_sigma)
+        if ksize < 1 or ksize % 2 == 0 or not sigma > 0 or ksize > gaussian_gpu.MAX_KSIZE:
+            raise ValueError(f"blur_ksize {ksize} / blur_sigma {sigma} out of range")
+        taps = self._gaussian_taps(ksize, sigma)
+        h, w = self.blur_working_hw
+        channels = 3
+        out_unit = gaussian_gpu._OUT
+        kpad = blocks(ksize, out_unit) * out_unit
+        taps_bytes = 4 * kpad
+        npix = min(gaussian_gpu._H_PIXELS, w)
+        h_shared = taps_bytes + 2 * (blocks(npix * channels, 2) * 2)
+        h_tile = h_shared + 4 * (blocks(npix, out_unit) * out_unit + kpad + out_unit) * channels
+        h_tiled = h_tile <= SHARED_MEMORY_LIMIT
+        grid = check_grid("gaussian_blur", (blocks(w, gaussian_gpu._H_PIXELS), h, batch))
+        get_kernel("gaussian", "gaussian_h_tiled" if h_tiled else "gaussian_h_direct")(
+            grid,
+            (gaussian_gpu._H_THREADS,),
+            (
+                small,
+                tmp,
+                taps,
+                i32(h),
+                i32(w),
+                i32(channels),
+                i32(ksize),
+                i32(kpad),
+                *strides(small),
+            ),
+            shared_mem=h_tile if h_tiled else h_shared,
+        )
+        v_block = gaussian_gpu._V_BLOCK
+        v_tile = taps_bytes + 4 * (gaussian_gpu._V_ROWS + kpad + out_unit) * v_block[0]
+        v_tiled = v_tile <= SHARED_MEMORY_LIMIT
+        grid = check_grid(
+            "gaussian_blur",
+            (blocks(w * channels, v_block[0]), blocks(h, gaussian_gpu._V_ROWS), batch),
+        )
+        get_kernel("gaussian", "gaussian_v_tiled" if v_tiled else "gaussian_v_direct")(
+            grid,
+            v_block,
+            (
+                tmp,
+                small_blurred,
+                taps,
+                i32(h),
+                i32(w),
+                i32(channels),
+                i32(ksize),
+                i32(kpad),
+                *strides(small_blurred),
+            ),
+            shared_mem=v_tile if v_tiled else taps_bytes,
+        )
+        self.launches += 2
+        return small_blurred
+
+    def _launch_fused(
+        self,
+        frames: Any,
+        probability: Any,
+        small_blurred: Any,
+        params: BlurParams,
+        out: Any,
+        mask_out: Any,
+    ) -> None:
+        batch, height, width, _ = frames.shape
+        ph, pw = int(probability.shape[2]), int(probability.shape[3])
+        sh, sw = self.blur_working_hw
+        radius = bilateral_radius(params.bilateral_diameter)
+        refine = radius > 0
+        tables = (
+            self._bilateral_tables(
+                radius, float(params.bilateral_sigma_color), float(params.bilateral_sigma_space)
+            )
+            if refine
+            else None
+        )
+        name = "fused_post_{}_{}_{}".format(
+            "f16" if probability.dtype == np.float16 else "f32",
+            self.mask_interpolation,
+            "refine" if refine else "plain",
+        )
+        p_strides = strides(probability)
+        grid = check_grid(
+            "fused postprocess", (blocks(width, _TILE_W), blocks(height, _TILE_H), batch)
+        )
+        get_kernel("fused", name)(
+            grid,
+            _BLOCK,
+            (
+                probability,
+                p_strides[0],
+                p_strides[2],
+                p_strides[3],
+                i32(1 if params.soft_mask else 0),
+                f32(params.mask_threshold),
+                i32(ph),
+                i32(pw),
+                _scale(pw, width),
+                _scale(ph, height),
+                frames,
+                *strides(frames),
+                small_blurred,
+                i32(sh),
+                i32(sw),
+                *strides(small_blurred),
+                _scale(sw, width),
+                _scale(sh, height),
+                tables if tables is not None else np.uint64(0),  # NULL
+                out,
+                *strides(out),
+                mask_out,
+                *strides(mask_out),
+                i32(height),
+                i32(width),
+                i32(radius),
+            ),
+            shared_mem=fused_shared_bytes(radius, refine),
+        )
+        self.launches += 1
+
+    def _per_op_chain(
+        self, frames: Any, probability: Any, params: BlurParams, out: Any, mask_out: Any
+    ) -> tuple[Any, Any]:
+        """The unfused chain (bilateral windows too large for the fused kernel)."""
+        from bgblur import ops
+
+        mask_low = ops.probability_to_mask(
+            probability, soft=params.soft_mask, threshold=params.mask_threshold
+        )
+        frame_hw = tuple(frames.shape[1:3])
+        mask = ops.upscale_mask(mask_low, frame_hw, interpolation=self.mask_interpolation)
+        ops.joint_bilateral_filter(
+            mask,
+            ops.rgb_to_grey(frames),
+            params.bilateral_diameter,
+            params.bilateral_sigma_color,
+            params.bilateral_sigma_space,
+            out=mask_out,
+        )
+        small = ops.resize_linear_nhwc(frames, self.blur_working_hw)
+        small_blurred = ops.gaussian_blur(small, params.blur_ksize, params.blur_sigma)
+        background = ops.resize_linear_nhwc(small_blurred, frame_hw)
+        ops.composite(frames, background, mask_out, out=out)
+        return out, mask_out
+
+    # ---- reusable state ------------------------------------------------------------------------
+
+    def _workspace(self, device: int, batch: int) -> tuple[Any, Any, Any]:
+        """``(small u8, gaussian tmp u16, small blurred u8)``, each ``[batch, h, w, 3]``."""
+        import cupy
+
+        key = (device, batch)
+        buffers = self._workspaces.get(key)
+        if buffers is None:
+            h, w = self.blur_working_hw
+            buffers = (
+                cupy.empty((batch, h, w, 3), np.uint8),
+                cupy.empty((batch, h, w, 3), np.uint16),
+                cupy.empty((batch, h, w, 3), np.uint8),
+            )
+            self._workspaces[key] = buffers
+            while len(self._workspaces) > _MAX_WORKSPACES:
+                self._workspaces.popitem(last=False)
+        else:
+            self._workspaces.move_to_end(key)
+        return buffers
+
+    def _cached_table(self, key: tuple, build: Any) -> Any:
+        table = self._tables.get(key)
+        if table is None:
+            table = build()
+            self._tables[key] = table
+            while len(self._tables) > _MAX_TABLES:
+                self._tables.popitem(last=False)
+        else:
+            self._tables.move_to_end(key)
+        return table
+
+    def _bilateral_tables(self, radius: int, sigma_color: float, sigma_space: float) -> Any:
+        """``[colour(511) | spatial((2r+1)^2)]`` float32, as ``bilateral_gpu`` builds them."""
+        import cupy
+
+        def build() -> Any:
+            n_tables = _COLOUR + (2 * radius + 1) ** 2
+            tables = cupy.empty(n_tables, np.float32)
+            get_kernel("bilateral", "bilateral_tables")(
+                (blocks(n_tables, 256),),
+                (256,),
+                (
+                    tables,
+                    i32(radius),
+                    f64(-0.5 / (sigma_color * sigma_color)),
+                    f64(-0.5 / (sigma_space * sigma_space)),
+                ),
+            )
+            self.launches += 1
+            return tables
+
+        device = int(cupy.cuda.runtime.getDevice())
+        return self._cached_table(("bilateral", device, radius, sigma_color, sigma_space), build)
+
+    def _gaussian_taps(self, ksize: int, sigma: float) -> Any:
+        """OpenCV's fixed-point Gaussian taps (int32), as ``gaussian_gpu`` builds them."""
+        import cupy
+
+        def build() -> Any:
+            taps = cupy.empty(ksize, np.int32)
+            get_kernel("gaussian", "gaussian_taps")(
+                (1,),
+                (128,),
+                (taps, i32(ksize), f64(-0.125 / (sigma * sigma))),
+                shared_mem=8 * (ksize // 2),
+            )
+            self.launches += 1
+            return taps
+
+        device = int(cupy.cuda.runtime.getDevice())
+        return self._cached_table(("gaussian", device, ksize, sigma), build)
+
+    def _order_after_previous_call(self, device: int, stream: Any) -> None:
+        """Make ``stream`` wait for the previous call's work when that ran on another stream
+        (it may still be reading the workspace or writing the cached tables); no host sync."""
+        last_stream = self._last.get(device)
+        if last_stream is not None and last_stream != stream.ptr:
+            stream.wait_event(self._events[device])
+
+    def _record_call(self, device: int, stream: Any) -> None:
+        import cupy
+
+        event = self._events.get(device)
+        if event is None:
+            event = cupy.cuda.Event(block=False, disable_timing=True)
+            self._events[device] = event
+        event.record(stream)
+        self._last[device] = stream.ptr
+
+
+def _scale(src_size: int, dst_size: int) -> np.float64:
+    """OpenCV's source step per destination pixel: ``1. / ((double)dst_size / src_size)``."""
+    return f64(1.0 / (dst_size / src_size))
