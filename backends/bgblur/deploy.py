@@ -534,7 +534,8 @@ class ShmEstimate:
     (``frames_bytes = max_batch * H * W * 3``):
 
     - preprocess: FRAMES in (client tensors reach the ensemble in host memory) +
-      NETWORK_INPUT out;
+      NETWORK_INPUT and FRAMES_ON_DEVICE (``frames_bytes``, the frames handed on to
+      postprocess) out;
     - postprocess: FRAMES + PROBABILITY in, BLURRED (``frames_bytes``) + MASK
       (``frames_bytes / 3``) out. Outputs produced on the GPU go through shared memory only when
       Triton hands the backend a host buffer, which it does when its CUDA memory pool
@@ -563,7 +564,8 @@ class ShmEstimate:
         return "\n".join(
             [
                 f"frames: {self.max_batch} x {h}x{w}x3 uint8 = {self.frames_bytes:,} B",
-                f"preprocess: FRAMES + NETWORK_INPUT ({self.max_batch}x3x{nh}x{nw} fp16) "
+                f"preprocess: FRAMES + NETWORK_INPUT ({self.max_batch}x3x{nh}x{nw} fp16) + "
+                f"FRAMES_ON_DEVICE "
                 f"= {self.preprocess_bytes:,} B",
                 f"postprocess: FRAMES + PROBABILITY ({self.max_batch}x1x{nh}x{nw} fp16) + "
                 f"BLURRED + MASK = {self.postprocess_bytes:,} B",
@@ -599,7 +601,7 @@ def shm_requirement(
     frames = max_batch * h * w * 3
     network_input = max_batch * 3 * nh * nw * 2
     probability = max_batch * nh * nw * 2
-    preprocess = frames + network_input
+    preprocess = frames + network_input + frames
     postprocess = frames + probability + frames + frames // 3
     per_gpu = preprocess + postprocess
     total = math.ceil(per_gpu * gpus * headroom) + fixed_bytes

@@ -44,10 +44,10 @@ class BackgroundBlurPipeline:
         )
 
     def __call__(self, frames_nhwc_u8: Any, params: BlurParams | None = None) -> tuple[Any, Any]:
-        inputs = self.preprocess(frames_nhwc_u8)
+        inputs, frames_on_device = self.preprocess.with_device_frames(frames_nhwc_u8)
         probability = self.runtime(inputs)
         if self.device.is_gpu:
             import cupy
 
             probability = cupy.from_dlpack(probability)
-        return self.postprocess(frames_nhwc_u8, probability, params or BlurParams())
+        return self.postprocess(frames_on_device, probability, params or BlurParams())

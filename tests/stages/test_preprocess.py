@@ -96,3 +96,33 @@ class TestPreprocess:
     ) -> None:
         with pytest.raises(TypeError, match="a CPU stage got a list"):
             preprocess([[[[0, 0, 0]]]])
+
+
+class TestDeviceFrames:
+    """``with_device_frames``: the frames postprocess gets from the ensemble are the input frames,
+    on the stage's device (one upload per request)."""
+
+    def test_cpu_hands_the_input_frames_on_unchanged(
+        self, preprocess: Preprocess, astronaut_frames: np.ndarray
+    ) -> None:
+        network_input, frames = preprocess.with_device_frames(astronaut_frames)
+        assert frames is astronaut_frames
+        np.testing.assert_array_equal(network_input, preprocess(astronaut_frames))
+
+    @pytest.mark.gpu
+    @pytest.mark.parametrize("source", ["host", "device"])
+    def test_gpu_returns_the_frames_on_the_gpu(
+        self, astronaut_frames: np.ndarray, source: str
+    ) -> None:
+        import cupy
+
+        stage = Preprocess(get_model_spec("selfie_general"), Device("gpu", 0))
+        frames_in = astronaut_frames if source == "host" else cupy.asarray(astronaut_frames)
+        network_input, frames = stage.with_device_frames(frames_in)
+        assert isinstance(frames, cupy.ndarray) and isinstance(network_input, cupy.ndarray)
+        if source == "device":
+            assert frames.data.ptr == frames_in.data.ptr  # no copy when already there
+        np.testing.assert_array_equal(cupy.asnumpy(frames), astronaut_frames)
+        np.testing.assert_array_equal(
+            cupy.asnumpy(network_input), cupy.asnumpy(stage(astronaut_frames))
+        )

@@ -29,10 +29,20 @@ class Preprocess:
 
     def __call__(self, frames_nhwc_u8: Any) -> Any:
         """Frames (NumPy, or CuPy on the GPU) -> network input on this stage's device."""
+        return self.with_device_frames(frames_nhwc_u8)[0]
+
+    def with_device_frames(self, frames_nhwc_u8: Any) -> tuple[Any, Any]:
+        """Frames -> ``(network input [B, 3, h, w] float16, frames [B, H, W, 3] uint8)``, both
+        on this stage's device.
+
+        The second item is the frames as this stage uploaded them (the input itself when it was
+        already there): the ensemble hands it on to ``postprocess`` so that a host frame crosses
+        PCIe once per request, not once per stage.
+        """
         with self.stream.activate():
             frames = self.stream.to_device(frames_nhwc_u8)
             out = resize_normalize_nchw(
                 frames, self.spec.input_hw, self.spec.mean, self.spec.std, out_dtype=self.out_dtype
             )
         self.stream.synchronize()
-        return out
+        return out, frames

@@ -1,4 +1,5 @@
-"""Triton adapter: frames -> network input (bgblur.stages.preprocess.Preprocess)."""
+"""Triton adapter: frames -> network input + the frames on this instance's device, handed on to
+postprocess (bgblur.stages.preprocess.Preprocess)."""
 
 import triton_python_backend_utils as pb_utils
 
@@ -23,7 +24,11 @@ class TritonPythonModel:
 
     def execute(self, requests):
         return execute_grouped(
-            pb_utils, requests, self._prepare, self._run, output_names=["NETWORK_INPUT"]
+            pb_utils,
+            requests,
+            self._prepare,
+            self._run,
+            output_names=["NETWORK_INPUT", "FRAMES_ON_DEVICE"],
         )
 
     def _prepare(self, request):
@@ -33,4 +38,4 @@ class TritonPythonModel:
         return PreparedRequest(key=tuple(frames.shape[1:]), arrays=(frames,))
 
     def _run(self, arrays, options):
-        return [self.stage(arrays[0])]
+        return self.stage.with_device_frames(arrays[0])
