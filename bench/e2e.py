@@ -1,10 +1,13 @@
 """End-to-end throughput and latency of the served ensemble, and of the in-process pipeline.
 
 Starts the embedded Triton server (or uses ``--url``), sends real frames (scikit-image's
-astronaut photo resized to each size) and prints/records, per (size, batch, concurrency):
-latency p50/p90/p99 per request and frames/s. ``--in-process`` also times the library pipeline
-without Triton on the same device (the stages alone) and the CPU pipeline (OpenCV pre/post on the
-CPU, the network with torch on the best device: the seed's CPU baseline shape).
+astronaut photo resized to each size) and prints/records, per (size, batch, concurrency,
+transport): latency p50/p90/p99 per request and frames/s; the per-stage split from Triton's
+statistics (queue and compute per composing model, bgblur_client.stats); GPU utilization,
+memory and energy per frame from NVML when present (bgblur.nvml). ``--in-process`` also times
+the library pipeline without Triton on the same device (the stages alone) and the CPU pipeline
+(OpenCV pre/post on the CPU, the network with torch on the best device: the seed's CPU baseline
+shape). ``--instances postprocess=2`` sets instances per GPU of the Python models (tuning).
 
     python bench/e2e.py --sizes 720p,1080p --batches 1,4 --concurrency 1,4 --seconds 10
 """
@@ -60,10 +63,13 @@ def run_served(
 
         frames = cupy.asarray(frames)
 
+    ready = threading.Barrier(concurrency + 1)
+
     def worker() -> int:
         done = 0
         with BlurClient(url, protocol=protocol, shared_memory=shared_memory) as client:
             client.blur(frames)  # warm-up, region registration
+            ready.wait()
             while time.perf_counter() < deadline:
                 start = time.perf_counter()
                 client.blur(frames)
@@ -72,16 +78,32 @@ def run_served(
                 done += 1
         return done
 
-    start = time.perf_counter()
+    from bgblur.nvml import GpuSampler
+
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
-        requests = sum(pool.map(lambda _: worker(), range(concurrency)))
-    elapsed = time.perf_counter() - start
+        results = [pool.submit(worker) for _ in range(concurrency)]
+        ready.wait()  # every worker warmed up: measure from here
+        with BlurClient(url, protocol=protocol) as probe:
+            before = probe.statistics()
+            deadline = time.perf_counter() + seconds
+            start = time.perf_counter()
+            with GpuSampler(0) as sampler:
+                requests = sum(r.result() for r in results)
+            elapsed = time.perf_counter() - start
+            stages = probe.statistics().since(before)
+    frames_sent = requests * frames.shape[0]
+    gpu = sampler.summary()
+    energy = gpu.pop("energy_j")
     return {
         "requests": requests,
-        "frames_per_s": requests * frames.shape[0] / elapsed,
+        "frames_per_s": frames_sent / elapsed,
         "latency_ms_p50": 1e3 * percentile(latencies, 50),
         "latency_ms_p90": 1e3 * percentile(latencies, 90),
         "latency_ms_p99": 1e3 * percentile(latencies, 99),
+        "gpu": gpu
+        | {"energy_j_per_frame": energy / frames_sent if energy and frames_sent else None},
+        # Requests still in flight at the deadline finish after it: counted in the split.
+        "stages": {name: {k: round(v, 1) for k, v in row.items()} for name, row in stages.items()},
     }
 
 
@@ -116,6 +138,11 @@ def main() -> None:
     parser.add_argument(
         "--shared-memory", default="none", help="comma list of none, system, cuda (transports)"
     )
+    parser.add_argument(
+        "--instances",
+        default="",
+        help="instances per GPU of the Python models, e.g. postprocess=2,preprocess=1",
+    )
     parser.add_argument("--in-process", action="store_true", help="also time the library alone")
     parser.add_argument("--out", type=Path, help="JSON file for the results")
     args = parser.parse_args()
@@ -128,7 +155,10 @@ def main() -> None:
     server = None
     url = args.url
     if url is None:
-        server = TritonServer(device=args.device, segmentation_model=model).start()
+        instances = {k: int(v) for k, v in (i.split("=") for i in args.instances.split(",") if i)}
+        server = TritonServer(
+            device=args.device, segmentation_model=model, instance_counts=instances
+        ).start()
         url = server.grpc_url if args.protocol == "grpc" else server.http_url
     device = server.device if server else args.device
     report: dict[str, Any] = {
@@ -138,6 +168,7 @@ def main() -> None:
         "device": device,
         "model": model,
         "protocol": args.protocol,
+        "instances": args.instances or "1 per model",
         "command": "python bench/e2e.py " + " ".join(_argv()),
         "served": [],
         "in_process": [],

@@ -1,8 +1,9 @@
 """perf_analyzer load test of the ensemble with real frames (``make perf``).
 
-Writes perf_analyzer's input data (a directory with the raw ``FRAMES`` tensor: scikit-image's
-astronaut photo resized to the chosen size), starts the embedded server unless ``--url`` is
-given, and runs a concurrency sweep per shared-memory mode, one CSV each in ``--out-dir``.
+Writes perf_analyzer's input data per target model (a directory with one raw file per input:
+scikit-image's astronaut photo at the chosen size, or what the stage before would hand on),
+starts the embedded server unless ``--url`` is given, and runs a concurrency sweep per target
+(the ensemble, or a composing model alone) and shared-memory mode, one CSV each in ``--out-dir``.
 
 perf_analyzer (PyPI ``perf-analyzer``) is built for glibc >= 2.38: it runs on Ubuntu 24.04 (the
 GPU machine) but not on Debian 12; there this script says so and exits with status 2.
@@ -32,19 +33,56 @@ def glibc_ok() -> tuple[bool, str]:
     return (major, minor) >= (2, 38), f"glibc {version}"
 
 
-def write_input_data(directory: Path, size: str, batch: int) -> list[int]:
-    """Raw bytes of one frame (perf_analyzer repeats it ``-b`` times) in ``DIR/FRAMES``;
-    returns the request's shape ``[batch, H, W, 3]``."""
+TARGETS = ("background_blur", "preprocess", "segmentation", "postprocess")
+
+
+def input_tensors(
+    target: str, size: str, segmentation_model: str | None = None
+) -> dict[str, np.ndarray]:
+    """One request's worth (one frame: perf_analyzer repeats it ``-b`` times) of real input for
+    ``target``: the ensemble and preprocess take the astronaut photo at ``size``; segmentation
+    takes that photo as preprocessed for the network; postprocess takes the photo and a centred
+    ellipse of probability (bgblur.models.fixed) at the network's resolution."""
+    from bgblur.device import Device
+    from bgblur.models.fixed import FixedEllipse
+    from bgblur.models.registry import DEFAULT_MODEL, get_model_spec
+    from bgblur.stages.preprocess import Preprocess
+
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     height, width = SIZES[size]
     photo = cv2.resize(skimage.data.astronaut(), (width, height), interpolation=cv2.INTER_LINEAR)
+    frames = np.ascontiguousarray(photo[None])
+    spec = get_model_spec(segmentation_model or DEFAULT_MODEL)
+    network_input = Preprocess(spec, Device("cpu"))(frames)
+    if target in ("background_blur", "preprocess"):
+        tensors = {"FRAMES": frames}
+    elif target == "segmentation":
+        tensors = {"NETWORK_INPUT": network_input}
+    else:
+        import torch
+
+        probability = FixedEllipse()(torch.from_numpy(network_input.astype(np.float32)))
+        tensors = {"FRAMES": frames, "PROBABILITY": probability.numpy().astype(np.float16)}
+    return {name: array[0] for name, array in tensors.items()}  # without the batch dimension
+
+
+def write_input_data(directory: Path, tensors: dict[str, np.ndarray]) -> list[str]:
+    """Raw bytes of each tensor in ``DIR/<name>`` (perf_analyzer's directory input format);
+    returns the ``--shape NAME:dims`` arguments for the variable dimensions."""
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "FRAMES").write_bytes(np.ascontiguousarray(photo).tobytes())
-    return [batch, height, width, 3]
+    shapes = []
+    for name, array in tensors.items():
+        (directory / name).write_bytes(np.ascontiguousarray(array).tobytes())
+        shapes.append(f"{name}:" + ",".join(map(str, array.shape)))
+    return shapes
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="gRPC host:port of a running server (default: start one)")
+    parser.add_argument("--targets", default="background_blur", help=f"comma list of {TARGETS}")
+    parser.add_argument("--segmentation-model", default=None, help="network (default: selfie)")
     parser.add_argument("--size", choices=tuple(SIZES), default="1080p")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--concurrency", default="1:8:1", help="perf_analyzer concurrency range")
@@ -66,30 +104,37 @@ def main() -> int:
 
     from bgblur.launcher import TritonServer
 
-    data_dir = args.out_dir / f"input-{args.size}-b{args.batch}"
-    shape = write_input_data(data_dir, args.size, args.batch)
-    server = None if args.url else TritonServer().start()
+    server = None
+    if not args.url:
+        server = TritonServer(segmentation_model=args.segmentation_model).start()
     url = args.url or server.grpc_url
-    output_bytes = int(np.prod(shape)) + int(np.prod(shape[:3]))
     try:
-        for mode in args.shared_memory.split(","):
-            csv = args.out_dir / f"perf-{args.size}-b{args.batch}-{mode}.csv"
-            command = [
-                binary,
-                "-m", "background_blur",
-                "-u", url,
-                "-i", "grpc",
-                "-b", str(args.batch),
-                "--input-data", str(data_dir),
-                "--shape", "FRAMES:" + ",".join(map(str, shape[1:])),
-                "--concurrency-range", args.concurrency,
-                "--measurement-interval", str(args.measurement_ms),
-                "--shared-memory", mode,
-                "--output-shared-memory-size", str(output_bytes),
-                "-f", str(csv),
-            ]  # fmt: skip
-            print("$", " ".join(command), flush=True)
-            subprocess.run(command, check=True)
+        for target in args.targets.split(","):
+            tensors = input_tensors(target, args.size, args.segmentation_model)
+            data_dir = args.out_dir / f"input-{target}-{args.size}"
+            shapes = write_input_data(data_dir, tensors)
+            # Outputs: BLURRED + MASK (ensemble, postprocess), else the first input's size is an
+            # upper bound for NETWORK_INPUT/PROBABILITY; per frame times the batch.
+            frame_bytes = int(np.prod(SIZES[args.size])) * 4
+            output_bytes = args.batch * max(frame_bytes, 3 * 1024 * 1024 * 2)
+            for mode in args.shared_memory.split(","):
+                csv = args.out_dir / f"perf-{target}-{args.size}-b{args.batch}-{mode}.csv"
+                command = [
+                    binary,
+                    "-m", target,
+                    "-u", url,
+                    "-i", "grpc",
+                    "-b", str(args.batch),
+                    "--input-data", str(data_dir),
+                    *(f"--shape={shape}" for shape in shapes),
+                    "--concurrency-range", args.concurrency,
+                    "--measurement-interval", str(args.measurement_ms),
+                    "--shared-memory", mode,
+                    "--output-shared-memory-size", str(output_bytes),
+                    "-f", str(csv),
+                ]  # fmt: skip
+                print("$", " ".join(command), flush=True)
+                subprocess.run(command, check=True)
     finally:
         if server is not None:
             server.stop()

@@ -81,6 +81,23 @@ class TestRenderModelRepository:
             assert groups[0].count == 1
             assert list(groups[0].gpus) == gpus
 
+    @pytest.mark.parametrize("device", ["cpu", "gpu"], ids=["render_cpu", "render_gpu"])
+    def test_instance_counts_per_model(self, tmp_path: Path, device: str) -> None:
+        repository = render_model_repository(
+            tmp_path / "repo", device=device, gpus=[0], instance_counts={"postprocess": 3}
+        )
+        counts = {m: read_config(repository, m).instance_group[0].count for m in PYTHON_MODELS}
+        assert counts == {"preprocess": 1, "segmentation": 1, "postprocess": 3}
+
+    @pytest.mark.parametrize("counts", [{"postprocess": 0}, {"background_blur": 2}, {"x": 1}])
+    def test_instance_counts_reject_bad_counts_and_models(
+        self, tmp_path: Path, counts: dict[str, int]
+    ) -> None:
+        destination = tmp_path / "repo"
+        with pytest.raises(ValueError, match="instance_counts takes counts >= 1 for preprocess"):
+            render_model_repository(destination, device="cpu", gpus=[], instance_counts=counts)
+        assert not destination.exists()
+
     # ids: a bare "gpu" id would be read as the gpu marker by conftest and skipped without CUDA
     @pytest.mark.parametrize("device", ["cpu", "gpu"], ids=["render_cpu", "render_gpu"])
     def test_the_ensemble_config_is_copied_verbatim(self, tmp_path: Path, device: str) -> None:

@@ -39,6 +39,8 @@ from bgblur.models.registry import model_names
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MODEL_REPOSITORY = PROJECT_ROOT / "model_repository"
 PYTHON_MODELS = ("preprocess", "segmentation", "postprocess")
+# Decoupled Python models, rendered like PYTHON_MODELS (one instance each) when present.
+VIDEO_MODELS = ("background_blur_video",)
 EXIT_TIMEOUT_S = 10
 
 
@@ -87,12 +89,20 @@ def render_model_repository(
     gpus: list[int],
     segmentation_model: str | None = None,
     source: Path = MODEL_REPOSITORY,
+    instance_counts: dict[str, int] | None = None,
 ) -> Path:
     """Copy ``source`` to ``destination`` with instance groups for ``device`` ("cpu"/"gpu").
 
-    Each Python-backend model gets one instance per GPU (KIND_GPU) or one KIND_CPU instance;
-    ``segmentation_model`` replaces the network named in preprocess and segmentation.
+    Each Python-backend model gets one instance per GPU (KIND_GPU) or one KIND_CPU instance,
+    or ``instance_counts[model]`` of them (per GPU); ``segmentation_model`` replaces the network
+    named in preprocess and segmentation.
     """
+    counts = dict(instance_counts or {})
+    unknown = set(counts) - set(PYTHON_MODELS)
+    if unknown or any(int(n) < 1 for n in counts.values()):
+        raise ValueError(
+            f"instance_counts takes counts >= 1 for {', '.join(PYTHON_MODELS)}; got {counts}"
+        )
     if device not in ("cpu", "gpu"):
         raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
     if segmentation_model is not None and segmentation_model not in model_names():
@@ -100,11 +110,14 @@ def render_model_repository(
             f"unknown segmentation model {segmentation_model!r}; known: {', '.join(model_names())}"
         )
     shutil.copytree(source, destination, ignore=shutil.ignore_patterns("__pycache__"))
-    if device == "gpu":
-        group = f"instance_group [ {{ kind: KIND_GPU, count: 1, gpus: {gpus} }} ]\n"
-    else:
-        group = "instance_group [ { kind: KIND_CPU, count: 1 } ]\n"
-    for model in PYTHON_MODELS:
+    for model in (*PYTHON_MODELS, *VIDEO_MODELS):
+        if model in VIDEO_MODELS and not (destination / model).is_dir():
+            continue
+        count = int(counts.get(model, 1))
+        if device == "gpu":
+            group = f"instance_group [ {{ kind: KIND_GPU, count: {count}, gpus: {gpus} }} ]\n"
+        else:
+            group = f"instance_group [ {{ kind: KIND_CPU, count: {count} }} ]\n"
         config_path = destination / model / "config.pbtxt"
         text = config_path.read_text()
         if segmentation_model is not None:
@@ -127,6 +140,8 @@ class TritonServer:
         startup_timeout_s: how long to wait for readiness.
         log_path: where the server log goes (a temporary file when None).
         verbose: also echo the server log to stderr.
+        instance_counts: instances per GPU of a Python model, e.g. ``{"postprocess": 2}``
+            (default 1 each).
     """
 
     def __init__(
@@ -141,6 +156,7 @@ class TritonServer:
         log_path: Path | None = None,
         verbose: bool = False,
         model_repository: Path = MODEL_REPOSITORY,
+        instance_counts: dict[str, int] | None = None,
     ) -> None:
         if device not in ("auto", "cpu", "gpu"):
             raise ValueError(f"device must be auto, cpu or gpu, got {device!r}")
@@ -155,6 +171,7 @@ class TritonServer:
         self.segmentation_model = segmentation_model
         self.startup_timeout_s = startup_timeout_s
         self.model_repository = model_repository
+        self.instance_counts = dict(instance_counts or {})
         self.verbose = verbose
         self._workdir = Path(tempfile.mkdtemp(prefix="bgblur-triton-"))
         self.log_path = log_path or self._workdir / "tritonserver.log"
@@ -213,6 +230,7 @@ class TritonServer:
             gpus=self.gpus,
             segmentation_model=self.segmentation_model,
             source=self.model_repository,
+            instance_counts=self.instance_counts,
         )
         self._log_file = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
         self._process = subprocess.Popen(

@@ -29,6 +29,7 @@ from bgblur_client.errors import (
     ServerUnreachableError,
 )
 from bgblur_client.shm import SHARED_MEMORY_KINDS, SharedMemoryKind, open_regions
+from bgblur_client.stats import StatsSnapshot
 
 ProtocolName = Literal["grpc", "http"]
 ParameterValue = bool | int | float | str
@@ -138,6 +139,11 @@ class BlurClient:
         """Close the connection; the client cannot be used afterwards."""
         self._close_regions(self._client)
         self._client.close()
+
+    def statistics(self) -> StatsSnapshot:
+        """Triton's cumulative per-model counters now (``bgblur_client.stats``): take one before
+        and one after a run; ``after.since(before)`` is the per-stage split."""
+        return StatsSnapshot.take(self._client)
 
     def _regions_for(self, client: Any) -> Any:
         """The shared-memory regions of ``client``'s connection (opened on first use)."""

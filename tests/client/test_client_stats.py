@@ -1,0 +1,40 @@
+"""The per-stage split (bgblur_client.stats) against the real server's statistics: after a known
+number of requests, every stage of the ensemble reports exactly those requests and frames, and
+its parts add up to no more than the whole request."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bgblur_client.transport import BlurClient
+
+STAGES = ("preprocess", "segmentation", "postprocess")
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_split_counts_every_stage_and_adds_up(
+    triton_server, astronaut_frames: np.ndarray, protocol: str
+) -> None:
+    url = triton_server.grpc_url if protocol == "grpc" else triton_server.http_url
+    with BlurClient(url, protocol=protocol) as client:
+        before = client.statistics()
+        for _ in range(3):
+            client.blur(astronaut_frames)  # 2 frames per request
+        split = client.statistics().since(before)
+
+    assert split["background_blur"]["requests"] == 3
+    assert split["background_blur"]["frames"] == 6
+    for stage in STAGES:
+        row = split[stage]
+        assert row["requests"] == 3 and row["frames"] == 6
+        assert 1 <= row["executions"] <= 3
+        assert row["frames_per_execution"] == 6 / row["executions"]
+        parts = row["queue_us_per_request"] + sum(
+            row[f"compute_{p}_us_per_request"] for p in ("input", "infer", "output")
+        )
+        assert 0 < row["compute_infer_us_per_request"] <= parts <= row["request_us"] * 1.01
+    # The ensemble's request spans its stages, which run one after the other per request.
+    stages_us = sum(split[s]["request_us"] for s in STAGES)
+    assert stages_us <= split["background_blur"]["request_us"] * 1.01
+    assert set(split) == {"background_blur", *STAGES}  # idle models are left out
