@@ -63,13 +63,15 @@ def run_served(
 
         frames = cupy.asarray(frames)
 
-    ready = threading.Barrier(concurrency + 1)
+    warmed = threading.Barrier(concurrency + 1)
+    go = threading.Barrier(concurrency + 1)
 
     def worker() -> int:
         done = 0
         with BlurClient(url, protocol=protocol, shared_memory=shared_memory) as client:
             client.blur(frames)  # warm-up, region registration
-            ready.wait()
+            warmed.wait()
+            go.wait()  # the main thread has set the deadline
             while time.perf_counter() < deadline:
                 start = time.perf_counter()
                 client.blur(frames)
@@ -82,11 +84,12 @@ def run_served(
 
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
         results = [pool.submit(worker) for _ in range(concurrency)]
-        ready.wait()  # every worker warmed up: measure from here
+        warmed.wait()  # every worker warmed up: measure from here
         with BlurClient(url, protocol=protocol) as probe:
             before = probe.statistics()
             deadline = time.perf_counter() + seconds
             start = time.perf_counter()
+            go.wait()
             with GpuSampler(0) as sampler:
                 requests = sum(r.result() for r in results)
             elapsed = time.perf_counter() - start
@@ -143,6 +146,7 @@ def main() -> None:
         default="",
         help="instances per GPU of the Python models, e.g. postprocess=2,preprocess=1",
     )
+    parser.add_argument("--queue-delay-us", type=int, help="Python models' max queue delay")
     parser.add_argument("--in-process", action="store_true", help="also time the library alone")
     parser.add_argument("--out", type=Path, help="JSON file for the results")
     args = parser.parse_args()
@@ -157,7 +161,10 @@ def main() -> None:
     if url is None:
         instances = {k: int(v) for k, v in (i.split("=") for i in args.instances.split(",") if i)}
         server = TritonServer(
-            device=args.device, segmentation_model=model, instance_counts=instances
+            device=args.device,
+            segmentation_model=model,
+            instance_counts=instances,
+            queue_delay_us=args.queue_delay_us,
         ).start()
         url = server.grpc_url if args.protocol == "grpc" else server.http_url
     device = server.device if server else args.device
@@ -169,6 +176,7 @@ def main() -> None:
         "model": model,
         "protocol": args.protocol,
         "instances": args.instances or "1 per model",
+        "queue_delay_us": args.queue_delay_us,
         "command": "python bench/e2e.py " + " ".join(_argv()),
         "served": [],
         "in_process": [],

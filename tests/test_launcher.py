@@ -89,6 +89,18 @@ class TestRenderModelRepository:
         counts = {m: read_config(repository, m).instance_group[0].count for m in PYTHON_MODELS}
         assert counts == {"preprocess": 1, "segmentation": 1, "postprocess": 3}
 
+    def test_queue_delay_override(self, tmp_path: Path) -> None:
+        repository = render_model_repository(
+            tmp_path / "repo", device="cpu", gpus=[], queue_delay_us=0
+        )
+        for model in PYTHON_MODELS:
+            config = read_config(repository, model)
+            assert config.dynamic_batching.max_queue_delay_microseconds == 0, model
+            source = read_config(MODEL_REPOSITORY, model)
+            assert source.dynamic_batching.max_queue_delay_microseconds > 0, model
+        with pytest.raises(ValueError, match="queue_delay_us must be >= 0"):
+            render_model_repository(tmp_path / "r2", device="cpu", gpus=[], queue_delay_us=-1)
+
     @pytest.mark.parametrize("counts", [{"postprocess": 0}, {"background_blur": 2}, {"x": 1}])
     def test_instance_counts_reject_bad_counts_and_models(
         self, tmp_path: Path, counts: dict[str, int]

@@ -53,7 +53,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from bgblur.config import MAX_FRAME_LONG_SIDE, MAX_FRAME_SHORT_SIDE
+from bgblur.config import CUDA_POOL_MB, MAX_FRAME_LONG_SIDE, MAX_FRAME_SHORT_SIDE
 from bgblur.errors import ModelUnavailableError
 
 __all__ = [
@@ -82,7 +82,7 @@ RENDER_MARKER = ".bgblur-rendered"
 ADMIN_KEY_HEADER = "bgblur-admin-key"
 SEGMENTATION = "segmentation"
 ENSEMBLE = "background_blur"
-DEFAULT_CUDA_POOL_MB = 512
+DEFAULT_CUDA_POOL_MB = CUDA_POOL_MB
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 _LOCK_NAME = ".bgblur-build.lock"
 _RESTRICTED_FLAGS = ("--http-restricted-api=", "--grpc-restricted-protocol=")

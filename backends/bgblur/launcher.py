@@ -33,6 +33,7 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
+from bgblur.config import CUDA_POOL_MB
 from bgblur.device import cuda_device_count
 from bgblur.models.registry import model_names
 
@@ -90,13 +91,17 @@ def render_model_repository(
     segmentation_model: str | None = None,
     source: Path = MODEL_REPOSITORY,
     instance_counts: dict[str, int] | None = None,
+    queue_delay_us: int | None = None,
 ) -> Path:
     """Copy ``source`` to ``destination`` with instance groups for ``device`` ("cpu"/"gpu").
 
     Each Python-backend model gets one instance per GPU (KIND_GPU) or one KIND_CPU instance,
     or ``instance_counts[model]`` of them (per GPU); ``segmentation_model`` replaces the network
-    named in preprocess and segmentation.
+    named in preprocess and segmentation; ``queue_delay_us`` replaces their dynamic batchers'
+    ``max_queue_delay_microseconds`` (tuning).
     """
+    if queue_delay_us is not None and queue_delay_us < 0:
+        raise ValueError(f"queue_delay_us must be >= 0, got {queue_delay_us}")
     counts = dict(instance_counts or {})
     unknown = set(counts) - set(PYTHON_MODELS)
     if unknown or any(int(n) < 1 for n in counts.values()):
@@ -126,6 +131,12 @@ def render_model_repository(
                 rf'\1"{segmentation_model}"',
                 text,
             )
+        if queue_delay_us is not None:
+            text = re.sub(
+                r"max_queue_delay_microseconds: \d+",
+                f"max_queue_delay_microseconds: {queue_delay_us}",
+                text,
+            )
         config_path.write_text(text + group)
     return destination
 
@@ -142,6 +153,8 @@ class TritonServer:
         verbose: also echo the server log to stderr.
         instance_counts: instances per GPU of a Python model, e.g. ``{"postprocess": 2}``
             (default 1 each).
+        queue_delay_us: the Python models' ``max_queue_delay_microseconds`` (default: the
+            repository's).
     """
 
     def __init__(
@@ -157,6 +170,7 @@ class TritonServer:
         verbose: bool = False,
         model_repository: Path = MODEL_REPOSITORY,
         instance_counts: dict[str, int] | None = None,
+        queue_delay_us: int | None = None,
     ) -> None:
         if device not in ("auto", "cpu", "gpu"):
             raise ValueError(f"device must be auto, cpu or gpu, got {device!r}")
@@ -172,6 +186,7 @@ class TritonServer:
         self.startup_timeout_s = startup_timeout_s
         self.model_repository = model_repository
         self.instance_counts = dict(instance_counts or {})
+        self.queue_delay_us = queue_delay_us
         self.verbose = verbose
         self._workdir = Path(tempfile.mkdtemp(prefix="bgblur-triton-"))
         self.log_path = log_path or self._workdir / "tritonserver.log"
@@ -203,8 +218,8 @@ class TritonServer:
             "--log-info=true",
         ]
         # Intermediate tensors live in Triton's CUDA pool; when full it silently falls back to
-        # pinned host memory (PLATFORM.md), so size it for 8 4K frames plus network tensors.
-        args += [f"--cuda-memory-pool-byte-size={gpu}:{512 << 20}" for gpu in self.gpus]
+        # pinned host memory (PLATFORM.md): bgblur.config.CUDA_POOL_MB says how it was sized.
+        args += [f"--cuda-memory-pool-byte-size={gpu}:{CUDA_POOL_MB << 20}" for gpu in self.gpus]
         return args
 
     def environment(self, home: Path) -> dict[str, str]:
@@ -231,6 +246,7 @@ class TritonServer:
             segmentation_model=self.segmentation_model,
             source=self.model_repository,
             instance_counts=self.instance_counts,
+            queue_delay_us=self.queue_delay_us,
         )
         self._log_file = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
         self._process = subprocess.Popen(
