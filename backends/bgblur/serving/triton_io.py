@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,6 +19,9 @@ from bgblur.config import BlurParams, validate_frames_shape
 from bgblur.device import Device
 from bgblur.errors import InvalidInputError
 from bgblur.ops.dispatch import array_module
+
+if TYPE_CHECKING:
+    from bgblur.serving.metrics import StageMetrics
 
 LOG = logging.getLogger("bgblur.serving")
 
@@ -113,6 +117,7 @@ def execute_grouped(
     prepare: Callable[[Any], PreparedRequest],
     run: Callable[[tuple[Any, ...], Any], Sequence[Any]],
     output_names: Sequence[str],
+    metrics: StageMetrics | None = None,
 ) -> list[Any]:
     """Answer ``requests`` in order, one response each.
 
@@ -120,6 +125,8 @@ def execute_grouped(
     alone gets INVALID_ARG). Requests whose keys match are concatenated along the batch and run
     once by ``run(arrays, options) -> outputs`` (one array per ``output_names``, batch first);
     the outputs are split back per request. A failure in ``run`` fails that group only.
+    ``metrics`` (``bgblur.serving.metrics.StageMetrics``), when given, records each batch run
+    (frames, compute time from ``run`` to the output tensors) and each rejection or failure.
     """
     responses: list[Any] = [None] * len(requests)
     groups: dict[Hashable, list[tuple[int, PreparedRequest]]] = {}
@@ -128,11 +135,14 @@ def execute_grouped(
             prepared = prepare(request)
         except InvalidInputError as exc:
             responses[index] = error_response(pb_utils, str(exc), invalid_arg=True)
+            if metrics is not None:
+                metrics.rejected(exc, _request_frames(request))
             continue
         groups.setdefault(prepared.key, []).append((index, prepared))
 
     for members in groups.values():
         try:
+            started = time.perf_counter()
             outputs = run(_concatenate([p for _, p in members]), members[0][1].options)
             start = 0
             for index, prepared in members:
@@ -143,16 +153,30 @@ def execute_grouped(
                 ]
                 responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
                 start = stop
+            if metrics is not None:
+                metrics.batch(start, time.perf_counter() - started)
         except InvalidInputError as exc:
             for index, _ in members:
                 responses[index] = error_response(pb_utils, str(exc), invalid_arg=True)
+            if metrics is not None:
+                metrics.rejected_batch(exc, [p.batch for _, p in members])
         except Exception as exc:
             LOG.exception("batch of %d requests failed", len(members))
+            if metrics is not None:
+                metrics.failed(len(members))
             for index, _ in members:
                 responses[index] = error_response(
                     pb_utils, f"internal error: {type(exc).__name__}: {exc}", invalid_arg=False
                 )
     return responses
+
+
+def _request_frames(request: Any) -> int:
+    """Batch size of a request (its first input's first dimension); 0 where unreadable."""
+    try:
+        return int(request.inputs()[0].shape()[0])
+    except Exception:
+        return 0
 
 
 def _concatenate(prepared: list[PreparedRequest]) -> tuple[Any, ...]:

@@ -5,6 +5,7 @@ import triton_python_backend_utils as pb_utils
 from bgblur.config import BlurParams
 from bgblur.device import Device
 from bgblur.errors import InvalidInputError
+from bgblur.serving.metrics import StageMetrics
 from bgblur.serving.triton_io import (
     PreparedRequest,
     blur_params_from_request,
@@ -27,10 +28,16 @@ class TritonPythonModel:
             blur_working_hw=parse_hw(parameters["blur_working_size"]),
             mask_interpolation=parameters["mask_interpolation"],
         )
+        self.metrics = StageMetrics.for_model(pb_utils, args, stage="postprocess")
 
     def execute(self, requests):
         return execute_grouped(
-            pb_utils, requests, self._prepare, self._run, output_names=["BLURRED", "MASK"]
+            pb_utils,
+            requests,
+            self._prepare,
+            self._run,
+            output_names=["BLURRED", "MASK"],
+            metrics=self.metrics,
         )
 
     def _prepare(self, request):

@@ -6,6 +6,7 @@ import triton_python_backend_utils as pb_utils
 from bgblur.config import BlurParams
 from bgblur.device import Device
 from bgblur.models.registry import get_model_spec
+from bgblur.serving.metrics import StageMetrics
 from bgblur.serving.triton_io import (
     PreparedRequest,
     blur_params_from_request,
@@ -21,6 +22,7 @@ class TritonPythonModel:
         parameters = model_parameters(args)
         self.device = Device.from_triton_args(args)
         self.stage = Preprocess(get_model_spec(parameters["segmentation_model"]), self.device)
+        self.metrics = StageMetrics.for_model(pb_utils, args, stage="preprocess")
 
     def execute(self, requests):
         return execute_grouped(
@@ -29,6 +31,7 @@ class TritonPythonModel:
             self._prepare,
             self._run,
             output_names=["NETWORK_INPUT", "FRAMES_ON_DEVICE"],
+            metrics=self.metrics,
         )
 
     def _prepare(self, request):

@@ -8,6 +8,7 @@ from bgblur.device import Device
 from bgblur.errors import InvalidInputError
 from bgblur.models.registry import get_model_spec
 from bgblur.runtimes.select import build_runtime, describe_runtime, runtime_options
+from bgblur.serving.metrics import StageMetrics
 from bgblur.serving.triton_io import PreparedRequest, execute_grouped, input_array, model_parameters
 
 
@@ -20,6 +21,7 @@ class TritonPythonModel:
         options = runtime_options(parameters, max_batch_size)
         self.runtime = build_runtime(self.spec, self.device, **options)
         self.runtime_name = self.runtime.name
+        self.metrics = StageMetrics.for_model(pb_utils, args, stage="segmentation")
         pb_utils.Logger.log_info(
             f"segmentation: {self.spec.name} on {describe_runtime(self.runtime)} "
             f"(runtime choice {options['choice']!r}); weights: {self.spec.weights}"
@@ -27,7 +29,12 @@ class TritonPythonModel:
 
     def execute(self, requests):
         return execute_grouped(
-            pb_utils, requests, self._prepare, self._run, output_names=["PROBABILITY"]
+            pb_utils,
+            requests,
+            self._prepare,
+            self._run,
+            output_names=["PROBABILITY"],
+            metrics=self.metrics,
         )
 
     def _prepare(self, request):
