@@ -19,6 +19,7 @@ from bgblur.device import cuda_device_count
 from bgblur.launcher import (
     MODEL_REPOSITORY,
     PYTHON_MODELS,
+    VIDEO_MODELS,
     ServerStartError,
     TritonServer,
     free_port,
@@ -177,7 +178,13 @@ class TestRenderModelRepository:
         source, rendered = tree_digest(MODEL_REPOSITORY), tree_digest(repository)
         assert set(rendered) == set(source)
         changed = {path for path in source if source[path] != rendered[path]}
-        assert changed == {f"{model}/config.pbtxt" for model in PYTHON_MODELS}
+        assert changed == {f"{model}/config.pbtxt" for model in (*PYTHON_MODELS, *VIDEO_MODELS)}
+
+    def test_the_video_model_gets_an_instance_group(self, tmp_path: Path) -> None:
+        repository = render_model_repository(tmp_path / "repo", device="gpu", gpus=[0, 1])
+        for model in VIDEO_MODELS:
+            groups = read_config(repository, model).instance_group
+            assert len(groups) == 1 and groups[0].count == 1 and list(groups[0].gpus) == [0, 1]
 
     def test_pycache_folders_are_not_copied(self, tmp_path: Path) -> None:
         source = tmp_path / "source"

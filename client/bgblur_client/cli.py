@@ -17,6 +17,7 @@ from bgblur_client.errors import ClientError
 from bgblur_client.image import blur_image_file, check_image_writable
 from bgblur_client.preview import write_preview
 from bgblur_client.samples import make_sample_video
+from bgblur_client.server_video import DEFAULT_VIDEO_MODEL, blur_video_server_side
 from bgblur_client.shm import SHARED_MEMORY_KINDS
 from bgblur_client.transport import (
     DEFAULT_MODEL,
@@ -27,6 +28,7 @@ from bgblur_client.transport import (
     default_url,
 )
 from bgblur_client.video import blur_video
+from bgblur_client.video_decoders import DECODER_CHOICES
 
 PROG = "bgblur"
 EXIT_OK = 0
@@ -163,6 +165,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="requests outstanding at once (default: 2)",
     )
     video.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    video.add_argument(
+        "--server-side",
+        action="store_true",
+        help="send the compressed file to the server's background_blur_video model (gRPC "
+        "streaming) and receive the blurred file: no decoding or encoding here",
+    )
+    video.add_argument(
+        "--decoder",
+        choices=DECODER_CHOICES,
+        default="auto",
+        help="client-side decoder: pyav (CPU), nvdec (PyNvVideoCodec, frames in GPU memory), "
+        "dali (DALI's GPU reader); default auto: the best one present",
+    )
 
     sample = commands.add_parser(
         "sample-video", help="write a sample clip (pan/zoom over a portrait photo)"
@@ -216,6 +231,8 @@ def _run_image(args: argparse.Namespace, parameters: dict[str, ParameterValue]) 
 
 def _run_video(args: argparse.Namespace, parameters: dict[str, ParameterValue]) -> int:
     _require_input(args.input, "video")
+    if args.server_side:
+        return _run_server_side_video(args, parameters)
     with _connect(args) as client:
         summary = blur_video(
             client,
@@ -228,9 +245,31 @@ def _run_video(args: argparse.Namespace, parameters: dict[str, ParameterValue]) 
             preview_path=args.preview,
             preview_label=_preview_label(parameters),
             progress=not args.no_progress,
+            decoder=args.decoder,
         )
     headline = throughput_line(summary.frames, summary.seconds)
     print(f"{headline} -> {args.output} (audio {summary.audio})")
+    return EXIT_OK
+
+
+def _run_server_side_video(args: argparse.Namespace, parameters: dict[str, ParameterValue]) -> int:
+    if args.protocol != "grpc":
+        raise ClientError("--server-side streams over gRPC: use --protocol grpc")
+    for option in ("mask", "preview"):
+        if getattr(args, option) is not None:
+            raise ClientError(f"--{option} needs the client-side path (drop --server-side)")
+    summary = blur_video_server_side(
+        default_url("grpc") if args.url is None else args.url,
+        args.input,
+        args.output,
+        model=DEFAULT_VIDEO_MODEL if args.model == DEFAULT_MODEL else args.model,
+        parameters=parameters,
+        batch_size=args.batch,
+        timeout_s=args.timeout,
+        progress=not args.no_progress,
+    )
+    headline = throughput_line(summary.frames, summary.seconds)
+    print(f"{headline} -> {args.output} (server side, audio {summary.audio})")
     return EXIT_OK
 
 

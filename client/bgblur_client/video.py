@@ -34,7 +34,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import av
 import numpy as np
@@ -46,6 +46,7 @@ from bgblur_client.h264 import ColorTags, add_h264_stream, encode_image
 from bgblur_client.image import check_image_writable
 from bgblur_client.preview import write_preview
 from bgblur_client.transport import BlurClient, ParameterValue
+from bgblur_client.video_decoders import gpu_rgb_batches, resolve_decoder
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,7 @@ def blur_video(
     preview_path: str | Path | None = None,
     preview_label: str | None = None,
     progress: bool = True,
+    decoder: str = "pyav",
 ) -> VideoSummary:
     """Blur the background of every frame of ``in_path`` and write ``out_path``.
 
@@ -132,6 +134,8 @@ def blur_video(
         preview_path: Also write a before|after image of the middle frame here.
         preview_label: Caption drawn on the preview.
         progress: Show a progress bar (on stderr, when it is a terminal).
+        decoder: ``pyav`` (CPU), ``nvdec`` or ``dali`` (frames decoded into GPU memory,
+            :mod:`bgblur_client.video_decoders`), or ``auto`` (the best present).
 
     Returns:
         A :class:`VideoSummary`.
@@ -176,9 +180,23 @@ def blur_video(
         frames_done = 0
         started = time.perf_counter()
         try:
-            batches = _decoded_batches(
-                source, in_path, source_format, batch_size, pending, outputs.write_audio
-            )
+            decoder = resolve_decoder(decoder)
+            if decoder == "pyav":
+                batches = _decoded_batches(
+                    source, in_path, source_format, batch_size, pending, outputs.write_audio
+                )
+            else:
+                batches = _gpu_decoded_batches(
+                    decoder,
+                    source,
+                    in_path,
+                    source_format,
+                    batch_size,
+                    pending,
+                    outputs,
+                    on_gpu_ok=client.shared_memory == "cuda",
+                    device=client.cuda_device,
+                )
             results = client.blur_batches(
                 batches,
                 in_flight=in_flight,
@@ -195,11 +213,13 @@ def blur_video(
             with bar, closing(results):
                 for result in results:
                     timestamps, inputs_nhwc = pending.popleft()
+                    blurred_nhwc_u8 = _to_host(result.blurred_nhwc_u8)
+                    masks_nhw_u8 = _to_host(result.mask_nhw_u8)
                     for i, pts in enumerate(timestamps):
-                        mask = None if result.mask_nhw_u8 is None else result.mask_nhw_u8[i]
-                        outputs.write_frame(result.blurred_nhwc_u8[i], mask, pts)
+                        mask = None if masks_nhw_u8 is None else masks_nhw_u8[i]
+                        outputs.write_frame(blurred_nhwc_u8[i], mask, pts)
                         if frames_done <= preview_index:
-                            preview_frames = (inputs_nhwc[i], result.blurred_nhwc_u8[i])
+                            preview_frames = (inputs_nhwc[i], blurred_nhwc_u8[i])
                         frames_done += 1
                     bar.update(len(timestamps))
         except KeyboardInterrupt:
@@ -256,6 +276,56 @@ def _decoded_batches(
         batch = np.stack(frames)
         pending.append((timestamps, batch))
         yield batch
+
+
+def _to_host(array: Any) -> Any:
+    """A NumPy array of ``array`` (CuPy arrays are copied to the host; None stays None)."""
+    return array.get() if array is not None and not isinstance(array, np.ndarray) else array
+
+
+def _gpu_decoded_batches(
+    decoder: str,
+    source: av.container.InputContainer,
+    in_path: Path,
+    source_format: _SourceFormat,
+    batch_size: int,
+    pending: deque[tuple[list[int | None], Any]],
+    outputs: _Outputs,
+    *,
+    on_gpu_ok: bool,
+    device: int,
+) -> Iterator[Any]:
+    """Batches from a GPU decoder (CuPy, or copied to the host unless ``on_gpu_ok``).
+
+    The audio is copied first (the muxer interleaves it); each batch is appended to
+    ``pending`` with its source timestamps, as :func:`_decoded_batches` does.
+    """
+    if source.streams.audio:
+        for packet in _demux(source, in_path, source.streams.audio[0], None):
+            outputs.write_audio(packet)
+    color_matrix = "bt709" if source_format.color.colorspace == 1 else "bt601"
+    for frames, timestamps in gpu_rgb_batches(
+        decoder,
+        in_path,
+        batch_size=batch_size,
+        quarter_turns=source_format.quarter_turns,
+        color_matrix=color_matrix,
+        full_range=source_format.color.color_range == 2,
+        device=device,
+    ):
+        batch = frames if on_gpu_ok else frames.get()
+        pending.append((timestamps, _PreviewFrames(batch)))
+        yield batch
+
+
+class _PreviewFrames:
+    """Input frames kept for the preview, copied to the host only when one is asked for."""
+
+    def __init__(self, frames_nhwc_u8: Any) -> None:
+        self._frames = frames_nhwc_u8
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return _to_host(self._frames[index])
 
 
 class _Outputs:

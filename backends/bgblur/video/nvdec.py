@@ -1,0 +1,149 @@
+"""NVDEC decode through PyNvVideoCodec: frames land in GPU memory as NV12, then RGB on the GPU.
+
+Used by the server-side video model on a GPU instance (``decoder="nvdec"``) and by the client's
+``--decoder nvdec``. PyNvVideoCodec (2.x) demuxes from a memory buffer (a callback feeds it the
+file's bytes) and decodes to NV12 surfaces in device memory; each surface is taken zero-copy
+through DLPack (``[H * 3 // 2, W]`` uint8, pitched) and converted by our NV12 -> RGB kernel
+(``bgblur.ops.nv12_to_rgb``, BT.601/709 and range from the stream's metadata).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bgblur.errors import ModelUnavailableError
+
+
+def nvdec_available() -> bool:
+    """True when PyNvVideoCodec and CuPy import and a CUDA GPU answers."""
+    try:
+        import PyNvVideoCodec  # noqa: F401
+
+        from bgblur.device import cuda_device_count
+
+        return cuda_device_count() > 0
+    except Exception:
+        return False
+
+
+def _import_nvc() -> Any:
+    try:
+        import PyNvVideoCodec as nvc  # noqa: N813
+    except ImportError:
+        raise ModelUnavailableError("PyNvVideoCodec is not installed: no NVDEC decode") from None
+    return nvc
+
+
+class _BufferFeeder:
+    """Feeds the demuxer the file's bytes, one buffer at a time (PyNvVideoCodec's callback)."""
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        self._data = memoryview(data).cast("B")
+        self._position = 0
+
+    def __call__(self, demuxer_buffer: Any) -> int:
+        remaining = len(self._data) - self._position
+        size = min(remaining, len(demuxer_buffer))
+        if size <= 0:
+            return 0
+        demuxer_buffer[:size] = self._data[self._position : self._position + size]
+        self._position += size
+        return size
+
+
+def _nv12_view(frame: Any, cupy: Any) -> Any:
+    """A decoded NV12 surface as a CuPy ``[H * 3 // 2, W]`` uint8 view (no copy)."""
+    try:
+        surface = cupy.from_dlpack(frame)
+    except Exception:  # older bindings: the CUDA array interface of the planes
+        planes = frame.cuda()
+        luma = cupy.asarray(planes[0])
+        chroma = cupy.asarray(planes[1])
+        surface = cupy.concatenate(
+            [luma.reshape(luma.shape[0], -1), chroma.reshape(chroma.shape[0], -1)]
+        )
+    if surface.ndim == 3 and surface.shape[-1] == 1:
+        surface = surface[..., 0]
+    return surface
+
+
+def _frame_pts(frame: Any) -> int | None:
+    for name in ("getPTS", "get_pts"):
+        getter = getattr(frame, name, None)
+        if callable(getter):
+            return int(getter())
+    for name in ("pts", "timestamp"):
+        value = getattr(frame, name, None)
+        if value is not None:
+            return int(value)
+    return None
+
+
+def nvdec_decode_nv12(
+    source: bytes | memoryview | Path, gpu_index: int = 0
+) -> Iterator[tuple[Any, int | None]]:
+    """``(nv12 CuPy [H * 3 // 2, W] uint8 view, pts)`` per frame, in display order.
+
+    ``source`` is a file path or the file's bytes (demuxed from memory). The view is valid
+    until the next frame is decoded (the decoder reuses its surfaces): copy or convert it
+    before asking for the next.
+    """
+    nvc = _import_nvc()
+    import cupy
+
+    if isinstance(source, Path):
+        demuxer = nvc.CreateDemuxer(filename=str(source))
+    else:
+        demuxer = nvc.CreateDemuxer(_BufferFeeder(source))
+    with cupy.cuda.Device(gpu_index):
+        decoder = nvc.CreateDecoder(
+            gpuid=gpu_index, codec=demuxer.GetNvCodecId(), usedevicememory=True
+        )
+        for packet in demuxer:
+            for frame in decoder.Decode(packet):
+                yield _nv12_view(frame, cupy), _frame_pts(frame)
+        flush = getattr(decoder, "Flush", None) or getattr(decoder, "flush", None)
+        if callable(flush):
+            for frame in flush() or ():
+                yield _nv12_view(frame, cupy), _frame_pts(frame)
+
+
+def nvdec_batches(
+    data: bytes | memoryview | Path,
+    quarter_turns: int,
+    batch_size: int,
+    gpu_index: int,
+    matrix: str,
+    full_range: bool,
+) -> Iterator[Any]:
+    """Upright RGB batches ``[B, H, W, 3]`` uint8 CuPy on GPU ``gpu_index`` with their pts.
+
+    Yields ``bgblur.video.transcode._Batch`` objects (the transcoder's type).
+    """
+    import cupy
+
+    from bgblur.ops.nv12 import nv12_to_rgb
+    from bgblur.video.transcode import _Batch
+
+    nv12_frames: list[Any] = []
+    pts: list[int | None] = []
+
+    def convert() -> _Batch:
+        with cupy.cuda.Device(gpu_index):
+            stacked = cupy.stack(nv12_frames)
+            rgb = nv12_to_rgb(stacked, matrix=matrix, full_range=full_range)  # type: ignore[arg-type]
+            if quarter_turns:
+                rgb = cupy.ascontiguousarray(cupy.rot90(rgb, quarter_turns, axes=(1, 2)))
+            return _Batch(rgb, list(pts))
+
+    for surface, frame_pts in nvdec_decode_nv12(data, gpu_index):
+        with cupy.cuda.Device(gpu_index):
+            nv12_frames.append(surface.copy())  # the decoder reuses its surfaces
+        pts.append(frame_pts)
+        if len(nv12_frames) == batch_size:
+            yield convert()
+            nv12_frames, pts = [], []
+    if nv12_frames:
+        yield convert()

@@ -1,0 +1,564 @@
+"""Compressed video in, blurred compressed video out: decode -> blur in batches -> encode.
+
+The engine of the ``background_blur_video`` model (``model_repository/background_blur_video``),
+usable and tested without Triton: :func:`transcode` takes the bytes of a whole video file and a
+``blur_batch`` callable and yields the output file in chunks as it is produced.
+
+- Input: any container and codec FFmpeg demuxes whose video codec NVDEC can also decode
+  (:data:`SUPPORTED_VIDEO_CODECS`: H.264, HEVC, AV1, VP8, VP9, MPEG-1/2/4, VC-1, MJPEG), so a CPU
+  and a GPU server accept the same inputs. The first video stream is used.
+- Decode: PyAV (FFmpeg, CPU) or NVDEC through PyNvVideoCodec (``decoder="nvdec"``; frames stay
+  in GPU memory, NV12 -> RGB with ``bgblur.ops.nv12_to_rgb``), in a thread ahead of the blur.
+- Blur: ``blur_batch(frames_nhwc_u8) -> blurred_nhwc_u8`` on upright RGB batches of at most
+  ``options.batch_size`` frames (the served ensemble through BLS, or the in-process pipeline).
+- Encode: H.264 (libx264, yuv420p, CRF ``options.crf``, a keyframe every ``options.gop_seconds``)
+  in fragmented MP4 (``frag_keyframe+empty_moov``): the output is written front to back with no
+  seek, so every chunk can be sent as soon as it exists and a prefix of the chunks is a playable
+  file. The source's time base and frame timestamps are kept (so frame rate and A/V sync), its
+  colour tags are copied and used for the RGB <-> YUV conversions, its rotation metadata is kept
+  (frames are blurred upright), an odd width or height is cropped by one pixel (yuv420p).
+- Audio: the first audio stream is copied packet for packet when MP4 can hold its codec, else
+  re-encoded to AAC. Other streams are dropped.
+
+Errors: :class:`~bgblur.errors.InvalidInputError` for empty, unreadable, corrupt or truncated
+input, a missing video stream, an unsupported codec or too large frames (the model answers
+INVALID_ARG); :class:`~bgblur.errors.ModelUnavailableError` when PyAV is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from bgblur.config import MAX_FRAME_LONG_SIDE, MAX_FRAME_SHORT_SIDE
+from bgblur.errors import InvalidInputError, ModelUnavailableError
+
+# What NVDEC decodes (Video Codec SDK, cudaVideoCodec), by FFmpeg codec name.
+SUPPORTED_VIDEO_CODECS: frozenset[str] = frozenset(
+    {"h264", "hevc", "av1", "vp8", "vp9", "mpeg1video", "mpeg2video", "mpeg4", "vc1", "mjpeg"}
+)
+DECODERS: tuple[str, ...] = ("pyav", "nvdec")
+MAX_BATCH_SIZE = 8
+_FALLBACK_RATE = Fraction(30)
+_FRAGMENTED_MP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
+# Accurate swscale YUV -> RGB (the client's choice too: the default path darkens luma ~1 level).
+_YUV_TO_RGB_FLAGS_NAMES = ("BILINEAR", "ACCURATE_RND", "FULL_CHR_H_INT")
+
+BlurBatch = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    """Per-request settings of the video model (request parameters of the same names).
+
+    Attributes:
+        batch_size: frames per blur call, 1..8.
+        crf: libx264 constant rate factor, 0..51 (lower: better and larger).
+        gop_seconds: seconds between keyframes (each starts an MP4 fragment), in (0, 60].
+        chunk_bytes: an output chunk is sent once this many bytes are ready, >= 4096.
+    """
+
+    batch_size: int = 4
+    crf: int = 18
+    gop_seconds: float = 2.0
+    chunk_bytes: int = 1 << 20
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("batch_size", self.batch_size, int, 1 <= self.batch_size <= MAX_BATCH_SIZE, "1..8"),
+            ("crf", self.crf, int, 0 <= self.crf <= 51, "0..51"),
+            ("gop_seconds", self.gop_seconds, float, 0 < self.gop_seconds <= 60, "(0, 60]"),
+            ("chunk_bytes", self.chunk_bytes, int, self.chunk_bytes >= 4096, ">= 4096"),
+        ]
+        for name, value, kind, ok, allowed in checks:
+            if isinstance(value, bool) or not isinstance(
+                value, (int, float) if kind is float else int
+            ):
+                raise InvalidInputError(
+                    f"parameter {name!r} must be {kind.__name__}, got {value!r}"
+                )
+            if not ok:
+                raise InvalidInputError(f"parameter {name!r} must be in {allowed}, got {value!r}")
+
+    @classmethod
+    def split_parameters(cls, parameters: dict[str, Any]) -> tuple[VideoOptions, dict[str, Any]]:
+        """``(VideoOptions from its own keys, the remaining keys)`` of request parameters."""
+        names = set(cls.__dataclass_fields__)
+        own = {k: v for k, v in parameters.items() if k in names}
+        if isinstance(own.get("gop_seconds"), int) and not isinstance(own["gop_seconds"], bool):
+            own["gop_seconds"] = float(own["gop_seconds"])
+        return cls(**own), {k: v for k, v in parameters.items() if k not in names}
+
+
+@dataclass(frozen=True)
+class EncodedChunk:
+    """A piece of the output file.
+
+    Attributes:
+        data: the next bytes of the fragmented MP4 (concatenate all chunks for the file);
+            a bytearray, so that NumPy/torch views of it are writable.
+        frames_done: frames encoded so far (for progress).
+        final: True on the last chunk (its ``data`` may be empty).
+    """
+
+    data: bytearray
+    frames_done: int
+    final: bool = False
+
+
+def transcode(
+    video_bytes: bytes | bytearray | memoryview | np.ndarray,
+    blur_batch: BlurBatch,
+    *,
+    options: VideoOptions | None = None,
+    decoder: str = "pyav",
+    gpu_index: int = 0,
+    cancelled: Callable[[], bool] = lambda: False,
+) -> Iterator[EncodedChunk]:
+    """Blur the background of a whole video file; yield the output file in chunks.
+
+    Args:
+        video_bytes: the input file's bytes (a 1-D uint8 array works too).
+        blur_batch: ``[B, H, W, 3]`` uint8 RGB upright frames (NumPy, or CuPy with
+            ``decoder="nvdec"``) -> blurred frames of the same shape (NumPy or CuPy).
+        options: batch size, encoder settings, chunk size.
+        decoder: ``"pyav"`` (CPU) or ``"nvdec"`` (PyNvVideoCodec on GPU ``gpu_index``).
+        cancelled: polled between batches; when it returns True the generator stops
+            (without a final chunk).
+
+    Yields:
+        :class:`EncodedChunk` s; the last has ``final=True``.
+
+    Raises:
+        InvalidInputError: empty, unreadable, corrupt or truncated input, no video stream,
+            unsupported codec, frames beyond the size limit.
+        ModelUnavailableError: PyAV (or, for ``nvdec``, PyNvVideoCodec/CuPy) is missing.
+    """
+    options = options or VideoOptions()
+    if decoder not in DECODERS:
+        raise InvalidInputError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    av = _import_av()
+    data = _as_bytes(video_bytes)
+    if not data:
+        raise InvalidInputError("VIDEO is empty: send the bytes of a video file (e.g. an MP4)")
+    source = _open_source(av, data)
+    try:
+        video = source.streams.video[0]
+        audio = source.streams.audio[0] if source.streams.audio else None
+        first = _first_frame(av, source, video)
+        fmt = _SourceFormat.of(video, first)
+        output = _FragmentedMp4Writer(av, fmt, options, audio)
+        if decoder == "nvdec":
+            from bgblur.video.nvdec import nvdec_batches
+
+            batches: Iterable[_Batch] = nvdec_batches(
+                data,
+                fmt.quarter_turns,
+                options.batch_size,
+                gpu_index,
+                fmt.color_matrix,
+                fmt.full_range,
+            )
+            audio_packets: Iterable[Any] = _audio_packets(av, data, audio is not None)
+        else:
+            batches = _pyav_batches(av, data, fmt, options.batch_size)
+            audio_packets = ()
+        yield from _run(
+            batches, audio_packets, blur_batch, output, options, fmt, video, cancelled, av
+        )
+    finally:
+        source.close()
+
+
+# ---- source --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _SourceFormat:
+    width: int
+    height: int
+    rate: Fraction
+    time_base: Fraction
+    frame_step: int
+    rotation: int
+    colorspace: int
+    color_range: int
+    color_primaries: int
+    color_trc: int
+    declared_frames: int
+
+    @classmethod
+    def of(cls, stream: Any, first: Any) -> _SourceFormat:
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate or _FALLBACK_RATE
+        has_timestamps = first.pts is not None and stream.time_base is not None
+        time_base = Fraction(stream.time_base) if has_timestamps else 1 / Fraction(rate)
+        if (
+            first.width > MAX_FRAME_LONG_SIDE
+            or first.height > MAX_FRAME_LONG_SIDE
+            or min(first.width, first.height) > MAX_FRAME_SHORT_SIDE
+        ):
+            raise InvalidInputError(
+                f"VIDEO frames are {first.width}x{first.height}; at most "
+                f"{MAX_FRAME_LONG_SIDE}x{MAX_FRAME_SHORT_SIDE} (either orientation) is accepted"
+            )
+        if first.width < 2 or first.height < 2:
+            raise InvalidInputError(f"VIDEO frames are {first.width}x{first.height}: too small")
+        return cls(
+            width=first.width,
+            height=first.height,
+            rate=Fraction(rate),
+            time_base=time_base,
+            frame_step=max(round(1 / (Fraction(rate) * time_base)), 1),
+            rotation=int(getattr(first, "rotation", 0) or 0),
+            colorspace=int(first.colorspace),
+            color_range=int(first.color_range),
+            color_primaries=int(first.color_primaries),
+            color_trc=int(first.color_trc),
+            declared_frames=int(stream.frames or 0),
+        )
+
+    @property
+    def quarter_turns(self) -> int:
+        """Counter-clockwise quarter turns that make a decoded frame upright."""
+        return (self.rotation // 90) % 4 if self.rotation % 90 == 0 else 0
+
+    @property
+    def even_size(self) -> tuple[int, int]:
+        return self.width - self.width % 2, self.height - self.height % 2
+
+    @property
+    def color_matrix(self) -> str:
+        """``"bt709"`` when the stream says BT.709 (AVCOL_SPC 1), else ``"bt601"``."""
+        return "bt709" if self.colorspace == 1 else "bt601"
+
+    @property
+    def full_range(self) -> bool:
+        return self.color_range == 2  # AVCOL_RANGE_JPEG
+
+
+@dataclass
+class _Batch:
+    """Upright RGB frames ``[B, H, W, 3]`` uint8 (NumPy or CuPy) and their source pts."""
+
+    frames_nhwc_u8: Any
+    pts: list[int | None]
+
+
+def _import_av() -> Any:
+    try:
+        import av
+    except ImportError:
+        raise ModelUnavailableError(
+            "PyAV (the av package) is not installed on the server: background_blur_video "
+            "cannot demux and encode"
+        ) from None
+    return av
+
+
+def _as_bytes(video_bytes: Any) -> bytes | memoryview:
+    if isinstance(video_bytes, np.ndarray):
+        if video_bytes.dtype != np.uint8 or video_bytes.ndim != 1:
+            raise InvalidInputError(
+                f"VIDEO must be a 1-D uint8 tensor of file bytes, got {video_bytes.dtype} "
+                f"{list(video_bytes.shape)}"
+            )
+        return memoryview(np.ascontiguousarray(video_bytes)).cast("B")
+    return memoryview(video_bytes).cast("B")
+
+
+def _reason(exc: BaseException) -> str:
+    text = getattr(exc, "strerror", None) or str(exc)
+    return str(text).rstrip(".").lower()
+
+
+def _open_source(av: Any, data: bytes | memoryview) -> Any:
+    try:
+        source = av.open(io.BytesIO(data), "r")
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise InvalidInputError(
+            f"VIDEO is not a readable video file ({len(data)} bytes): {_reason(exc)}"
+        ) from exc
+    if not source.streams.video:
+        source.close()
+        raise InvalidInputError("VIDEO has no video stream")
+    name = source.streams.video[0].codec_context.name
+    if name not in SUPPORTED_VIDEO_CODECS:
+        source.close()
+        raise InvalidInputError(
+            f"unsupported video codec {name!r}; supported: "
+            f"{', '.join(sorted(SUPPORTED_VIDEO_CODECS))}"
+        )
+    return source
+
+
+def _first_frame(av: Any, source: Any, video: Any) -> Any:
+    try:
+        for packet in source.demux(video):
+            for frame in packet.decode():
+                return frame
+    except (av.FFmpegError, ValueError) as exc:
+        raise InvalidInputError(f"VIDEO is corrupt: {_reason(exc)}") from exc
+    raise InvalidInputError("VIDEO has no decodable video frame (corrupt or truncated)")
+
+
+def _yuv_to_rgb_flags(av: Any) -> Any:
+    from av.video.reformatter import Interpolation
+
+    flags = Interpolation.BILINEAR
+    for name in _YUV_TO_RGB_FLAGS_NAMES[1:]:
+        flags |= getattr(Interpolation, name)
+    return flags
+
+
+def _pyav_batches(
+    av: Any, data: bytes | memoryview, fmt: _SourceFormat, batch_size: int
+) -> Iterator[_Batch | Any]:
+    """Decoded upright RGB batches, interleaved with the audio packets (``av.Packet``)."""
+    flags = _yuv_to_rgb_flags(av)
+    with av.open(io.BytesIO(data), "r") as source:
+        video = source.streams.video[0]
+        video.thread_type = "AUTO"
+        audio = source.streams.audio[0] if source.streams.audio else None
+        streams = [video] if audio is None else [video, audio]
+        frames: list[np.ndarray] = []
+        pts: list[int | None] = []
+        decoded = 0
+        try:
+            for packet in source.demux(streams):
+                if packet.stream is audio:
+                    if packet.dts is not None:
+                        yield packet
+                    continue
+                for frame in packet.decode():
+                    if (frame.width, frame.height) != (fmt.width, fmt.height):
+                        raise InvalidInputError(
+                            f"VIDEO changes size mid-stream ({fmt.width}x{fmt.height} -> "
+                            f"{frame.width}x{frame.height}); not supported"
+                        )
+                    rgb = frame.to_ndarray(format="rgb24", interpolation=flags)
+                    frames.append(np.rot90(rgb, fmt.quarter_turns))
+                    pts.append(frame.pts)
+                    decoded += 1
+                    if len(frames) == batch_size:
+                        yield _Batch(np.stack(frames), pts)
+                        frames, pts = [], []
+        except (av.FFmpegError, ValueError) as exc:
+            if isinstance(exc, InvalidInputError):
+                raise
+            raise InvalidInputError(
+                f"VIDEO is corrupt after {decoded} frames: {_reason(exc)}"
+            ) from exc
+        if frames:
+            yield _Batch(np.stack(frames), pts)
+        if 0 < decoded < fmt.declared_frames:
+            raise InvalidInputError(
+                f"VIDEO is truncated: its header declares {fmt.declared_frames} frames, "
+                f"{decoded} could be decoded"
+            )
+
+
+def _audio_packets(av: Any, data: bytes | memoryview, has_audio: bool) -> Iterator[Any]:
+    """Packets of the first audio stream (for decoders that read only the video)."""
+    if not has_audio:
+        return
+    with av.open(io.BytesIO(data), "r") as source:
+        for packet in source.demux(source.streams.audio[0]):
+            if packet.dts is not None:
+                yield packet
+
+
+# ---- output --------------------------------------------------------------------------------
+
+
+class _ByteSink:
+    """A write-only, non-seekable file object that collects what the muxer writes."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self._buffer += view
+        return len(view)
+
+    def __len__(self) -> int:
+        return len(self._buffer)
+
+    def take(self) -> bytearray:
+        data, self._buffer = self._buffer, bytearray()
+        return data
+
+
+class _FragmentedMp4Writer:
+    """H.264 in fragmented MP4 into a :class:`_ByteSink`, plus the source's audio."""
+
+    def __init__(self, av: Any, fmt: _SourceFormat, options: VideoOptions, audio: Any) -> None:
+        self._av = av
+        self._fmt = fmt
+        self.sink = _ByteSink()
+        self._container = av.open(self.sink, "w", format="mp4", options=dict(_FRAGMENTED_MP4))
+        width, height = fmt.even_size
+        gop = max(1, round(float(fmt.rate) * options.gop_seconds))
+        stream = self._container.add_stream(
+            "libx264", rate=fmt.rate, options={"crf": str(options.crf), "g": str(gop)}
+        )
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.time_base = fmt.time_base
+        self._apply_color(stream.codec_context)
+        if fmt.rotation:
+            stream.set_display_rotation(fmt.rotation)
+        self._video = stream
+        self._audio: Any = None
+        self._audio_copied = False
+        if audio is not None:
+            if audio.codec_context.name in self._container.supported_codecs:
+                self._audio = self._container.add_stream_from_template(audio)
+                self._audio_copied = True
+            else:
+                self._audio = self._container.add_stream("aac", rate=audio.rate)
+                self._audio.layout = av.AudioLayout(f"{audio.layout.nb_channels}c")
+                self._audio_decoder = audio.codec_context
+        self._last_pts: int | None = None
+        self.frames_done = 0
+
+    def _apply_color(self, target: Any) -> None:
+        fmt = self._fmt
+        target.colorspace = fmt.colorspace
+        target.color_range = fmt.color_range
+        target.color_primaries = fmt.color_primaries
+        target.color_trc = fmt.color_trc
+
+    def write_frame(self, upright_hwc_u8: np.ndarray, source_pts: int | None) -> None:
+        fmt = self._fmt
+        width, height = fmt.even_size
+        stored = np.rot90(upright_hwc_u8, -fmt.quarter_turns)[:height, :width]
+        if source_pts is None or (self._last_pts is not None and source_pts <= self._last_pts):
+            pts = 0 if self._last_pts is None else self._last_pts + fmt.frame_step
+        else:
+            pts = source_pts
+        self._last_pts = pts
+        frame = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(stored), format="rgb24")
+        self._apply_color(frame)
+        frame.pts = pts
+        self._container.mux(self._video.encode(frame))
+        self.frames_done += 1
+
+    def write_audio(self, packet: Any) -> None:
+        if self._audio is None:
+            return
+        if self._audio_copied:
+            packet.stream = self._audio
+            self._container.mux([packet])
+        else:
+            for frame in packet.decode():
+                self._container.mux(self._audio.encode(frame))
+
+    def finish(self) -> None:
+        try:
+            self._container.mux(self._video.encode(None))
+            if self._audio is not None and not self._audio_copied:
+                self._container.mux(self._audio.encode(None))
+        finally:
+            self._container.close()
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self._container.close()
+
+
+# ---- the loop ------------------------------------------------------------------------------
+
+_END = object()
+
+
+def _prefetch(items: Iterable[Any], depth: int, stop: threading.Event) -> Iterator[Any]:
+    """Run ``items`` on a helper thread, ``depth`` items ahead; re-raise its exception here."""
+    channel: queue.Queue[Any] = queue.Queue(maxsize=depth)
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        channel.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            channel.put(_END)
+        except BaseException as exc:  # handed to the consumer
+            channel.put(exc)
+
+    worker = threading.Thread(target=produce, name="bgblur-video-decode", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = channel.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                channel.get_nowait()
+            worker.join(timeout=0.05)
+
+
+def _to_host(array: Any) -> np.ndarray:
+    return array if isinstance(array, np.ndarray) else array.get()
+
+
+def _run(
+    batches: Iterable[Any],
+    audio_packets: Iterable[Any],
+    blur_batch: BlurBatch,
+    output: _FragmentedMp4Writer,
+    options: VideoOptions,
+    fmt: _SourceFormat,
+    video: Any,
+    cancelled: Callable[[], bool],
+    av: Any,
+) -> Iterator[EncodedChunk]:
+    stop = threading.Event()
+    finished = False
+    try:
+        for packet in audio_packets:
+            output.write_audio(packet)
+        for item in _prefetch(batches, depth=2, stop=stop):
+            if cancelled():
+                return
+            if not isinstance(item, _Batch):
+                output.write_audio(item)
+                continue
+            blurred = _to_host(blur_batch(item.frames_nhwc_u8))
+            expected = tuple(item.frames_nhwc_u8.shape)
+            if tuple(blurred.shape) != expected or blurred.dtype != np.uint8:
+                raise RuntimeError(
+                    f"blur returned {blurred.dtype} {list(blurred.shape)}, expected uint8 "
+                    f"{list(expected)}"
+                )
+            for frame, pts in zip(blurred, item.pts, strict=True):
+                output.write_frame(frame, pts)
+            if len(output.sink) >= options.chunk_bytes:
+                yield EncodedChunk(output.sink.take(), output.frames_done)
+        output.finish()
+        finished = True
+        yield EncodedChunk(output.sink.take(), output.frames_done, final=True)
+    except av.FFmpegError as exc:
+        raise InvalidInputError(f"VIDEO could not be transcoded: {_reason(exc)}") from exc
+    finally:
+        stop.set()
+        if not finished:
+            output.abort()

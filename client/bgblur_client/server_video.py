@@ -1,0 +1,222 @@
+"""Blur a video file on the server: send the compressed file, receive the blurred file.
+
+The thin-client path (``bgblur video --server-side``): no decoding or encoding here. The file's
+bytes go in one request to the decoupled ``background_blur_video`` model over a gRPC stream;
+the server decodes, blurs in batches and encodes (H.264 in fragmented MP4, the source's audio
+copied, fps and timestamps kept) and streams the output back in chunks, which are written to
+the output file as they arrive. Progress comes from each chunk's ``FRAMES_DONE``.
+
+Ctrl-C cancels the request on the server (the stream is stopped with ``cancel_requests``)
+and keeps the chunks received so far: fragmented MP4 plays up to its last complete fragment.
+Any other failure deletes the partial output.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tqdm import tqdm
+from tritonclient.utils import InferenceServerException
+
+from bgblur_client.errors import (
+    ClientError,
+    ModelNotFoundError,
+    RequestRejectedError,
+    ServerUnreachableError,
+)
+from bgblur_client.transport import DEFAULT_TIMEOUT_S, ParameterValue
+from bgblur_client.video import AudioHandling, VideoSummary
+
+DEFAULT_VIDEO_MODEL = "background_blur_video"
+INPUT_VIDEO = "VIDEO"
+OUTPUT_CHUNK = "VIDEO_CHUNK"
+OUTPUT_FRAMES_DONE = "FRAMES_DONE"
+_FINAL_FLAG = "triton_final_response"
+# Audio codecs MP4 holds as they are (the server copies these, re-encodes others to AAC).
+_MP4_AUDIO = {"aac", "mp3", "ac3", "eac3", "opus", "alac", "flac"}
+
+
+def blur_video_server_side(
+    url: str,
+    in_path: str | Path,
+    out_path: str | Path,
+    *,
+    model: str = DEFAULT_VIDEO_MODEL,
+    parameters: Mapping[str, ParameterValue] | None = None,
+    batch_size: int | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    progress: bool = True,
+) -> VideoSummary:
+    """Blur ``in_path`` on the server at ``url`` (gRPC) and write the result to ``out_path``.
+
+    Args:
+        url: ``host:port`` of Triton's gRPC endpoint.
+        in_path: Any video file the server's FFmpeg reads (H.264/HEVC/AV1/VP9/... codecs).
+        out_path: Output file: an MP4 (fragmented) whatever its extension.
+        model: The decoupled video model's name.
+        parameters: Blur parameters (``blur_sigma``, ...) and the model's own
+            (``batch_size``, ``crf``, ``gop_seconds``, ``chunk_bytes``).
+        batch_size: Frames per blur call on the server (sets ``batch_size``).
+        timeout_s: Longest wait for the next chunk.
+        progress: Show a progress bar.
+
+    Returns:
+        A :class:`~bgblur_client.video.VideoSummary` (frames, seconds, audio).
+
+    Raises:
+        ClientError: Unreadable input, unwritable output, server down, model missing, or
+            the server refused the video (corrupt, unsupported codec, bad parameter).
+        KeyboardInterrupt: After cancelling the request and closing the partial output.
+    """
+    in_path, out_path = Path(in_path), Path(out_path)
+    if not in_path.is_file():
+        raise ClientError(f"cannot read video '{in_path}': no such file")
+    if out_path.resolve() == in_path.resolve():
+        raise ClientError(f"output '{out_path}' is the input file")
+    if not out_path.parent.is_dir():
+        raise ClientError(f"cannot write video '{out_path}': directory does not exist")
+    request_parameters: dict[str, Any] = dict(parameters or {})
+    if batch_size is not None:
+        request_parameters["batch_size"] = batch_size
+    declared_frames, audio = _probe(in_path)
+    video_bytes = np.fromfile(in_path, dtype=np.uint8)
+
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        _check_ready(client, url, model)
+        return _stream(
+            client,
+            url,
+            model,
+            video_bytes,
+            out_path,
+            request_parameters,
+            timeout_s,
+            progress,
+            declared_frames,
+            audio,
+            label=in_path.name,
+        )
+    finally:
+        client.close()
+
+
+def _probe(path: Path) -> tuple[int, AudioHandling]:
+    """(declared frame count or 0, what the server will do with the audio)."""
+    try:
+        with av.open(str(path)) as container:
+            frames = container.streams.video[0].frames if container.streams.video else 0
+            if not container.streams.audio:
+                return frames, "none"
+            name = container.streams.audio[0].codec_context.name
+            return frames, "copied" if name in _MP4_AUDIO else "re-encoded"
+    except (av.FFmpegError, OSError):
+        return 0, "none"  # the server says what is wrong with it
+
+
+def _check_ready(client: grpcclient.InferenceServerClient, url: str, model: str) -> None:
+    try:
+        live = client.is_server_live(client_timeout=10.0)
+    except Exception as exc:
+        raise ServerUnreachableError(
+            f"cannot reach Triton at {url} over grpc: {exc} — is the server running? (make serve)"
+        ) from exc
+    if not live:
+        raise ServerUnreachableError(f"Triton at {url} answers but is not live")
+    try:
+        ready = client.is_model_ready(model, client_timeout=10.0)
+    except InferenceServerException as exc:
+        raise ClientError(f"cannot query model {model!r} on {url}: {exc.message()}") from exc
+    if not ready:
+        raise ModelNotFoundError(f"model {model!r} is not ready on {url}")
+
+
+def _stream(
+    client: grpcclient.InferenceServerClient,
+    url: str,
+    model: str,
+    video_bytes: np.ndarray,
+    out_path: Path,
+    parameters: dict[str, Any],
+    timeout_s: float,
+    progress: bool,
+    declared_frames: int,
+    audio: AudioHandling,
+    *,
+    label: str,
+) -> VideoSummary:
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    video_input = grpcclient.InferInput(INPUT_VIDEO, [int(video_bytes.size)], "UINT8")
+    video_input.set_data_from_numpy(video_bytes)
+    started = time.perf_counter()
+    frames_done = 0
+    cancel = True
+    try:
+        out_file = open(out_path, "wb")  # noqa: SIM115 (closed below, deleted on failure)
+    except OSError as exc:
+        client.stop_stream()
+        raise ClientError(f"cannot write video '{out_path}': {exc}") from exc
+    bar = tqdm(
+        total=declared_frames or None,
+        unit="frame",
+        desc=label,
+        disable=None if progress else True,
+        dynamic_ncols=True,
+    )
+    try:
+        client.async_stream_infer(
+            model,
+            [video_input],
+            parameters=parameters or None,
+            enable_empty_final_response=True,
+        )
+        while True:
+            try:
+                result, error = answers.get(timeout=timeout_s)
+            except queue.Empty:
+                raise ClientError(
+                    f"no answer from Triton at {url} within {timeout_s:g} s"
+                ) from None
+            if error is not None:
+                raise _translate(error, url)
+            chunk = result.as_numpy(OUTPUT_CHUNK)
+            if chunk is not None:
+                out_file.write(chunk.tobytes())
+                done = result.as_numpy(OUTPUT_FRAMES_DONE)
+                if done is not None:
+                    bar.update(int(done[0]) - frames_done)
+                    frames_done = int(done[0])
+            final = result.get_response().parameters.get(_FINAL_FLAG)
+            if final is not None and final.bool_param:
+                break
+        cancel = False
+    except KeyboardInterrupt:
+        out_file.close()
+        raise
+    except BaseException:
+        out_file.close()
+        out_path.unlink(missing_ok=True)
+        raise
+    finally:
+        bar.close()
+        client.stop_stream(cancel_requests=cancel)
+    out_file.close()
+    return VideoSummary(frames=frames_done, seconds=time.perf_counter() - started, audio=audio)
+
+
+def _translate(error: Any, url: str) -> ClientError:
+    if not isinstance(error, InferenceServerException):
+        return ClientError(f"video stream failed: {error}")
+    status = error.status()
+    message = error.message() or str(error)
+    if status == "StatusCode.UNAVAILABLE" and "Socket closed" in message:
+        return ServerUnreachableError(f"lost the connection to Triton at {url}: {message}")
+    return RequestRejectedError(message, status)

@@ -1,0 +1,125 @@
+"""Clips for the video tests, generated with PyAV (small, so the CPU suite stays fast).
+
+PyAV is imported only where used: the GPU machine has none, and its GPU tests still collect.
+
+``ramp_clip``: frame i is the astronaut photo at brightness ``0.35 + 0.6 * i / (N - 1)``, so
+the order of frames can be read back from their mean brightness even after the blur (which
+keeps the mean). H.264 in MP4 with a stereo AAC tone, 24 frames at 24 frames/s.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+WIDTH, HEIGHT, FRAMES, FPS = 192, 144, 24, 24
+
+
+def ramp_frames_nhwc_u8(
+    width: int = WIDTH, height: int = HEIGHT, count: int = FRAMES
+) -> np.ndarray:
+    """``[count, height, width, 3]`` uint8: the photo, brighter frame after frame."""
+    import skimage.data
+
+    photo = cv2.resize(skimage.data.astronaut(), (width, height), interpolation=cv2.INTER_AREA)
+    gains = 0.35 + 0.6 * np.arange(count) / max(count - 1, 1)
+    return np.stack([np.clip(photo * g, 0, 255).astype(np.uint8) for g in gains])
+
+
+def write_clip(
+    path: Path,
+    frames_nhwc_u8: np.ndarray,
+    *,
+    fps: int = FPS,
+    codec: str = "libx264",
+    pix_fmt: str = "yuv420p",
+    audio: bool = True,
+    rotation: int = 0,
+    options: dict[str, str] | None = None,
+) -> Path:
+    """Encode ``frames_nhwc_u8`` (RGB) into ``path`` with PyAV, optionally with an AAC tone."""
+    import av
+
+    with av.open(str(path), "w", options=options or {}) as container:
+        video = container.add_stream(codec, rate=fps)
+        video.height, video.width = frames_nhwc_u8.shape[1:3]
+        video.pix_fmt = pix_fmt
+        if rotation:
+            video.set_display_rotation(rotation)
+        sound = None
+        if audio:
+            sound = container.add_stream("aac", rate=48_000)
+            sound.layout = "stereo"
+        for i, rgb in enumerate(frames_nhwc_u8):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            frame.pts = i
+            frame.time_base = Fraction(1, fps)
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        if sound is not None:
+            samples = int(48_000 * len(frames_nhwc_u8) / fps)
+            t = np.arange(samples) / 48_000
+            tone = (0.05 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+            for start in range(0, samples, 1024):
+                block = np.ascontiguousarray(np.stack([tone[start : start + 1024]] * 2))
+                chunk = av.AudioFrame.from_ndarray(block, format="fltp", layout="stereo")
+                chunk.sample_rate = 48_000
+                chunk.pts = start
+                container.mux(sound.encode(chunk))
+            container.mux(sound.encode(None))
+    return path
+
+
+def decode_rgb(data_or_path: bytes | Path) -> tuple[np.ndarray, dict[str, object]]:
+    """All frames ``[N, H, W, 3]`` uint8 of the first video stream, and its properties."""
+    import io
+
+    import av
+
+    source = io.BytesIO(data_or_path) if isinstance(data_or_path, bytes) else str(data_or_path)
+    with av.open(source) as container:
+        video = container.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video)]
+        props = {
+            "frames": len(frames),
+            "size": (video.width, video.height),
+            "rate": video.average_rate,
+            "audio": [s.codec_context.name for s in container.streams.audio],
+        }
+    return np.stack(frames), props
+
+
+def brightness_order_ok(out_nhwc_u8: np.ndarray, in_nhwc_u8: np.ndarray) -> bool:
+    """Each output frame is nearest in mean brightness to the input frame of the same index."""
+    out_mean = out_nhwc_u8.reshape(len(out_nhwc_u8), -1).mean(axis=1)
+    in_mean = in_nhwc_u8.reshape(len(in_nhwc_u8), -1).mean(axis=1)
+    nearest = np.abs(out_mean[:, None] - in_mean[None, :]).argmin(axis=1)
+    return bool((nearest == np.arange(len(in_mean))).all())
+
+
+@pytest.fixture(scope="session")
+def ramp_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_clip(tmp_path_factory.mktemp("video") / "ramp.mp4", ramp_frames_nhwc_u8())
+
+
+@pytest.fixture(scope="session")
+def ramp_clip_bytes(ramp_clip: Path) -> bytes:
+    return ramp_clip.read_bytes()
+
+
+class VideoHelpers:
+    """The helpers above, for tests (conftest modules are not importable by name here)."""
+
+    ramp_frames_nhwc_u8 = staticmethod(ramp_frames_nhwc_u8)
+    write_clip = staticmethod(write_clip)
+    decode_rgb = staticmethod(decode_rgb)
+    brightness_order_ok = staticmethod(brightness_order_ok)
+
+
+@pytest.fixture(scope="session")
+def video() -> type[VideoHelpers]:
+    return VideoHelpers

@@ -1,0 +1,170 @@
+"""The decoupled ``background_blur_video`` model on the real Triton server (CPU), over gRPC
+streaming, and ``bgblur video --server-side`` end to end."""
+
+from __future__ import annotations
+
+import queue
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+av = pytest.importorskip("av")  # the GPU machine has no PyAV
+import tritonclient.grpc as grpcclient  # noqa: E402
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+from bgblur_client.cli import main  # noqa: E402
+from bgblur_client.samples import make_sample_video  # noqa: E402
+
+MODEL = "background_blur_video"
+
+
+def stream_video(url: str, data: bytes, parameters: dict[str, Any] | None = None):
+    """Send one file; return (output bytes, FRAMES_DONE per response, error or None)."""
+    client = grpcclient.InferenceServerClient(url)
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        video_input = grpcclient.InferInput("VIDEO", [len(data)], "UINT8")
+        video_input.set_data_from_numpy(np.frombuffer(data, np.uint8))
+        client.async_stream_infer(
+            MODEL, [video_input], parameters=parameters, enable_empty_final_response=True
+        )
+        out, done = bytearray(), []
+        while True:
+            result, error = answers.get(timeout=120)
+            if error is not None:
+                return bytes(out), done, error
+            chunk = result.as_numpy("VIDEO_CHUNK")
+            if chunk is not None:
+                out += chunk.tobytes()
+                done.append(int(result.as_numpy("FRAMES_DONE")[0]))
+            if result.get_response().parameters["triton_final_response"].bool_param:
+                return bytes(out), done, None
+    finally:
+        client.stop_stream()
+        client.close()
+
+
+def test_round_trip_keeps_frames_size_rate_audio_and_order(
+    triton_server, ramp_clip_bytes, video
+) -> None:
+    out, done, error = stream_video(triton_server.grpc_url, ramp_clip_bytes, {"batch_size": 8})
+
+    assert error is None
+    assert done[-1] == 24
+    frames_in, props_in = video.decode_rgb(ramp_clip_bytes)
+    frames_out, props_out = video.decode_rgb(out)
+    assert props_out == props_in
+    assert video.brightness_order_ok(frames_out, frames_in)
+    # the background is blurred: the output is smoother than the input
+    assert (
+        np.abs(np.diff(frames_out.astype(int), axis=2)).mean()
+        < np.abs(np.diff(frames_in.astype(int), axis=2)).mean()
+    )
+
+
+# blur_sigma 2.5 cannot travel in a BLS request (2.51 takes bool/int/str): the in-process path
+@pytest.mark.parametrize("blur_sigma", [8.0, 2.5], ids=["bls", "in_process"])
+def test_sample_clip_with_blur_parameters(
+    triton_server, tmp_path: Path, video, blur_sigma: float
+) -> None:
+    clip = make_sample_video(tmp_path / "clip.mp4", width=320, height=240, seconds=0.5, fps=30)
+
+    out, _, error = stream_video(
+        triton_server.grpc_url, clip.read_bytes(), {"blur_sigma": blur_sigma, "soft_mask": False}
+    )
+
+    assert error is None
+    assert video.decode_rgb(out)[1] == {
+        "frames": 15,
+        "size": (320, 240),
+        "rate": Fraction(30),
+        "audio": ["aac"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("empty", "VIDEO is empty"),
+        ("garbage", "not a readable video file"),
+        ("truncated", "not a readable video file"),
+        ("unsupported", "unsupported video codec 'ffv1'"),
+        ("bad_parameter", "parameter 'blur_sigma' must be in"),
+        ("bad_batch", "parameter 'batch_size' must be in"),
+    ],
+)
+def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(
+    triton_server, ramp_clip_bytes, tmp_path: Path, video, case: str, message: str
+) -> None:
+    parameters = None
+    if case == "empty":
+        data = b""
+    elif case == "garbage":
+        data = np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes()
+    elif case == "truncated":
+        data = ramp_clip_bytes[: len(ramp_clip_bytes) // 2]
+    elif case == "unsupported":
+        frames = video.ramp_frames_nhwc_u8(32, 32, 2)
+        data = video.write_clip(
+            tmp_path / "ffv1.mkv", frames, codec="ffv1", audio=False
+        ).read_bytes()
+    else:
+        data = ramp_clip_bytes
+        parameters = {"blur_sigma": -1.0} if case == "bad_parameter" else {"batch_size": 99}
+
+    out, _, error = stream_video(triton_server.grpc_url, data, parameters)
+
+    # A gRPC stream carries the error's message, not its code (ModelStreamInferResponse has
+    # only error_message), so the text is what a client sees.
+    assert isinstance(error, InferenceServerException)
+    assert message in error.message()
+    assert out == b""
+    assert triton_server.is_ready()
+    healthy, _, error = stream_video(triton_server.grpc_url, ramp_clip_bytes, {"batch_size": 8})
+    assert error is None and healthy
+
+
+def test_cli_server_side(
+    triton_server, ramp_clip: Path, tmp_path: Path, video, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "out.mp4"
+
+    code = main(
+        ["video", str(ramp_clip), str(out), "--server-side", "--url", triton_server.grpc_url]
+    )
+
+    assert code == 0, capsys.readouterr().err
+    assert video.decode_rgb(out)[1] == video.decode_rgb(ramp_clip)[1]
+    assert "blurred 24 frames in " in capsys.readouterr().out
+
+
+def test_cli_server_side_refuses_a_corrupt_file_and_leaves_no_output(
+    triton_server, ramp_clip_bytes, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    bad, out = tmp_path / "bad.mp4", tmp_path / "out.mp4"
+    bad.write_bytes(ramp_clip_bytes[:5000])
+
+    code = main(["video", str(bad), str(out), "--server-side", "--url", triton_server.grpc_url])
+
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "server rejected the request: VIDEO is not a readable video file" in err
+    assert not out.exists()
+
+
+def test_cli_server_side_needs_grpc(
+    triton_server, ramp_clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    code = main(
+        [
+            *("video", str(ramp_clip), str(tmp_path / "o.mp4"), "--server-side"),
+            *("--protocol", "http", "--url", triton_server.http_url),
+        ]
+    )
+
+    assert code == 2
+    assert "--server-side streams over gRPC" in capsys.readouterr().err
