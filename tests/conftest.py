@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -53,6 +54,16 @@ def server_pool() -> Iterator[ServerPool]:
 def triton_server(server_pool: ServerPool) -> TritonServer:
     """The CPU server with the default segmentation network (``grpc_url``, ``http_url``)."""
     return server_pool.get("cpu", DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="session")
+def cupy() -> Any:
+    """The ``cupy`` module; skips the test where no CUDA GPU (or no CuPy) is usable."""
+    if cuda_device_count() == 0:
+        pytest.skip("needs an NVIDIA GPU with CUDA and CuPy")
+    import cupy
+
+    return cupy
 
 
 @pytest.fixture(scope="session")

@@ -19,18 +19,6 @@ import cv2
 import numpy as np
 import pytest
 
-from bgblur.device import cuda_device_count
-
-
-@pytest.fixture(scope="session")
-def cupy() -> Any:
-    """The ``cupy`` module; skips the test where no CUDA GPU (or no CuPy) is usable."""
-    if cuda_device_count() == 0:
-        pytest.skip("needs an NVIDIA GPU with CUDA and CuPy")
-    import cupy
-
-    return cupy
-
 
 def _photo(kind: str) -> np.ndarray:
     data = pytest.importorskip("skimage.data")
