@@ -161,20 +161,27 @@ def test_request_parameters_change_the_result(server_pool, device, protocol, cli
 def test_frames_of_different_sizes_in_concurrent_requests(
     server_pool, device, protocol, client_factory
 ):
+    """Requests of different frame sizes that the dynamic batcher may put into one preprocess
+    execution (one variable-shape launch, no concatenation): each result equals the result of
+    the same request sent alone."""
     server = server_pool.get(device, "fixed_ellipse")
-    sizes = [(48, 64), (49, 65), (120, 80), (1, 1), (48, 64), (33, 17)]
+    sizes = [(48, 64), (49, 65), (120, 80), (1, 1), (48, 64), (33, 17)] * 2
+    requests = [random_frames(2, *size, seed=i) for i, size in enumerate(sizes)]
+    alone_client = client_for(server, protocol)
+    alone = [infer(alone_client, frames)["BLURRED"] for frames in requests]
+    alone_client.close()
 
-    def run(size: tuple[int, int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    def run(frames: np.ndarray) -> np.ndarray:
         client = client_for(server, protocol)
         try:
-            frames = random_frames(2, *size)
-            return frames.shape, infer(client, frames)["BLURRED"].shape
+            return infer(client, frames)["BLURRED"]
         finally:
             client.close()
 
     with concurrent.futures.ThreadPoolExecutor(len(sizes)) as pool:
-        for sent, got in pool.map(run, sizes):
-            assert sent == got
+        for i, got in enumerate(pool.map(run, requests)):
+            assert got.shape == requests[i].shape
+            np.testing.assert_array_equal(got, alone[i], err_msg=f"request {i} {sizes[i]}")
 
 
 BAD_PARAMETERS = [

@@ -12,7 +12,12 @@ import numpy as np
 import pytest
 import skimage.data
 
-from bgblur.ops import resize_linear_nhwc, resize_normalize_nchw, upscale_mask
+from bgblur.ops import (
+    resize_linear_nhwc,
+    resize_normalize_nchw,
+    resize_normalize_nchw_varshape,
+    upscale_mask,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -380,3 +385,33 @@ class TestUpscaleMask:
             ValueError, match=r"out must have shape \(2, 14, 26\) and dtype uint8, got"
         ):
             upscale_mask(mask, (14, 26), out=np.empty(out_shape, out_dtype))
+
+
+class TestResizeNormalizeNchwVarshape:
+    """Frames of different sizes -> one [sum n_i, 3, h, w] batch, each image as if alone."""
+
+    def test_mixed_sizes_equal_each_alone(self, rng: np.random.Generator) -> None:
+        batches = [
+            random_frames(rng, (2, 1080, 1920, 3)),
+            random_frames(rng, (1, 1, 1, 3)),
+            random_frames(rng, (3, 33, 66, 3))[:, :, ::-1],  # a strided view
+        ]
+        out = resize_normalize_nchw_varshape(batches, (144, 256), (0.5,) * 3, (0.25,) * 3)
+        assert out.shape == (6, 3, 144, 256) and out.dtype == np.float16
+        expected = np.concatenate(
+            [resize_normalize_nchw(b, (144, 256), (0.5,) * 3, (0.25,) * 3) for b in batches]
+        )
+        np.testing.assert_array_equal(out, expected)
+
+    def test_out_and_errors(self, rng: np.random.Generator) -> None:
+        batches = [random_frames(rng, (1, 5, 7, 3)), random_frames(rng, (2, 9, 4, 3))]
+        out = np.empty((3, 3, 8, 8), np.float32)
+        f32 = {"out_dtype": np.float32}
+        assert (
+            resize_normalize_nchw_varshape(batches, (8, 8), (0,) * 3, (1,) * 3, out=out, **f32)
+            is out
+        )
+        with pytest.raises(ValueError, match="out must have shape"):
+            resize_normalize_nchw_varshape(batches, (8, 8), (0,) * 3, (1,) * 3, out=out[:2], **f32)
+        with pytest.raises(ValueError, match="at least one frames array"):
+            resize_normalize_nchw_varshape([], (8, 8), (0,) * 3, (1,) * 3)

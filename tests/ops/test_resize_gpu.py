@@ -250,3 +250,48 @@ def test_upscale_mask_gpu_changing_shapes(cupy, make_masks, assert_u8_close):
             actual = ops.upscale_mask(cupy.asarray(masks), out_hw, interpolation=interpolation)
             expected = ops.upscale_mask(masks, out_hw, interpolation=interpolation)
             assert_u8_close(cupy.asnumpy(actual), expected, case=f"call {i} {interpolation}")
+
+
+# ---- resize_normalize_nchw_varshape: mixed sizes, one launch -----------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32], ids=["fp16", "fp32"])
+def test_resize_normalize_nchw_varshape_gpu_mixed_sizes_equal_each_alone(
+    cupy, make_frames, assert_float_close, dtype
+):
+    batches = [
+        make_frames("astronaut", 2, (1081, 1921)),
+        make_frames("random", 1, (1, 1)),
+        make_frames("chelsea", 3, (33, 66)),
+        make_frames("random", 1, (1, 1919), seed=3),
+        make_frames("astronaut", 1),
+    ]
+    expected = np.concatenate(
+        [ops.resize_normalize_nchw(b, (256, 144), MEAN, STD, out_dtype=dtype) for b in batches]
+    )
+    on_gpu = [cupy.asarray(b) for b in batches]
+    on_gpu[2] = cupy.asarray(make_frames("chelsea", 3, (33, 66), channels=4))[..., :3]  # a view
+    out = cupy.empty((8, 3, 256, 144), dtype)
+    actual = ops.resize_normalize_nchw_varshape(
+        on_gpu, (256, 144), MEAN, STD, out_dtype=dtype, out=out
+    )
+    assert actual is out
+    assert_float_close(cupy.asnumpy(actual), expected, case="mixed", **FLOAT_TOL[dtype])
+
+
+def test_resize_normalize_nchw_varshape_gpu_on_a_stream_and_repeated(
+    cupy, make_frames, assert_float_close
+):
+    stream = cupy.cuda.Stream(non_blocking=True)
+    for sizes in ([(720, 1280), (1080, 1920)], [(7, 13)], [(1080, 1920), (2, 2), (720, 1280)]):
+        batches = [make_frames("random", 2, s, seed=i) for i, s in enumerate(sizes)]
+        expected = np.concatenate(
+            [ops.resize_normalize_nchw(b, (256, 256), MEAN, STD) for b in batches]
+        )
+        with stream:
+            actual = ops.resize_normalize_nchw_varshape(
+                [cupy.asarray(b) for b in batches], (256, 256), MEAN, STD
+            )
+            host = cupy.asnumpy(actual, stream=stream)
+        stream.synchronize()
+        assert_float_close(host, expected, case=str(sizes), **FLOAT_TOL[np.float16])

@@ -126,3 +126,39 @@ class TestDeviceFrames:
         np.testing.assert_array_equal(
             cupy.asnumpy(network_input), cupy.asnumpy(stage(astronaut_frames))
         )
+
+
+class TestVarshape:
+    def test_batches_of_different_sizes_equal_each_alone(
+        self, preprocess: Preprocess, rng: np.random.Generator
+    ) -> None:
+        batches = [
+            rng.integers(0, 256, (2, 90, 160, 3), dtype=np.uint8),
+            rng.integers(0, 256, (1, 7, 5, 3), dtype=np.uint8),
+            rng.integers(0, 256, (3, 90, 160, 3), dtype=np.uint8),
+        ]
+        network_input, frames = preprocess.with_device_frames_varshape(batches)
+        assert [f is b for f, b in zip(frames, batches, strict=True)] == [True] * 3
+        np.testing.assert_array_equal(
+            network_input, np.concatenate([preprocess(b) for b in batches])
+        )
+
+    @pytest.mark.gpu
+    def test_gpu_batches_of_different_sizes_equal_the_cpu(self, rng: np.random.Generator) -> None:
+        import cupy
+
+        spec = get_model_spec("selfie_general")
+        batches = [
+            rng.integers(0, 256, (2, 1080, 1920, 3), dtype=np.uint8),
+            rng.integers(0, 256, (1, 720, 1280, 3), dtype=np.uint8),
+        ]
+        gpu_input, frames = Preprocess(spec, Device("gpu", 0)).with_device_frames_varshape(batches)
+        cpu_input, _ = Preprocess(spec, Device("cpu")).with_device_frames_varshape(batches)
+        assert all(isinstance(f, cupy.ndarray) for f in frames)
+        # The same float32 arithmetic, rounded once to float16 (tests/ops: identical).
+        np.testing.assert_allclose(
+            cupy.asnumpy(gpu_input).astype(np.float32),
+            cpu_input.astype(np.float32),
+            rtol=2**-10,
+            atol=2**-14,
+        )

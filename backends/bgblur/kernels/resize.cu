@@ -117,3 +117,39 @@ extern "C" __global__ void resize_normalize_nchw_f16(RESIZE_NORMALIZE_ARGS) {
     resize_normalize_nchw<true>(RESIZE_NORMALIZE_PASS);
 }
 #undef OUT_T
+
+// Variable-shape batch: the same per-pixel work for frames of different sizes in ONE launch.
+// ``table`` holds 8 int64 per output image b (blockIdx.z): [src pointer, H, W, stride_y,
+// stride_x, stride_c (elements), scale_x, scale_y (the doubles' bits)]; the grid covers the
+// common output size (h, w). Each image's source is read through its own pointer and strides.
+template <bool HALF>
+__device__ __forceinline__ void resize_normalize_nchw_table(
+    const i64* __restrict__ table, void* __restrict__ dst, int h, int w,
+    float sc0, float sc1, float sc2, float bi0, float bi1, float bi2,
+    i64 d_b, i64 d_c, i64 d_y, i64 d_x)
+{
+    const i64* e = table + 8 * (i64)blockIdx.z;
+    const u8* src = reinterpret_cast<const u8*>(e[0]);
+    resize_normalize_nchw<HALF>(
+        src, dst, (int)e[1], (int)e[2], h, w, __longlong_as_double(e[6]),
+        __longlong_as_double(e[7]), sc0, sc1, sc2, bi0, bi1, bi2, 0, e[3], e[4], e[5],
+        d_b, d_c, d_y, d_x);
+}
+
+#define RESIZE_NORMALIZE_TABLE_ARGS                                                     \
+    const i64* __restrict__ table, OUT_T* __restrict__ dst, int h, int w, float sc0,    \
+    float sc1, float sc2, float bi0, float bi1, float bi2, i64 d_b, i64 d_c, i64 d_y,   \
+    i64 d_x
+#define RESIZE_NORMALIZE_TABLE_PASS                                                     \
+    table, dst, h, w, sc0, sc1, sc2, bi0, bi1, bi2, d_b, d_c, d_y, d_x
+
+#define OUT_T float
+extern "C" __global__ void resize_normalize_nchw_table_f32(RESIZE_NORMALIZE_TABLE_ARGS) {
+    resize_normalize_nchw_table<false>(RESIZE_NORMALIZE_TABLE_PASS);
+}
+#undef OUT_T
+#define OUT_T u16  // float16 bits
+extern "C" __global__ void resize_normalize_nchw_table_f16(RESIZE_NORMALIZE_TABLE_ARGS) {
+    resize_normalize_nchw_table<true>(RESIZE_NORMALIZE_TABLE_PASS);
+}
+#undef OUT_T

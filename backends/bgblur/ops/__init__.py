@@ -10,7 +10,12 @@ from bgblur.ops.color import rgb_to_grey
 from bgblur.ops.composite import composite
 from bgblur.ops.gaussian import gaussian_blur
 from bgblur.ops.mask import probability_to_mask
-from bgblur.ops.resize import resize_linear_nhwc, resize_normalize_nchw, upscale_mask
+from bgblur.ops.resize import (
+    resize_linear_nhwc,
+    resize_normalize_nchw,
+    resize_normalize_nchw_varshape,
+    upscale_mask,
+)
 
 __all__ = [
     "composite",
@@ -19,6 +24,7 @@ __all__ = [
     "probability_to_mask",
     "resize_linear_nhwc",
     "resize_normalize_nchw",
+    "resize_normalize_nchw_varshape",
     "rgb_to_grey",
     "upscale_mask",
 ]

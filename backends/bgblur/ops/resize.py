@@ -51,6 +51,42 @@ def resize_normalize_nchw(
     return out
 
 
+def resize_normalize_nchw_varshape(
+    frames: Sequence[Any],
+    out_hw: tuple[int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    out_dtype: Any = np.float16,
+    out: Any = None,
+) -> Any:
+    """``resize_normalize_nchw`` of a batch whose frames differ in size.
+
+    Args:
+        frames: ``[n_i, H_i, W_i, 3]`` uint8 RGB arrays (NumPy, or CuPy on one GPU: then one
+            kernel launch for all of them, through a per-image table of pointers and strides).
+        out_hw, mean, std, out_dtype, out: as ``resize_normalize_nchw``.
+
+    Returns:
+        ``[sum n_i, 3, h, w]`` array of ``out_dtype``, the images in order.
+    """
+    if len(frames) == 0:
+        raise ValueError("resize_normalize_nchw_varshape needs at least one frames array")
+    total = sum(int(f.shape[0]) for f in frames)
+    h, w = out_hw
+    out = check_out(out, (total, 3, h, w), out_dtype, frames[0])
+    if is_gpu_array(frames[0]):
+        from bgblur.ops import resize_gpu
+
+        return resize_gpu.resize_normalize_nchw_varshape(frames, out_hw, mean, std, out=out)
+    start = 0
+    for batch in frames:
+        stop = start + int(batch.shape[0])
+        resize_normalize_nchw(batch, out_hw, mean, std, out_dtype=out_dtype, out=out[start:stop])
+        start = stop
+    return out
+
+
 def resize_linear_nhwc(frames_nhwc_u8: Any, out_hw: tuple[int, int], *, out: Any = None) -> Any:
     """Bilinear resize of uint8 frames, as ``cv2.resize(..., interpolation=cv2.INTER_LINEAR)``.
 

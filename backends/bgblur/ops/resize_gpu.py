@@ -97,6 +97,85 @@ def resize_normalize_nchw(
     return out
 
 
+def resize_normalize_nchw_varshape(
+    frames: Sequence[Any],
+    out_hw: tuple[int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    out: Any = None,
+) -> Any:
+    """``resize_normalize_nchw`` of frames of different sizes, in ONE launch.
+
+    ``frames`` is a sequence of CuPy uint8 ``[n_i, H_i, W_i, 3]`` arrays (e.g. one per request;
+    views and strides allowed) on one device; the output is ``[sum n_i, 3, h, w]`` float16 (or
+    ``out``'s float16/float32), in order. A per-image table (source pointer, size, strides,
+    scales; 64 bytes per image, uploaded once per call) tells each ``blockIdx.z`` where its image
+    is; every image gets exactly what ``resize_normalize_nchw`` would give it alone.
+    """
+    import cupy
+
+    if len(frames) == 0:
+        raise ValueError("resize_normalize_nchw_varshape needs at least one frames array")
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"mean and std need 3 values (RGB), got {list(mean)} and {list(std)}")
+    h, w = (int(v) for v in out_hw)
+    device = frames[0].device
+    rows = []
+    for i, batch in enumerate(frames):
+        require_u8("resize_normalize_nchw_varshape", **{f"frames[{i}]": batch})
+        if batch.ndim != 4 or batch.shape[3] != 3:
+            raise ValueError(
+                f"resize_normalize_nchw_varshape needs [n, H, W, 3] arrays, frames[{i}] is "
+                f"{batch.shape}"
+            )
+        if batch.device != device:
+            raise ValueError(f"frames[{i}] is on {batch.device}, frames[0] on {device}")
+        n, src_h, src_w, _ = batch.shape
+        _check_sizes("resize_normalize_nchw_varshape", (src_h, src_w), (h, w))
+        s_b, s_y, s_x, s_c = (int(v) for v in strides(batch))
+        scale_bits = [
+            int(np.array(_scale(s, d)).view(np.int64)) for s, d in ((src_w, w), (src_h, h))
+        ]
+        for j in range(n):
+            rows.append([batch.data.ptr + j * s_b, src_h, src_w, s_y, s_x, s_c, *scale_bits])
+    total = len(rows)
+    std32 = np.asarray(std, np.float32)
+    scale = 1.0 / (255.0 * std32)
+    bias = -np.asarray(mean, np.float32) / std32
+    with device:
+        if out is None:
+            out = cupy.empty((total, 3, h, w), np.float16)
+        if tuple(out.shape) != (total, 3, h, w):
+            raise ValueError(f"out must be {(total, 3, h, w)}, got {tuple(out.shape)}")
+        if out.dtype == np.float32:
+            name = "resize_normalize_nchw_table_f32"
+        elif out.dtype == np.float16:
+            name = "resize_normalize_nchw_table_f16"
+        else:
+            raise ValueError(f"resize_normalize_nchw writes float16 or float32, got {out.dtype}")
+        if out.size == 0:
+            return out
+        # Uploaded on the current stream, so the launch after it sees it (stream order).
+        table = cupy.asarray(np.asarray(rows, dtype=np.int64).reshape(-1))
+        grid = (blocks(w, _BLOCK[0]), blocks(h, _BLOCK[1]), total)
+        check_grid("resize_normalize_nchw_varshape", grid)
+        get_kernel("resize", name)(
+            grid,
+            _BLOCK,
+            (
+                table,
+                out,
+                i32(h),
+                i32(w),
+                *(f32(v) for v in scale),
+                *(f32(v) for v in bias),
+                *strides(out),
+            ),
+        )
+    return out
+
+
 def resize_linear_nhwc(frames_nhwc_u8: Any, out_hw: tuple[int, int], *, out: Any = None) -> Any:
     """``cv2.resize(INTER_LINEAR)`` of CuPy ``[B, H, W, C]`` uint8 frames into ``out``."""
     import cupy

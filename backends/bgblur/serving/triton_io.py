@@ -111,6 +111,11 @@ class PreparedRequest:
         self.batch = int(self.arrays[0].shape[0])
 
 
+class PerRequest(list):
+    """An output of ``run`` already split per request, in the group's order (for outputs whose
+    shapes differ between requests, e.g. frames of different sizes)."""
+
+
 def execute_grouped(
     pb_utils: Any,
     requests: Sequence[Any],
@@ -118,6 +123,8 @@ def execute_grouped(
     run: Callable[[tuple[Any, ...], Any], Sequence[Any]],
     output_names: Sequence[str],
     metrics: StageMetrics | None = None,
+    *,
+    stack: bool = True,
 ) -> list[Any]:
     """Answer ``requests`` in order, one response each.
 
@@ -125,6 +132,8 @@ def execute_grouped(
     alone gets INVALID_ARG). Requests whose keys match are concatenated along the batch and run
     once by ``run(arrays, options) -> outputs`` (one array per ``output_names``, batch first);
     the outputs are split back per request. A failure in ``run`` fails that group only.
+    With ``stack=False`` nothing is concatenated: ``run`` gets, per input, the list of the
+    group's arrays (shapes may differ), and may return ``PerRequest`` outputs.
     ``metrics`` (``bgblur.serving.metrics.StageMetrics``), when given, records each batch run
     (frames, compute time from ``run`` to the output tensors) and each rejection or failure.
     """
@@ -143,12 +152,16 @@ def execute_grouped(
     for members in groups.values():
         try:
             started = time.perf_counter()
-            outputs = run(_concatenate([p for _, p in members]), members[0][1].options)
+            prepared_group = [p for _, p in members]
+            inputs = _concatenate(prepared_group) if stack else _columns(prepared_group)
+            outputs = run(inputs, members[0][1].options)
             start = 0
-            for index, prepared in members:
+            for k, (index, prepared) in enumerate(members):
                 stop = start + prepared.batch
                 tensors = [
-                    output_tensor(pb_utils, name, out[start:stop])
+                    output_tensor(
+                        pb_utils, name, out[k] if isinstance(out, PerRequest) else out[start:stop]
+                    )
                     for name, out in zip(output_names, outputs, strict=True)
                 ]
                 responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
@@ -177,6 +190,10 @@ def _request_frames(request: Any) -> int:
         return int(request.inputs()[0].shape()[0])
     except Exception:
         return 0
+
+
+def _columns(prepared: list[PreparedRequest]) -> tuple[list[Any], ...]:
+    return tuple(list(column) for column in zip(*(p.arrays for p in prepared), strict=True))
 
 
 def _concatenate(prepared: list[PreparedRequest]) -> tuple[Any, ...]:

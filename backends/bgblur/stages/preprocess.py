@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from bgblur.device import Device
 from bgblur.models.registry import SegmentationModelSpec
-from bgblur.ops import resize_normalize_nchw
+from bgblur.ops import resize_normalize_nchw, resize_normalize_nchw_varshape
 from bgblur.stages.stream import StageStream
 
 
@@ -39,10 +40,27 @@ class Preprocess:
         already there): the ensemble hands it on to ``postprocess`` so that a host frame crosses
         PCIe once per request, not once per stage.
         """
+        out, frames = self.with_device_frames_varshape([frames_nhwc_u8])
+        return out, frames[0]
+
+    def with_device_frames_varshape(self, frames: Sequence[Any]) -> tuple[Any, list[Any]]:
+        """``[n_i, H_i, W_i, 3]`` uint8 frame batches of any sizes -> ``(network input
+        [sum n_i, 3, h, w] float16, the batches on this stage's device)``.
+
+        One kernel launch for all of them (``resize_normalize_nchw_varshape``: a table of
+        per-image pointers and sizes), so requests of different frame sizes batch together and
+        equal-sized ones are not concatenated (copied) first.
+        """
+        spec = self.spec
         with self.stream.activate():
-            frames = self.stream.to_device(frames_nhwc_u8)
-            out = resize_normalize_nchw(
-                frames, self.spec.input_hw, self.spec.mean, self.spec.std, out_dtype=self.out_dtype
-            )
+            on_device = [self.stream.to_device(f) for f in frames]
+            if len(on_device) == 1:
+                out = resize_normalize_nchw(
+                    on_device[0], spec.input_hw, spec.mean, spec.std, out_dtype=self.out_dtype
+                )
+            else:
+                out = resize_normalize_nchw_varshape(
+                    on_device, spec.input_hw, spec.mean, spec.std, out_dtype=self.out_dtype
+                )
         self.stream.synchronize()
-        return out, frames
+        return out, on_device

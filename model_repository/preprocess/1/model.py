@@ -8,6 +8,7 @@ from bgblur.device import Device
 from bgblur.models.registry import get_model_spec
 from bgblur.serving.metrics import StageMetrics
 from bgblur.serving.triton_io import (
+    PerRequest,
     PreparedRequest,
     blur_params_from_request,
     execute_grouped,
@@ -32,13 +33,15 @@ class TritonPythonModel:
             self._run,
             output_names=["NETWORK_INPUT", "FRAMES_ON_DEVICE"],
             metrics=self.metrics,
+            stack=False,  # frames of any sizes run together: one launch, no concatenation
         )
 
     def _prepare(self, request):
         frames = frames_input(pb_utils, request, self.device)
         # Reject bad request parameters here, before any work is spent on the request.
         blur_params_from_request(request, BlurParams())
-        return PreparedRequest(key=tuple(frames.shape[1:]), arrays=(frames,))
+        return PreparedRequest(key=None, arrays=(frames,))
 
-    def _run(self, arrays, options):
-        return self.stage.with_device_frames(arrays[0])
+    def _run(self, columns, options):
+        network_input, frames = self.stage.with_device_frames_varshape(columns[0])
+        return [network_input, PerRequest(frames)]
