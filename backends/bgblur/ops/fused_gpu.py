@@ -191,59 +191,14 @@ class FusedPostprocess:
         resize_gpu.resize_linear_nhwc(frames, self.blur_working_hw, out=small)
         self.launches += 1
 
-        ksize, sigma = int(params.blur_ksize), float(params.blur_sigma)
-        if ksize < 1 or ksize % 2 == 0 or not sigma > 0 or ksize > gaussian_gpu.MAX_KSIZE:
-            raise ValueError(f"blur_ksize {ksize} / blur_sigma {sigma} out of range")
+        try:
+            ksize, sigma = gaussian_gpu.check_kernel(params.blur_ksize, params.blur_sigma)
+        except ValueError:
+            raise ValueError(
+                f"blur_ksize {params.blur_ksize} / blur_sigma {params.blur_sigma} out of range"
+            ) from None
         taps = self._gaussian_taps(ksize, sigma)
-        h, w = self.blur_working_hw
-        channels = 3
-        out_unit = gaussian_gpu._OUT
-        kpad = blocks(ksize, out_unit) * out_unit
-        taps_bytes = 4 * kpad
-        npix = min(gaussian_gpu._H_PIXELS, w)
-        h_shared = taps_bytes + 2 * (blocks(npix * channels, 2) * 2)
-        h_tile = h_shared + 4 * (blocks(npix, out_unit) * out_unit + kpad + out_unit) * channels
-        h_tiled = h_tile <= SHARED_MEMORY_LIMIT
-        grid = check_grid("gaussian_blur", (blocks(w, gaussian_gpu._H_PIXELS), h, batch))
-        get_kernel("gaussian", "gaussian_h_tiled" if h_tiled else "gaussian_h_direct")(
-            grid,
-            (gaussian_gpu._H_THREADS,),
-            (
-                small,
-                tmp,
-                taps,
-                i32(h),
-                i32(w),
-                i32(channels),
-                i32(ksize),
-                i32(kpad),
-                *strides(small),
-            ),
-            shared_mem=h_tile if h_tiled else h_shared,
-        )
-        v_block = gaussian_gpu._V_BLOCK
-        v_tile = taps_bytes + 4 * (gaussian_gpu._V_ROWS + kpad + out_unit) * v_block[0]
-        v_tiled = v_tile <= SHARED_MEMORY_LIMIT
-        grid = check_grid(
-            "gaussian_blur",
-            (blocks(w * channels, v_block[0]), blocks(h, gaussian_gpu._V_ROWS), batch),
-        )
-        get_kernel("gaussian", "gaussian_v_tiled" if v_tiled else "gaussian_v_direct")(
-            grid,
-            v_block,
-            (
-                tmp,
-                small_blurred,
-                taps,
-                i32(h),
-                i32(w),
-                i32(channels),
-                i32(ksize),
-                i32(kpad),
-                *strides(small_blurred),
-            ),
-            shared_mem=v_tile if v_tiled else taps_bytes,
-        )
+        gaussian_gpu.launch_separable(small, small_blurred, tmp, taps, ksize)
         self.launches += 2
         return small_blurred
 
@@ -397,16 +352,11 @@ class FusedPostprocess:
         """OpenCV's fixed-point Gaussian taps (int32), as ``gaussian_gpu`` builds them."""
         import cupy
 
+        from bgblur.ops import gaussian_gpu
+
         def build() -> Any:
-            taps = cupy.empty(ksize, np.int32)
-            get_kernel("gaussian", "gaussian_taps")(
-                (1,),
-                (128,),
-                (taps, i32(ksize), f64(-0.125 / (sigma * sigma))),
-                shared_mem=8 * (ksize // 2),
-            )
             self.launches += 1
-            return taps
+            return gaussian_gpu.gaussian_taps(ksize, sigma)
 
         device = int(cupy.cuda.runtime.getDevice())
         return self._cached_table(("gaussian", device, ksize, sigma), build)
