@@ -18,8 +18,11 @@ Command line (``make serve``): ``python -m bgblur.launcher [--http-port 8000] [-
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -27,6 +30,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -36,6 +40,7 @@ from types import TracebackType
 from bgblur.config import CUDA_POOL_MB
 from bgblur.device import cuda_device_count
 from bgblur.models.registry import model_names
+from bgblur.supervisor import Supervisor, remove_shm_regions, stub_processes
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MODEL_REPOSITORY = PROJECT_ROOT / "model_repository"
@@ -43,6 +48,10 @@ PYTHON_MODELS = ("preprocess", "segmentation", "postprocess")
 # Decoupled Python models, rendered like PYTHON_MODELS (one instance each) when present.
 VIDEO_MODELS = ("background_blur_video",)
 EXIT_TIMEOUT_S = 10
+# Locked-down defaults (README "Reliability"): the header that unlocks the restricted APIs (model
+# repository, and shared memory where it is not opened); its value is a per-launch secret.
+ADMIN_HEADER = "bgblur-admin-key"
+LOOPBACK_ADDRESSES = ("127.0.0.1", "localhost", "::1")
 
 
 class ServerStartError(RuntimeError):
@@ -155,6 +164,12 @@ class TritonServer:
             (default 1 each).
         queue_delay_us: the Python models' ``max_queue_delay_microseconds`` (default: the
             repository's).
+        address: the address the HTTP, gRPC and metrics endpoints bind to; loopback by default
+            (``"0.0.0.0"`` serves every interface).
+        shared_memory: client shared-memory registration (system and CUDA): ``"auto"`` opens it
+            when ``address`` is loopback (clients on this host only) and restricts it to holders
+            of the admin key otherwise; ``"on"`` opens it; ``"off"`` restricts it.
+        supervise: restart the server when a Python stub or the server dies (bgblur.supervisor).
     """
 
     def __init__(
@@ -171,7 +186,12 @@ class TritonServer:
         model_repository: Path = MODEL_REPOSITORY,
         instance_counts: dict[str, int] | None = None,
         queue_delay_us: int | None = None,
+        address: str = "127.0.0.1",
+        shared_memory: str = "auto",
+        supervise: bool = True,
     ) -> None:
+        if shared_memory not in ("auto", "on", "off"):
+            raise ValueError(f"shared_memory must be auto, on or off, got {shared_memory!r}")
         if device not in ("auto", "cpu", "gpu"):
             raise ValueError(f"device must be auto, cpu or gpu, got {device!r}")
         gpu_count = cuda_device_count()
@@ -192,6 +212,16 @@ class TritonServer:
         self.log_path = log_path or self._workdir / "tritonserver.log"
         self._process: subprocess.Popen[bytes] | None = None
         self._log_file = None
+        self.address = address
+        self.shared_memory_open = shared_memory == "on" or (
+            shared_memory == "auto" and address in LOOPBACK_ADDRESSES
+        )
+        # Restricted APIs answer only requests that carry this header (admin_headers).
+        self.admin_key = secrets.token_urlsafe(24)
+        self.supervisor = Supervisor(self) if supervise else None
+        self._repository: Path | None = None
+        self._lock = threading.RLock()
+        self._stopping = False
 
     @property
     def http_url(self) -> str:
@@ -216,11 +246,37 @@ class TritonServer:
             f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
             "--strict-readiness=true",
             "--log-info=true",
+            # Locked-down defaults (README "Reliability"): loopback only; model control is
+            # explicit (every model loaded at start) and restricted to the launcher, which
+            # unloads the entry models to drain before a stop; shared-memory registration is
+            # restricted too unless opened.
+            f"--http-address={self.address}",
+            f"--grpc-address={self.address}",
+            f"--metrics-address={self.address}",
+            "--model-control-mode=explicit",
+            "--load-model=*",
+            f"--http-restricted-api={self._restricted_apis()}:{ADMIN_HEADER}={self.admin_key}",
+            f"--grpc-restricted-protocol={self._restricted_apis()}:{ADMIN_HEADER}={self.admin_key}",
         ]
         # Intermediate tensors live in Triton's CUDA pool; when full it silently falls back to
         # pinned host memory (PLATFORM.md): bgblur.config.CUDA_POOL_MB says how it was sized.
         args += [f"--cuda-memory-pool-byte-size={gpu}:{CUDA_POOL_MB << 20}" for gpu in self.gpus]
         return args
+
+    def _restricted_apis(self) -> str:
+        return "model-repository" if self.shared_memory_open else "model-repository,shared-memory"
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """Headers that unlock the restricted APIs (model repository; shared memory when not
+        opened). The key is per launch and lives on the server's command line: it keeps remote
+        clients out, not other users of this host (they can read ``ps``)."""
+        return {ADMIN_HEADER: self.admin_key}
+
+    def server_pid(self) -> int | None:
+        """The process id of the running tritonserver, None when none runs."""
+        process = self._process
+        return None if process is None else process.pid
 
     def environment(self, home: Path) -> dict[str, str]:
         env = dict(os.environ)
@@ -238,7 +294,7 @@ class TritonServer:
     def start(self) -> TritonServer:
         """Start the server and wait until it is ready (raises ``ServerStartError``)."""
         home = tritonserver_home()
-        backends = prepare_backends(home)
+        prepare_backends(home)
         repository = render_model_repository(
             self._workdir / "model_repository",
             device=self.device,
@@ -248,24 +304,110 @@ class TritonServer:
             instance_counts=self.instance_counts,
             queue_delay_us=self.queue_delay_us,
         )
+        self._repository = repository
+        self._stopping = False
         self._log_file = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
+        try:
+            self._spawn()
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        if self.supervisor is not None:
+            self.supervisor.start()
+        return self
+
+    def _spawn(self) -> None:
+        """Start the tritonserver process on the rendered repository (does not wait)."""
+        home = tritonserver_home()
+        assert self._repository is not None
         self._process = subprocess.Popen(
-            self.command(repository, backends, home),
+            self.command(self._repository, prepare_backends(home), home),
             env=self.environment(home),
             stdout=None if self.verbose else self._log_file,
             stderr=subprocess.STDOUT if not self.verbose else None,
             start_new_session=True,  # a terminal's Ctrl-C reaches the launcher, which stops it
         )
+
+    def restart(self, reason: str) -> None:
+        """Kill the server and its stubs at once, free their shared memory, start it again on
+        the same ports and wait for readiness (the supervisor calls this)."""
+        with self._lock:
+            if self._stopping:
+                return
+            process = self._process
+            regions = set(self.supervisor.known_regions) if self.supervisor else set()
+            if process is not None:
+                if process.poll() is None:
+                    regions.update(s.shm_region for s in stub_processes(process.pid))
+                    os.killpg(process.pid, signal.SIGKILL)  # its own session: what we started
+                process.wait()
+                with contextlib.suppress(ProcessLookupError):  # stubs that outlived it
+                    os.killpg(process.pid, signal.SIGKILL)
+            remove_shm_regions(regions)
+            if self.supervisor is not None:
+                self.supervisor.known_regions.clear()
+            if self._log_file is not None:
+                note = f"\n=== bgblur supervisor: {reason}; restarting ===\n"
+                self._log_file.write(note.encode())
+                self._log_file.flush()
+            self._spawn()
+        self.wait_ready()
+
+    def entry_models(self) -> list[str]:
+        """The models clients call: those no ensemble of the repository uses as a step."""
+        if self._repository is None:
+            return []
+        models = sorted(p.parent.name for p in self._repository.glob("*/config.pbtxt"))
+        steps: set[str] = set()
+        for model in models:
+            text = (self._repository / model / "config.pbtxt").read_text()
+            steps.update(re.findall(r'model_name:\s*"([^"]+)"', text))
+        return [m for m in models if m not in steps]
+
+    def drain(self, timeout_s: float = EXIT_TIMEOUT_S) -> bool:
+        """Unload the entry models: new requests are refused at once, requests in flight through
+        an ensemble finish (a plain SIGTERM in 2.51 refuses their next step). True when every
+        entry model is gone within ``timeout_s``."""
+        base = f"http://{self._probe_host}:{self.http_port}/v2/repository"
+        deadline = time.monotonic() + timeout_s
         try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+            for model in self.entry_models():
+                request = urllib.request.Request(
+                    f"{base}/models/{model}/unload",
+                    data=b"{}",
+                    headers=self.admin_headers,
+                    method="POST",
+                )
+                urllib.request.urlopen(request, timeout=timeout_s).close()
+            while time.monotonic() < deadline:
+                request = urllib.request.Request(
+                    f"{base}/index", data=b"{}", headers=self.admin_headers, method="POST"
+                )
+                with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                    index = json.loads(response.read())
+                entries = set(self.entry_models())
+                if not any(m["name"] in entries and m.get("state") == "READY" for m in index):
+                    return True
+                time.sleep(0.1)
+        except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
+            return False
+        return False
+
+    @property
+    def _probe_host(self) -> str:
+        return "127.0.0.1" if self.address in ("0.0.0.0", "localhost") else self.address
+
+    def running(self) -> bool:
+        """The server runs, or the supervisor is bringing it back."""
+        if self.supervisor is not None and self.supervisor.recovering:
+            return True
+        process = self._process
+        return process is not None and process.poll() is None
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout_s
-        url = f"http://127.0.0.1:{self.http_port}/v2/health/ready"
+        url = f"http://{self._probe_host}:{self.http_port}/v2/health/ready"
         while time.monotonic() < deadline:
             if self._process is None or self._process.poll() is not None:
                 code = None if self._process is None else self._process.returncode
@@ -282,8 +424,11 @@ class TritonServer:
         )
 
     def is_ready(self) -> bool:
+        """Triton's strict readiness, and False while the supervisor recovers the server."""
+        if self.supervisor is not None and (self.supervisor.recovering or self.supervisor.gave_up):
+            return False
         try:
-            url = f"http://127.0.0.1:{self.http_port}/v2/health/ready"
+            url = f"http://{self._probe_host}:{self.http_port}/v2/health/ready"
             with urllib.request.urlopen(url, timeout=2) as response:
                 return response.status == 200
         except (urllib.error.URLError, ConnectionError, TimeoutError):
@@ -296,11 +441,19 @@ class TritonServer:
         return "--- tritonserver log (last lines) ---\n" + "\n".join(text[-lines:])
 
     def stop(self) -> int | None:
-        """SIGTERM the server (graceful: in-flight requests finish), SIGKILL after the grace."""
-        process, self._process = self._process, None
+        """Stop gracefully: drain (new requests refused, in-flight ones finish), SIGTERM,
+        SIGKILL after the grace; then remove shared memory its stubs left behind."""
+        self._stopping = True
+        if self.supervisor is not None:
+            self.supervisor.stop()
+        with self._lock:
+            process, self._process = self._process, None
         code = None
+        regions = set(self.supervisor.known_regions) if self.supervisor else set()
         if process is not None:
             if process.poll() is None:
+                regions.update(s.shm_region for s in stub_processes(process.pid))
+                self.drain()
                 process.send_signal(signal.SIGTERM)
                 try:
                     process.wait(timeout=EXIT_TIMEOUT_S + 10)
@@ -308,6 +461,9 @@ class TritonServer:
                     os.killpg(process.pid, signal.SIGKILL)  # its own session: only what we started
                     process.wait()
             code = process.returncode
+        # Normally none is left; a stub killed by SIGKILL cannot remove its own region.
+        if process is not None:
+            remove_shm_regions(regions)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -337,6 +493,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--segmentation-model", choices=model_names(), default=None)
     parser.add_argument("--startup-timeout", type=float, default=180.0)
     parser.add_argument("--quiet", action="store_true", help="log to a file instead of stderr")
+    parser.add_argument(
+        "--address",
+        default="127.0.0.1",
+        help="address to bind HTTP, gRPC and metrics to (default loopback; 0.0.0.0: all)",
+    )
+    parser.add_argument(
+        "--shared-memory",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="client shared-memory registration: auto = open on loopback, restricted otherwise",
+    )
+    parser.add_argument(
+        "--no-supervisor", action="store_true", help="do not restart a dead stub or server"
+    )
     args = parser.parse_args(argv)
 
     server = TritonServer(
@@ -347,6 +517,9 @@ def main(argv: list[str] | None = None) -> int:
         segmentation_model=args.segmentation_model,
         startup_timeout_s=args.startup_timeout,
         verbose=not args.quiet,
+        address=args.address,
+        shared_memory=args.shared_memory,
+        supervise=not args.no_supervisor,
     )
     stop_requested = False
 
@@ -367,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
         flush=True,
     )
-    while not stop_requested and server._process is not None and server._process.poll() is None:
+    while not stop_requested and server.running():
         time.sleep(0.2)
     code = server.stop()
     print(f"bgblur-server: stopped (tritonserver exit code {code})", file=sys.stderr)

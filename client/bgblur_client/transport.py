@@ -277,11 +277,18 @@ class BlurClient:
         return int(config.get("max_batch_size", 0))
 
     def _model_not_ready_message(self, grpc_kwargs: dict[str, Any]) -> str:
-        if self.protocol == "grpc":
-            index = self._client.get_model_repository_index(as_json=True, **grpc_kwargs)
-            entries = index.get("models", [])
-        else:
-            entries = self._client.get_model_repository_index()
+        try:
+            if self.protocol == "grpc":
+                index = self._client.get_model_repository_index(as_json=True, **grpc_kwargs)
+                entries = index.get("models", [])
+            else:
+                entries = self._client.get_model_repository_index()
+        except InferenceServerException:
+            # The repository API is restricted (the launcher's locked-down default).
+            return (
+                f"model {self.model!r} is not ready on {self.url} (the server does not list "
+                "its models to clients)"
+            )
         available = sorted({e["name"] for e in entries if e.get("state") == "READY"})
         own = next((e for e in entries if e["name"] == self.model), None)
         state = ""

@@ -1,0 +1,81 @@
+"""Payload limits: a request over MAX_REQUEST_BYTES is refused fast over HTTP and gRPC (INVALID_ARG
+naming the limit) and refusing it again and again does not grow the server's memory (RSS of the
+server and its stubs, and its /dev/shm). Sizes stay ~300 MB so that CI stays fast and memory-safe.
+
+Triton 2.51 copies a request's input into the preprocess stub's /dev/shm region before the model
+can look at its shape, and that region never shrinks: the first oversized request grows it (and
+the RSS of the server and the stub, which both map it) by its size, once. The test measures that
+step and holds the memory flat from then on (README "Reliability").
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from tritonclient.utils import InferenceServerException
+
+from bgblur.config import MAX_REQUEST_BYTES
+from bgblur.launcher import TritonServer
+from bgblur.supervisor import process_tree_rss_bytes, shm_regions, stub_processes
+
+MB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[TritonServer]:
+    with TritonServer(device="cpu", segmentation_model="fixed_ellipse", supervise=False) as s:
+        yield s
+
+
+def _memory(server: TritonServer) -> tuple[int, int]:
+    """(RSS of the server and its stubs, bytes of its stubs' /dev/shm regions)."""
+    pid = server.server_pid()
+    own = {s.shm_region for s in stub_processes(pid)}
+    return process_tree_rss_bytes(pid), sum(v for k, v in shm_regions().items() if k in own)
+
+
+def _refused(client, rel, frames: np.ndarray) -> float:
+    started = time.monotonic()
+    with pytest.raises(InferenceServerException) as info:
+        rel.infer(client, frames)
+    assert info.value.status() in ("400", "StatusCode.INVALID_ARGUMENT")
+    assert f"per-request maximum of {MAX_REQUEST_BYTES} bytes" in info.value.message()
+    return time.monotonic() - started
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_oversized_request_is_refused_fast_and_memory_stays_flat(server, rel, protocol) -> None:
+    frames = np.zeros((3, 4320, 7680, 3), np.uint8)  # 3 frames of 8K: 298 MB
+    assert frames.nbytes > MAX_REQUEST_BYTES
+    client = rel.make_client(server, protocol)
+    try:
+        rel.infer(client, rel.frames(2, 720, 1280))
+        rss0, shm0 = _memory(server)
+        first = _refused(client, rel, frames)
+        rss1, shm1 = _memory(server)
+        took = [_refused(client, rel, frames) for _ in range(3)]
+        rel.assert_serves(server, protocol)
+        time.sleep(0.5)
+        rss2, shm2 = _memory(server)
+    finally:
+        client.close()
+    print(
+        f"\n{protocol}: refused in {first:.2f} s then {max(took):.2f} s; RSS {rss0 / MB:.0f} -> "
+        f"{rss1 / MB:.0f} -> {rss2 / MB:.0f} MB; stub shm {shm0 / MB:.0f} -> {shm1 / MB:.0f} "
+        f"-> {shm2 / MB:.0f} MB"
+    )
+    assert max(first, *took) < 15.0
+    # The first refusal may grow the stub's region by at most the request's size, once ...
+    assert shm1 - shm0 <= frames.nbytes + 16 * MB
+    # ... and three more leave memory where it was.
+    assert shm2 - shm1 < 16 * MB, (shm1, shm2)
+    if protocol == "http":
+        assert rss2 - rss1 < 64 * MB, (rss1, rss2)
+    else:
+        # gRPC: tritonserver's allocator keeps freed ~300 MB message buffers in its per-thread
+        # arenas (glibc malloc): RSS climbs for a few refusals, then levels off (measured 1.5 ->
+        # 1.9 GB over 8 refusals of 298 MB). Bounded here; README "Reliability" has the figures.
+        assert rss2 - rss1 < 4 * frames.nbytes, (rss1, rss2)
