@@ -48,27 +48,38 @@ def run_served(
     concurrency: int,
     seconds: float,
     shared_memory: str = "none",
+    gpus: tuple[int, ...] = (0,),
 ) -> dict:
     """``concurrency`` threads, each with its own connection, sending ``frames`` back to back.
 
     With ``shared_memory="cuda"`` the frames are put on the GPU first (as if decoded there) and
-    the results stay on the GPU (the client's copy out of the region is included)."""
+    the results stay on the GPU (the client's copy out of the region is included). Client ``i``
+    uses GPU ``gpus[i % len(gpus)]`` for its frames and regions, so a server spread over several
+    GPUs gets one stream of work per GPU (Triton places each region's data on its device);
+    NVML samples every GPU in ``gpus``."""
     from bgblur_client.transport import BlurClient
 
     latencies: list[float] = []
     lock = threading.Lock()
     deadline = time.perf_counter() + seconds
+    frames_on = {gpu: frames for gpu in gpus}
     if shared_memory == "cuda":
         import cupy
 
-        frames = cupy.asarray(frames)
+        for gpu in gpus:
+            with cupy.cuda.Device(gpu):
+                frames_on[gpu] = cupy.asarray(frames)
 
     warmed = threading.Barrier(concurrency + 1)
     go = threading.Barrier(concurrency + 1)
 
-    def worker() -> int:
+    def worker(index: int) -> int:
         done = 0
-        with BlurClient(url, protocol=protocol, shared_memory=shared_memory) as client:
+        gpu = gpus[index % len(gpus)]
+        frames = frames_on[gpu]
+        with BlurClient(
+            url, protocol=protocol, shared_memory=shared_memory, cuda_device=gpu
+        ) as client:
             client.blur(frames)  # warm-up, region registration
             warmed.wait()
             go.wait()  # the main thread has set the deadline
@@ -83,19 +94,20 @@ def run_served(
     from bgblur.nvml import GpuSampler
 
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
-        results = [pool.submit(worker) for _ in range(concurrency)]
+        results = [pool.submit(worker, i) for i in range(concurrency)]
         warmed.wait()  # every worker warmed up: measure from here
         with BlurClient(url, protocol=protocol) as probe:
             before = probe.statistics()
             deadline = time.perf_counter() + seconds
             start = time.perf_counter()
             go.wait()
-            with GpuSampler(0) as sampler:
-                requests = sum(r.result() for r in results)
+            samplers = [GpuSampler(gpu).start() for gpu in gpus]
+            requests = sum(r.result() for r in results)
             elapsed = time.perf_counter() - start
+            per_gpu = [s.stop().summary() for s in samplers]
             stages = probe.statistics().since(before)
     frames_sent = requests * frames.shape[0]
-    gpu = sampler.summary()
+    gpu = _gpu_totals(per_gpu)
     energy = gpu.pop("energy_j")
     return {
         "requests": requests,
@@ -107,6 +119,28 @@ def run_served(
         | {"energy_j_per_frame": energy / frames_sent if energy and frames_sent else None},
         # Requests still in flight at the deadline finish after it: counted in the split.
         "stages": {name: {k: round(v, 1) for k, v in row.items()} for name, row in stages.items()},
+        "per_gpu": per_gpu if len(gpus) > 1 else None,
+    }
+
+
+def _gpu_totals(per_gpu: list[dict]) -> dict:
+    """One summary over several GPUs: mean utilization, max memory, summed energy (None where
+    NVML gave nothing)."""
+
+    def values(key: str) -> list[float]:
+        return [g[key] for g in per_gpu if g.get(key) is not None]
+
+    util, peak, memory, energy = (
+        values(k)
+        for k in ("gpu_util_pct_mean", "gpu_util_pct_max", "memory_used_mib_max", "energy_j")
+    )
+    return {
+        "window_s": max(g["window_s"] for g in per_gpu),
+        "gpus": len(per_gpu),
+        "gpu_util_pct_mean": sum(util) / len(util) if util else None,
+        "gpu_util_pct_max": max(peak) if peak else None,
+        "memory_used_mib_max": max(memory) if memory else None,
+        "energy_j": sum(energy) if energy else None,
     }
 
 
@@ -147,6 +181,11 @@ def main() -> None:
         help="instances per GPU of the Python models, e.g. postprocess=2,preprocess=1",
     )
     parser.add_argument("--queue-delay-us", type=int, help="Python models' max queue delay")
+    parser.add_argument(
+        "--client-gpus",
+        default="0",
+        help="GPUs the clients spread over (CUDA shm regions, NVML), e.g. 0,1,2,3; 'all'",
+    )
     parser.add_argument("--in-process", action="store_true", help="also time the library alone")
     parser.add_argument("--out", type=Path, help="JSON file for the results")
     args = parser.parse_args()
@@ -168,6 +207,10 @@ def main() -> None:
         ).start()
         url = server.grpc_url if args.protocol == "grpc" else server.http_url
     device = server.device if server else args.device
+    if args.client_gpus == "all":
+        client_gpus = tuple(range(max(cuda_device_count(), 1)))
+    else:
+        client_gpus = tuple(int(g) for g in args.client_gpus.split(","))
     report: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "host": platform.node(),
@@ -177,6 +220,8 @@ def main() -> None:
         "protocol": args.protocol,
         "instances": args.instances or "1 per model",
         "queue_delay_us": args.queue_delay_us,
+        "server_gpus": server.gpus if server else None,
+        "client_gpus": list(client_gpus),
         "command": "python bench/e2e.py " + " ".join(_argv()),
         "served": [],
         "in_process": [],
@@ -196,7 +241,13 @@ def main() -> None:
                             else args.protocol,
                         }
                         row |= run_served(
-                            url, args.protocol, frames, concurrency, args.seconds, transport
+                            url,
+                            args.protocol,
+                            frames,
+                            concurrency,
+                            args.seconds,
+                            transport,
+                            client_gpus,
                         )
                         report["served"].append(row)
                         print(json.dumps(row), flush=True)
