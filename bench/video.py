@@ -7,15 +7,27 @@ per stream at the same time and reports aggregate frames/s (frames of all stream
 - ``client-pyav`` / ``client-nvdec`` / ``client-dali``: ``bgblur_client.video.blur_video`` with
   that decoder (frames to the server through ``--shared-memory``: ``cuda`` keeps NVDEC/DALI
   frames on the GPU), libx264 encode on the client;
+- ``decode-pyav`` / ``decode-nvdec``: decode + blur only, the blurred frames back in this
+  process's memory and nothing encoded (``bgblur_client.video.blurred_frames``; NumPy on the
+  host, or CuPy in the client's GPU memory for NVDEC with ``--shared-memory cuda``): the
+  issue's ">= 1000 frames/s of 1080p over 16 streams" figure;
 - ``server``: ``bgblur_client.server_video`` (the compressed file to ``background_blur_video``,
-  decode + blur + encode on the server);
+  decode + blur + encode on the server), the model blurring by BLS calls into the ensemble;
+- ``server-inprocess``: the same with the model's ``blur: in_process`` (its own pipeline, no
+  BLS hops): a second embedded server started with ``$BGBLUR_VIDEO_BLUR=in_process`` (the
+  setting is per model, not per request), so skipped with ``--url``;
 - ``cpu-baseline``: the seed's CPU pipeline (``bench/cpu_baseline.py``: OpenCV decode, OpenCV
   pre/post on the CPU, the network with torch on the best device, OpenCV mp4v encode) on the
   same file, one process.
 
-Paths whose decoder is missing are reported as skipped. Writes bench/results/video-<device>.json.
+Each path runs once unmeasured first (``--no-warmup`` skips it: first-request costs such as the
+in-process pipeline's construction). Paths whose decoder is missing are reported as skipped.
+Writes bench/results/video-<device>.json after every row, so a run cut short keeps the rows it
+finished; ``--merge`` keeps the rows of an existing file and replaces those measured again
+(same path and streams).
 
     python bench/video.py --size 1080p --frames 240 --streams 1,4,16 --shared-memory cuda
+    python bench/video.py --paths decode-pyav,decode-nvdec --streams 16 --merge
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ import concurrent.futures
 import datetime
 import importlib.util
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -33,7 +46,16 @@ from pathlib import Path
 from typing import Any
 
 SIZES = {"360p": (640, 360), "720p": (1280, 720), "1080p": (1920, 1080), "4k": (3840, 2160)}
-PATHS = ("client-pyav", "client-nvdec", "client-dali", "server", "cpu-baseline")
+PATHS = (
+    "client-pyav",
+    "client-nvdec",
+    "client-dali",
+    "decode-pyav",
+    "decode-nvdec",
+    "server",
+    "server-inprocess",
+    "cpu-baseline",
+)
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -55,17 +77,26 @@ def make_clip(path: Path, size: str, frames: int) -> Path:
 
 
 def one_stream(path_name: str, url: str, clip: Path, out: Path, args: argparse.Namespace) -> int:
-    if path_name == "server":
+    if path_name in ("server", "server-inprocess"):
         from bgblur_client.server_video import blur_video_server_side
 
         return blur_video_server_side(
             url, clip, out, batch_size=args.batch, progress=False, timeout_s=600
         ).frames
     from bgblur_client.transport import BlurClient
-    from bgblur_client.video import blur_video
+    from bgblur_client.video import blur_video, blurred_frames
 
     shared = args.shared_memory
     with BlurClient(url, shared_memory=shared, timeout_s=600) as client:
+        if path_name.startswith("decode-"):
+            batches = blurred_frames(
+                client,
+                clip,
+                batch_size=args.batch,
+                in_flight=args.in_flight,
+                decoder=path_name.removeprefix("decode-"),
+            )
+            return sum(len(timestamps) for timestamps, _ in batches)
         return blur_video(
             client,
             clip,
@@ -105,11 +136,38 @@ def cpu_baseline(clip: Path, model: str, frames: int, work: Path) -> dict[str, A
 
 
 def available(path_name: str) -> bool:
-    if path_name in ("client-nvdec", "client-dali"):
+    if path_name in ("client-nvdec", "client-dali", "decode-nvdec"):
         from bgblur_client.video_decoders import decoder_available
 
-        return decoder_available(path_name.removeprefix("client-"))
+        return decoder_available(path_name.split("-", 1)[1])
     return True
+
+
+def start_server(model: str, video_blur: str | None = None) -> Any:
+    """The embedded server; ``video_blur`` sets ``background_blur_video``'s ``blur``."""
+    from bgblur.launcher import TritonServer
+
+    saved = os.environ.get("BGBLUR_VIDEO_BLUR")
+    if video_blur is not None:
+        os.environ["BGBLUR_VIDEO_BLUR"] = video_blur  # the server's environment is copied
+    try:
+        return TritonServer(segmentation_model=model).start()
+    finally:
+        if saved is None:
+            os.environ.pop("BGBLUR_VIDEO_BLUR", None)
+        else:
+            os.environ["BGBLUR_VIDEO_BLUR"] = saved
+
+
+def merged_rows(earlier: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``earlier`` with the rows measured again (same path and streams) replaced, then the rest."""
+
+    def key(row: dict[str, Any]) -> tuple[Any, Any]:
+        return row["path"], row.get("streams")
+
+    fresh = {key(row): row for row in rows}
+    kept = [fresh.pop(key(row), row) for row in earlier]
+    return kept + [row for row in rows if key(row) in fresh]
 
 
 def main() -> None:
@@ -125,52 +183,83 @@ def main() -> None:
     parser.add_argument("--model", default="selfie_general", help="segmentation network")
     parser.add_argument("--url", help="gRPC host:port of a running server (default: start one)")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--no-warmup", action="store_true", help="measure the first run too")
+    parser.add_argument(
+        "--merge", action="store_true", help="keep the other rows of an existing --out file"
+    )
     args = parser.parse_args()
-
-    from bgblur.launcher import TritonServer
+    paths = args.paths.split(",")
+    unknown = sorted(set(paths) - set(PATHS))
+    if unknown:
+        parser.error(f"unknown paths {unknown}; choose from {PATHS}")
 
     work = Path(tempfile.mkdtemp(prefix="bgblur-bench-video-"))
     clip = args.clip or make_clip(work / f"clip-{args.size}.mp4", args.size, args.frames)
-    server = None
-    if args.url is None:
-        server = TritonServer(segmentation_model=args.model).start()
-        url = server.grpc_url
-    else:
-        url = args.url
+    command = " ".join([Path(sys.executable).name, *sys.argv])
     report: dict[str, Any] = {
         "bench": "video",
         "device": device_label(),
         "date": datetime.date.today().isoformat(),
         "host": platform.node(),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": command,
         "clip": str(clip),
         "size": args.size if args.clip is None else None,
         "model": args.model,
         "rows": [],
     }
+    out = args.out or RESULTS / f"video-{report['device']}.json"
+    earlier: list[dict[str, Any]] = []
+    if args.merge and out.exists():
+        previous = json.loads(out.read_text())
+        earlier = previous.get("rows", [])
+        commands = [*previous.get("earlier_commands", []), previous.get("command")]
+        report["earlier_commands"] = [c for c in commands if c]
+    rows: list[dict[str, Any]] = []
+
+    def add(row: dict[str, Any]) -> None:
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        report["rows"] = merged_rows(earlier, rows)
+        out.write_text(json.dumps(report, indent=2) + "\n")  # after every row
+
+    servers: dict[str, Any] = {}
+
+    def url_for(path_name: str) -> str | None:
+        blur = "in_process" if path_name == "server-inprocess" else "default"
+        if args.url is not None:
+            return None if blur == "in_process" else args.url
+        if blur not in servers:
+            servers[blur] = start_server(args.model, "in_process" if blur == "in_process" else None)
+        return servers[blur].grpc_url
+
     try:
-        for path_name in args.paths.split(","):
+        for path_name in paths:
             if path_name == "cpu-baseline":
                 row = {"path": path_name, "streams": 1}
-                row |= cpu_baseline(clip, args.model, args.frames, work)
-                report["rows"].append(row)
-                print(json.dumps(row), flush=True)
+                add(row | cpu_baseline(clip, args.model, args.frames, work))
                 continue
             if not available(path_name):
-                row = {"path": path_name, "skipped": "decoder not available here"}
-                report["rows"].append(row)
-                print(json.dumps(row), flush=True)
+                add({"path": path_name, "skipped": "decoder not available here"})
                 continue
+            url = url_for(path_name)
+            if url is None:
+                add({"path": path_name, "skipped": "needs the embedded server (not --url)"})
+                continue
+            if not args.no_warmup:
+                run_streams(path_name, url, clip, 1, args, work)
             for streams in (int(s) for s in args.streams.split(",")):
                 row = {"path": path_name, "streams": streams}
+                if path_name.startswith("decode-"):
+                    gpu_frames = path_name == "decode-nvdec" and args.shared_memory == "cuda"
+                    row["frames_in"] = "client GPU memory" if gpu_frames else "client host memory"
                 row |= run_streams(path_name, url, clip, streams, args, work)
-                report["rows"].append(row)
-                print(json.dumps(row), flush=True)
+                row["warmup"] = not args.no_warmup
+                add(row)
+            if path_name == "server-inprocess" and "in_process" in servers:
+                servers.pop("in_process").stop()  # free its memory and cores
     finally:
-        if server is not None:
+        for server in servers.values():
             server.stop()
-    out = args.out or RESULTS / f"video-{report['device']}.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
 
 

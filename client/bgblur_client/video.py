@@ -193,7 +193,7 @@ def blur_video(
                     source_format,
                     batch_size,
                     pending,
-                    outputs,
+                    outputs.write_audio,
                     on_gpu_ok=client.shared_memory == "cuda",
                     device=client.cuda_device,
                 )
@@ -235,6 +235,75 @@ def blur_video(
     if preview_path is not None and preview_frames is not None:
         write_preview(preview_path, *preview_frames, label=preview_label)
     return VideoSummary(frames=frames_done, seconds=seconds, audio=outputs.audio_handling)
+
+
+def blurred_frames(
+    client: BlurClient,
+    in_path: str | Path,
+    *,
+    batch_size: int = 4,
+    in_flight: int = 2,
+    parameters: Mapping[str, ParameterValue] | None = None,
+    decoder: str = "pyav",
+) -> Iterator[tuple[list[int | None], Any]]:
+    """Decode and blur ``in_path`` and yield the blurred frames, without encoding anything.
+
+    The frames stay in this process's memory for the caller (analysis, a custom encoder, a
+    preview, the benchmark's decode + blur figure). Decoding, upright rotation and batching
+    are those of :func:`blur_video`; the audio and odd-size cropping are not applied.
+
+    Args:
+        client: Connected client.
+        in_path: Any video PyAV/FFmpeg can decode; its first video stream is used.
+        batch_size: Frames per request.
+        in_flight: Requests outstanding at once.
+        parameters: Optional server parameters.
+        decoder: ``pyav``, ``nvdec``, ``dali`` or ``auto`` (see :func:`blur_video`).
+
+    Yields:
+        ``(source timestamps, blurred [B, H, W, 3] uint8)`` per batch, in input order; the
+        frames are NumPy arrays, or CuPy arrays in the client's GPU memory when a GPU decoder
+        is used with ``shared_memory="cuda"``.
+
+    Raises:
+        ClientError: Unreadable input, invalid batch size, or a server-side failure.
+    """
+    in_path = Path(in_path)
+    if batch_size < 1 or 0 < client.max_batch_size < batch_size:
+        raise ClientError(
+            f"batch size must be between 1 and {client.max_batch_size} (max_batch_size of "
+            f"model {client.model!r}), got {batch_size}"
+        )
+    source_format = _probe(in_path)
+    pending: deque[tuple[list[int | None], Any]] = deque()
+
+    def drop_audio(packet: av.Packet) -> None:
+        del packet
+
+    with _open_input(in_path) as source:
+        source.streams.video[0].thread_type = "AUTO"
+        decoder = resolve_decoder(decoder)
+        if decoder == "pyav":
+            batches = _decoded_batches(
+                source, in_path, source_format, batch_size, pending, drop_audio
+            )
+        else:
+            batches = _gpu_decoded_batches(
+                decoder,
+                source,
+                in_path,
+                source_format,
+                batch_size,
+                pending,
+                drop_audio,
+                on_gpu_ok=client.shared_memory == "cuda",
+                device=client.cuda_device,
+            )
+        results = client.blur_batches(batches, in_flight=in_flight, parameters=parameters)
+        with closing(results):
+            for result in results:
+                timestamps, _ = pending.popleft()
+                yield timestamps, result.blurred_nhwc_u8
 
 
 def _decoded_batches(
@@ -290,19 +359,19 @@ def _gpu_decoded_batches(
     source_format: _SourceFormat,
     batch_size: int,
     pending: deque[tuple[list[int | None], Any]],
-    outputs: _Outputs,
+    write_audio: Callable[[av.Packet], None],
     *,
     on_gpu_ok: bool,
     device: int,
 ) -> Iterator[Any]:
     """Batches from a GPU decoder (CuPy, or copied to the host unless ``on_gpu_ok``).
 
-    The audio is copied first (the muxer interleaves it); each batch is appended to
-    ``pending`` with its source timestamps, as :func:`_decoded_batches` does.
+    The audio goes to ``write_audio`` first (the muxer interleaves it); each batch is appended
+    to ``pending`` with its source timestamps, as :func:`_decoded_batches` does.
     """
     if source.streams.audio:
         for packet in _demux(source, in_path, source.streams.audio[0], None):
-            outputs.write_audio(packet)
+            write_audio(packet)
     color_matrix = "bt709" if source_format.color.colorspace == 1 else "bt601"
     for frames, timestamps in gpu_rgb_batches(
         decoder,

@@ -5,11 +5,8 @@ Clips are small (320x240, 1 s) so the whole module stays fast on a 2-core CI mac
 
 from __future__ import annotations
 
-import re
-import signal
 import subprocess
 import sys
-import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -156,28 +153,4 @@ def test_corrupt_video_is_exit_2_naming_the_file(
     assert capsys.readouterr().err.startswith(f"bgblur: error: cannot read video '{corrupt}': ")
 
 
-def test_ctrl_c_leaves_a_playable_partial_video(
-    triton_server, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
-) -> None:
-    long_clip = make_sample_video(
-        tmp_path_factory.mktemp("long") / "long.mp4", width=WIDTH, height=HEIGHT, seconds=10.0
-    )
-    out = tmp_path / "partial.mp4"
-    command = [sys.executable, "-m", "bgblur_client", "video", str(long_clip), str(out)]
-    process = subprocess.Popen(
-        [*command, "--url", triton_server.grpc_url, "--batch", "1", "--in-flight", "1"],
-        stderr=subprocess.PIPE,
-        text=True,
-        # CI shells may start jobs with SIGINT ignored; the CLI must see a real Ctrl-C.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-    time.sleep(4)
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=120)
-
-    if process.returncode == 0:
-        pytest.skip("the clip was finished before the interrupt arrived")
-    assert process.returncode == 130, err
-    written = re.search(r"interrupted after (\d+) frames", err)
-    assert written is not None, err
-    assert video_properties(out)["frames"] == int(written.group(1))
+# Ctrl-C of a video run (client side and --server-side): tests/video/test_interrupt.py

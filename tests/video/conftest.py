@@ -9,8 +9,10 @@ keeps the mean). H.264 in MP4 with a stereo AAC tone, 24 frames at 24 frames/s.
 
 from __future__ import annotations
 
+import queue
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -101,6 +103,41 @@ def brightness_order_ok(out_nhwc_u8: np.ndarray, in_nhwc_u8: np.ndarray) -> bool
     return bool((nearest == np.arange(len(in_mean))).all())
 
 
+def stream_video(url: str, data: bytes, parameters: dict[str, Any] | None = None):
+    """Send one file to ``background_blur_video`` over a gRPC stream.
+
+    Returns (output bytes, FRAMES_DONE of each response, the error or None).
+    """
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        video_input = grpcclient.InferInput("VIDEO", [len(data)], "UINT8")
+        video_input.set_data_from_numpy(np.frombuffer(data, np.uint8))
+        client.async_stream_infer(
+            "background_blur_video",
+            [video_input],
+            parameters=parameters,
+            enable_empty_final_response=True,
+        )
+        out, done = bytearray(), []
+        while True:
+            result, error = answers.get(timeout=120)
+            if error is not None:
+                return bytes(out), done, error
+            chunk = result.as_numpy("VIDEO_CHUNK")
+            if chunk is not None:
+                out += chunk.tobytes()
+                done.append(int(result.as_numpy("FRAMES_DONE")[0]))
+            if result.get_response().parameters["triton_final_response"].bool_param:
+                return bytes(out), done, None
+    finally:
+        client.stop_stream()
+        client.close()
+
+
 @pytest.fixture(scope="session")
 def ramp_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_clip(tmp_path_factory.mktemp("video") / "ramp.mp4", ramp_frames_nhwc_u8())
@@ -118,6 +155,7 @@ class VideoHelpers:
     write_clip = staticmethod(write_clip)
     decode_rgb = staticmethod(decode_rgb)
     brightness_order_ok = staticmethod(brightness_order_ok)
+    stream_video = staticmethod(stream_video)
 
 
 @pytest.fixture(scope="session")

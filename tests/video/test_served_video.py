@@ -3,55 +3,25 @@ streaming, and ``bgblur video --server-side`` end to end."""
 
 from __future__ import annotations
 
-import queue
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 av = pytest.importorskip("av")  # the GPU machine has no PyAV
-import tritonclient.grpc as grpcclient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from bgblur_client.cli import main  # noqa: E402
 from bgblur_client.samples import make_sample_video  # noqa: E402
 
-MODEL = "background_blur_video"
-
-
-def stream_video(url: str, data: bytes, parameters: dict[str, Any] | None = None):
-    """Send one file; return (output bytes, FRAMES_DONE per response, error or None)."""
-    client = grpcclient.InferenceServerClient(url)
-    answers: queue.Queue = queue.Queue()
-    client.start_stream(callback=lambda result, error: answers.put((result, error)))
-    try:
-        video_input = grpcclient.InferInput("VIDEO", [len(data)], "UINT8")
-        video_input.set_data_from_numpy(np.frombuffer(data, np.uint8))
-        client.async_stream_infer(
-            MODEL, [video_input], parameters=parameters, enable_empty_final_response=True
-        )
-        out, done = bytearray(), []
-        while True:
-            result, error = answers.get(timeout=120)
-            if error is not None:
-                return bytes(out), done, error
-            chunk = result.as_numpy("VIDEO_CHUNK")
-            if chunk is not None:
-                out += chunk.tobytes()
-                done.append(int(result.as_numpy("FRAMES_DONE")[0]))
-            if result.get_response().parameters["triton_final_response"].bool_param:
-                return bytes(out), done, None
-    finally:
-        client.stop_stream()
-        client.close()
-
 
 def test_round_trip_keeps_frames_size_rate_audio_and_order(
     triton_server, ramp_clip_bytes, video
 ) -> None:
-    out, done, error = stream_video(triton_server.grpc_url, ramp_clip_bytes, {"batch_size": 8})
+    out, done, error = video.stream_video(
+        triton_server.grpc_url, ramp_clip_bytes, {"batch_size": 8}
+    )
 
     assert error is None
     assert done[-1] == 24
@@ -73,7 +43,7 @@ def test_sample_clip_with_blur_parameters(
 ) -> None:
     clip = make_sample_video(tmp_path / "clip.mp4", width=320, height=240, seconds=0.5, fps=30)
 
-    out, _, error = stream_video(
+    out, _, error = video.stream_video(
         triton_server.grpc_url, clip.read_bytes(), {"blur_sigma": blur_sigma, "soft_mask": False}
     )
 
@@ -116,7 +86,7 @@ def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(
         data = ramp_clip_bytes
         parameters = {"blur_sigma": -1.0} if case == "bad_parameter" else {"batch_size": 99}
 
-    out, _, error = stream_video(triton_server.grpc_url, data, parameters)
+    out, _, error = video.stream_video(triton_server.grpc_url, data, parameters)
 
     # A gRPC stream carries the error's message, not its code (ModelStreamInferResponse has
     # only error_message), so the text is what a client sees.
@@ -124,7 +94,9 @@ def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(
     assert message in error.message()
     assert out == b""
     assert triton_server.is_ready()
-    healthy, _, error = stream_video(triton_server.grpc_url, ramp_clip_bytes, {"batch_size": 8})
+    healthy, _, error = video.stream_video(
+        triton_server.grpc_url, ramp_clip_bytes, {"batch_size": 8}
+    )
     assert error is None and healthy
 
 
@@ -168,3 +140,17 @@ def test_cli_server_side_needs_grpc(
 
     assert code == 2
     assert "--server-side streams over gRPC" in capsys.readouterr().err
+
+
+def test_blurred_frames_come_back_in_memory_in_order(triton_server, ramp_clip: Path, video) -> None:
+    from bgblur_client.transport import BlurClient
+    from bgblur_client.video import blurred_frames
+
+    with BlurClient(triton_server.grpc_url) as client:
+        batches = list(blurred_frames(client, ramp_clip, batch_size=5, decoder="pyav"))
+
+    assert [len(timestamps) for timestamps, _ in batches] == [5, 5, 5, 5, 4]
+    pts = [t for timestamps, _ in batches for t in timestamps]  # in the stream's time base
+    assert pts[0] == 0 and pts == sorted(set(pts))
+    frames_out = np.concatenate([frames for _, frames in batches])
+    assert video.brightness_order_ok(frames_out, video.decode_rgb(ramp_clip)[0])
