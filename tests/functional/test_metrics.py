@@ -18,7 +18,12 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from bgblur.launcher import TritonServer
-from bgblur.serving.metrics import REJECTION_REASONS, metric_names, parse_exposition
+from bgblur.serving.metrics import (
+    FAILURE_REASONS,
+    REJECTION_REASONS,
+    metric_names,
+    parse_exposition,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -134,7 +139,10 @@ def test_rejections_are_counted_by_reason_where_they_happen(traffic) -> None:
             labels = {"model": stage, "stage": stage, "reason": reason}
             assert delta(traffic, "bgblur_rejected_requests_total", **labels) == 0
     for stage in STAGES:
-        assert delta(traffic, "bgblur_failed_requests_total", model=stage, stage=stage) == 0
+        for reason in FAILURE_REASONS:
+            labels = {"model": stage, "stage": stage, "reason": reason}
+            assert ("bgblur_failed_requests_total", frozenset(labels.items())) in traffic[1]
+            assert delta(traffic, "bgblur_failed_requests_total", **labels) == 0
 
 
 def test_every_exported_name_is_on_the_endpoint(traffic) -> None:

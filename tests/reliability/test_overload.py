@@ -118,6 +118,9 @@ def test_client_deadline_and_cancellation_leave_nothing_behind(small_queue_serve
             context.cancel()
     finally:
         grpc.close()
+    # Cancelled requests already executing finish first (the queue holds 2): let them drain,
+    # or the next request is refused as "Exceeds maximum queue size" instead of timing out.
+    assert rel.wait_until(lambda: not any(rel.pending_requests(small_queue_server).values()), 15)
     http = httpclient.InferenceServerClient(
         small_queue_server.http_url, connection_timeout=5, network_timeout=0.05
     )

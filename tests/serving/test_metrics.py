@@ -13,6 +13,7 @@ from bgblur.errors import InvalidInputError
 from bgblur.serving.metrics import (
     BATCH_FRAMES_BUCKETS,
     COMPUTE_SECONDS_BUCKETS,
+    FAILURE_REASONS,
     FAMILIES,
     REJECTION_REASONS,
     StageMetrics,
@@ -90,6 +91,8 @@ def test_creates_every_family_with_prefix_and_labels(families) -> None:
     for name in ("bgblur_rejected_requests_total", "bgblur_rejected_frames_total"):
         reasons = {dict(k)["reason"] for k in families[name].metrics}
         assert reasons == set(REJECTION_REASONS)
+    failed = {dict(k)["reason"] for k in families["bgblur_failed_requests_total"].metrics}
+    assert failed == set(FAILURE_REASONS) == {"error", "gpu_oom"}
     assert series(families, "bgblur_batch_frames", **STAGE).buckets == list(BATCH_FRAMES_BUCKETS)
     assert series(families, "bgblur_batch_compute_seconds", **STAGE).buckets == list(
         COMPUTE_SECONDS_BUCKETS
@@ -122,6 +125,8 @@ def test_rejections_by_reason_and_failures(families) -> None:
     metrics.rejected(InvalidInputError("FRAMES must not be empty, got shape [1, 0, 4, 3]"), 1)
     metrics.rejected_batch(InvalidInputError("NETWORK_INPUT must be [batch, 3, 4, 4]"), [2, 3])
     metrics.failed(2)
+    metrics.failed(3, "gpu_oom")
+    metrics.failed(1, "no such reason")  # counted as an error, never raises
 
     def rejected(kind: str, reason: str) -> float:
         return series(families, f"bgblur_rejected_{kind}_total", **STAGE, reason=reason).value
@@ -129,7 +134,9 @@ def test_rejections_by_reason_and_failures(families) -> None:
     assert (rejected("requests", "parameter"), rejected("frames", "parameter")) == (2, 3)
     assert (rejected("requests", "frame_size"), rejected("frames", "frame_size")) == (1, 1)
     assert (rejected("requests", "tensor"), rejected("frames", "tensor")) == (2, 5)
-    assert series(families, "bgblur_failed_requests_total", **STAGE).value == 2
+    failed = "bgblur_failed_requests_total"
+    assert series(families, failed, **STAGE, reason="error").value == 3
+    assert series(families, failed, **STAGE, reason="gpu_oom").value == 3
     assert series(families, "bgblur_frames_total", **STAGE).value == 0
 
 

@@ -1,5 +1,5 @@
 """The pure parts of the Triton glue: parse_hw, model_parameters, request parameters and
-PreparedRequest. (execute_grouped needs Triton's pb_utils: the functional tests cover it.)"""
+PreparedRequest. (execute_grouped with a stand-in for pb_utils: test_execute_grouped.py.)"""
 
 from __future__ import annotations
 

@@ -9,7 +9,8 @@ grouped by frame size and options, so one Triton execution may run several batch
 requests rejected by the model's own validation, by reason.
 
 Every metric has the labels ``model`` (the Triton model) and ``stage`` (what it runs); the
-rejection counters also ``reason`` (one of ``REJECTION_REASONS``):
+rejection counters also ``reason`` (one of ``REJECTION_REASONS``), the failure counter
+``reason`` (one of ``FAILURE_REASONS``):
 
 ==================================  =========  ==================================================
 name                                kind       what
@@ -23,7 +24,10 @@ name                                kind       what
 ``bgblur_batch_frames``             histogram  frames per batch
 ``bgblur_rejected_requests_total``  counter    requests answered INVALID_ARG by the model
 ``bgblur_rejected_frames_total``    counter    frames in those requests
-``bgblur_failed_requests_total``    counter    requests answered INTERNAL (a batch that raised)
+``bgblur_failed_requests_total``    counter    requests the model failed: ``reason="error"``
+                                               answered INTERNAL (a batch that raised),
+                                               ``reason="gpu_oom"`` answered UNAVAILABLE (the GPU
+                                               ran out of memory; retryable)
 ==================================  =========  ==================================================
 
 Triton's own per-model metrics do not tell rejections apart (observed with the embedded 2.51): a
@@ -54,6 +58,10 @@ PREFIX = "bgblur_"
 #: range), a frame size (empty, or beyond the size or byte limits), or another tensor problem
 #: (dtype, shape, channels, missing tensor, batch mismatch between tensors).
 REJECTION_REASONS = ("parameter", "frame_size", "tensor")
+
+#: Reason classes of ``bgblur_failed_requests_total``: an unexpected error (answered INTERNAL), or
+#: the GPU out of memory (answered UNAVAILABLE: the client may retry; ``triton_io``).
+FAILURE_REASONS = ("error", "gpu_oom")
 
 #: Bucket upper bounds of ``bgblur_batch_compute_seconds``: 50 us (a GPU kernel launch) to 10 s
 #: (a batch of 4K frames on two CPU cores).
@@ -102,7 +110,8 @@ FAMILIES: dict[str, tuple[str, str]] = {
     ),
     "bgblur_failed_requests_total": (
         "COUNTER",
-        "Requests failed with an internal error (a batch that raised), per stage",
+        "Requests failed by the model, per stage and reason (error: INTERNAL, "
+        "gpu_oom: GPU out of memory, UNAVAILABLE)",
     ),
 }
 
@@ -183,7 +192,12 @@ class StageMetrics:
             )
             for reason in REJECTION_REASONS
         }
-        self._failed = family["bgblur_failed_requests_total"].Metric(labels=labels)
+        self._failed = {
+            reason: family["bgblur_failed_requests_total"].Metric(
+                labels={**labels, "reason": reason}
+            )
+            for reason in FAILURE_REASONS
+        }
         self._warned = False
 
     @classmethod
@@ -223,9 +237,10 @@ class StageMetrics:
             (self._rejected_frames[reason], sum(frame_counts)),
         )
 
-    def failed(self, requests: int) -> None:
-        """``requests`` answered with an internal error."""
-        self._safely((self._failed, requests))
+    def failed(self, requests: int, reason: str = "error") -> None:
+        """``requests`` answered with an error of class ``reason`` (``FAILURE_REASONS``:
+        ``"error"`` INTERNAL, ``"gpu_oom"`` UNAVAILABLE)."""
+        self._safely((self._failed[reason if reason in self._failed else "error"], requests))
 
     def _safely(
         self,

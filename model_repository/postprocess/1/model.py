@@ -38,6 +38,7 @@ class TritonPythonModel:
             self._run,
             output_names=["BLURRED", "MASK"],
             metrics=self.metrics,
+            stage="postprocess",  # named in GPU out-of-memory errors
         )
 
     def _prepare(self, request):

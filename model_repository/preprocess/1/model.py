@@ -34,6 +34,7 @@ class TritonPythonModel:
             output_names=["NETWORK_INPUT", "FRAMES_ON_DEVICE"],
             metrics=self.metrics,
             stack=False,  # frames of any sizes run together: one launch, no concatenation
+            stage="preprocess",  # named in GPU out-of-memory errors
         )
 
     def _prepare(self, request):

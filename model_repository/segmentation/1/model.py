@@ -35,6 +35,7 @@ class TritonPythonModel:
             self._run,
             output_names=["PROBABILITY"],
             metrics=self.metrics,
+            stage="segmentation",  # named in GPU out-of-memory errors
         )
 
     def _prepare(self, request):
