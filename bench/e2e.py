@@ -187,6 +187,13 @@ def main() -> None:
         help="GPUs the clients spread over (CUDA shm regions, NVML), e.g. 0,1,2,3; 'all'",
     )
     parser.add_argument("--in-process", action="store_true", help="also time the library alone")
+    parser.add_argument(
+        "--cpu-baseline",
+        default="",
+        help="also run the seed's CPU pipeline in this run with these process counts (e.g. "
+        "1,16: one process for latency, all cores for throughput) and report the ratios",
+    )
+    parser.add_argument("--cpu-baseline-frames", type=int, default=60)
     parser.add_argument("--out", type=Path, help="JSON file for the results")
     args = parser.parse_args()
 
@@ -269,9 +276,57 @@ def main() -> None:
                     row |= run_in_process(pipeline, frames_of(size, batch), args.seconds)
                     report["in_process"].append(row)
                     print(json.dumps(row), flush=True)
+    if args.cpu_baseline:
+        report["cpu_baseline"] = run_cpu_baseline(
+            model, args.sizes.split(",")[0], args.cpu_baseline, args.cpu_baseline_frames
+        )
+        report["ratios"] = ratios_against(report["served"], report["cpu_baseline"])
+        print(json.dumps({"ratios": report["ratios"]}), flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def run_cpu_baseline(model: str, size: str, processes: str, frames: int) -> dict:
+    """The seed's CPU pipeline (bench/cpu_baseline.py) on this machine, in this run."""
+    import subprocess
+    import sys
+    import tempfile
+
+    script = Path(__file__).with_name("cpu_baseline.py")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "baseline.json"
+        command = [sys.executable, str(script), "--size", size, "--frames", str(frames)]
+        command += ["--model", model, "--processes", processes, "--out", str(out)]
+        subprocess.run(command, check=True)
+        return json.loads(out.read_text())
+
+
+def ratios_against(served: list[dict], baseline: dict) -> dict:
+    """The seed's comparison: its batch-1 latency (one process, per frame) over ours (p50 at
+    batch 1, one client, per transport), and our best frames/s over its best (any number of
+    processes), at the baseline's frame size."""
+    size = baseline["size"]
+    one = next(r for r in baseline["runs"] if r["processes"] == 1)
+    baseline_ms = sum(one["ms_per_frame_one_process"].values())
+    baseline_fps = max(r["frames_per_s"] for r in baseline["runs"])
+    rows = [r for r in served if r["size"] == size and r["requests"] > 0]
+    latency = {
+        r["transport"]: baseline_ms / r["latency_ms_p50"]
+        for r in rows
+        if r["batch"] == 1 and r["concurrency"] == 1
+    }
+    best = max(rows, key=lambda r: r["frames_per_s"], default=None)
+    return {
+        "size": size,
+        "cpu_pipeline_ms_per_frame": baseline_ms,
+        "cpu_pipeline_best_frames_per_s": baseline_fps,
+        "latency_ratio_batch1_by_transport": latency,
+        "throughput_ratio_best": best["frames_per_s"] / baseline_fps if best else None,
+        "best_served": {k: best[k] for k in ("transport", "batch", "concurrency")}
+        if best
+        else None,
+    }
 
 
 def _argv() -> list[str]:
