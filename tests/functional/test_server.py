@@ -89,7 +89,7 @@ def random_frames(batch: int, height: int, width: int, seed: int = 0) -> np.ndar
     return np.random.default_rng(seed).integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
 
 
-_PIPELINES: dict[str, BackgroundBlurPipeline] = {}
+_PIPELINES: dict[tuple[str, str], BackgroundBlurPipeline] = {}
 # Served and in-process networks run in different processes: on the GPU both must use cuDNN's
 # deterministic kernel choice (not per-process autotuning) to agree to 1 LSB. The launcher passes
 # the environment on to the server's model processes.
@@ -98,12 +98,16 @@ os.environ["BGBLUR_CUDNN_DETERMINISTIC"] = "1"
 
 @pytest.fixture
 def in_process(device: str):
-    """The library's pipeline in this process, on the same device as the server under test."""
-    if device not in _PIPELINES:
-        _PIPELINES[device] = BackgroundBlurPipeline(DEFAULT_MODEL, Device(device, 0))
+    """The library's pipeline in this process, on the same device as the server under test
+    (``run(frames, params, model=DEFAULT_MODEL)``)."""
 
-    def run(frames: np.ndarray, params: BlurParams) -> tuple[np.ndarray, np.ndarray]:
-        blurred, mask = _PIPELINES[device](frames, params)
+    def run(
+        frames: np.ndarray, params: BlurParams, model: str = DEFAULT_MODEL
+    ) -> tuple[np.ndarray, np.ndarray]:
+        key = (device, model)
+        if key not in _PIPELINES:
+            _PIPELINES[key] = BackgroundBlurPipeline(model, Device(device, 0))
+        blurred, mask = _PIPELINES[key](frames, params)
         if device == "gpu":
             blurred, mask = blurred.get(), mask.get()
         return blurred, mask
@@ -128,6 +132,23 @@ def test_served_result_equals_in_process_result(
     blurred, mask = in_process(astronaut_frames, BlurParams().with_overrides(params))
     assert np.abs(out["BLURRED"].astype(int) - blurred).max() <= 1
     assert np.abs(out["MASK"].astype(int) - mask).max() <= 1
+
+
+def test_seed_network_serves_and_equals_in_process(
+    server_pool, device, protocol, client_factory, in_process, astronaut_frames
+):
+    """The seed's fcn_resnet101 (random fp16-safe weights without the pretrained file: same
+    deterministic init in the server and here) serves the ensemble: its 224x224 input through
+    preprocess, 21-class softmax -> the person probability, postprocess at the frame size."""
+    client = client_factory(server_pool.get(device, "fcn_resnet101"), protocol)
+    frames = astronaut_frames[:1, ::2, ::2].copy()  # one 256x256 frame keeps the CPU run short
+    out = infer(client, frames, outputs=("BLURRED", "MASK"))
+    blurred, mask = in_process(frames, BlurParams(), model="fcn_resnet101")
+    assert out["BLURRED"].shape == frames.shape and out["MASK"].shape == frames.shape[:3]
+    assert np.abs(out["BLURRED"].astype(int) - blurred).max() <= 1
+    assert np.abs(out["MASK"].astype(int) - mask).max() <= 1
+    # A softmax probability is not a constant: the mask has structure (whatever the weights).
+    assert int(mask.max()) - int(mask.min()) > 0
 
 
 def test_known_foreground_stays_sharp_and_background_is_blurred(
