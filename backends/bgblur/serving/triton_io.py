@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch  # at load: NumPy outputs go through it (2 s to import on a CPU, not in a request)
 
 from bgblur.config import BlurParams, validate_frames_shape
 from bgblur.device import Device
 from bgblur.errors import InvalidInputError
 from bgblur.ops.dispatch import array_module
+from bgblur.serving.profiling import execute_profile
 
 if TYPE_CHECKING:
     from bgblur.serving.metrics import StageMetrics
@@ -79,8 +81,6 @@ def output_tensor(pb_utils: Any, name: str, array: Any) -> Any:
     capsules, and ``pb_utils.Tensor(name, ndarray)`` loses the data with NumPy 2 in Triton 2.51.
     """
     if isinstance(array, np.ndarray):
-        import torch
-
         array = torch.from_numpy(np.ascontiguousarray(array))
     elif hasattr(array, "is_contiguous"):  # torch
         array = array.contiguous()
@@ -283,9 +283,27 @@ def execute_grouped(
     batch of N frames of WxH: ...", counted as ``reason="gpu_oom"``; the memory the process
     cached is given back (``release_gpu_memory``) and the model goes on serving. ``stage``
     names the model's stage in that message (default: ``metrics.stage``, else "the model").
+    With ``$BGBLUR_PROFILE_DIR`` set, each call is profiled (``bgblur.serving.profiling``).
     """
     if stage is None:
         stage = metrics.stage if metrics is not None else "the model"
+    with execute_profile(stage, len(requests)):
+        return _execute_grouped(
+            pb_utils, requests, prepare, run, output_names, metrics, stack=stack, stage=stage
+        )
+
+
+def _execute_grouped(
+    pb_utils: Any,
+    requests: Sequence[Any],
+    prepare: Callable[[Any], PreparedRequest],
+    run: Callable[[tuple[Any, ...], Any], Sequence[Any]],
+    output_names: Sequence[str],
+    metrics: StageMetrics | None,
+    *,
+    stack: bool,
+    stage: str,
+) -> list[Any]:
     responses: list[Any] = [None] * len(requests)
     groups: dict[Hashable, list[tuple[int, PreparedRequest]]] = {}
     out_of_memory = False

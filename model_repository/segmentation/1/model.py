@@ -9,6 +9,7 @@ from bgblur.errors import InvalidInputError
 from bgblur.models.registry import get_model_spec
 from bgblur.runtimes.select import build_runtime, describe_runtime, runtime_options
 from bgblur.serving.metrics import StageMetrics
+from bgblur.serving.profiling import write_all as write_profiles
 from bgblur.serving.triton_io import PreparedRequest, execute_grouped, input_array, model_parameters
 
 
@@ -37,6 +38,9 @@ class TritonPythonModel:
             metrics=self.metrics,
             stage="segmentation",  # named in GPU out-of-memory errors
         )
+
+    def finalize(self):
+        write_profiles()  # only when $BGBLUR_PROFILE_DIR asked for profiles
 
     def _prepare(self, request):
         inputs = input_array(pb_utils, request, "NETWORK_INPUT", self.device)

@@ -1,0 +1,38 @@
+"""``BGBLUR_PROFILE_DIR`` through the real Triton server: every stage process writes where its
+``execute`` time goes (bgblur.serving.profiling)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from bgblur.launcher import TritonServer
+from bgblur.serving import profiling
+
+
+def test_each_stage_writes_its_profile(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(profiling.PROFILE_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv(profiling.PROFILE_INTERVAL_ENV, "0")
+    frames = np.random.default_rng(0).integers(0, 256, (2, 48, 64, 3), dtype=np.uint8)
+    with TritonServer(device="cpu", segmentation_model="fixed_ellipse") as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        for _ in range(3):
+            tensor = grpcclient.InferInput("FRAMES", list(frames.shape), "UINT8")
+            tensor.set_data_from_numpy(frames)
+            client.infer("background_blur", [tensor])
+        client.close()
+    for stage in ("preprocess", "segmentation", "postprocess"):
+        (summary,) = tmp_path.glob(f"{stage}.*.txt")
+        text = summary.read_text()
+        # Sequential requests: one request per execute call (the warm-up at load, if any, adds
+        # calls of its own, so at least 3).
+        calls, requests = (
+            int(v) for v in re.match(r"(\d+) execute calls, (\d+) requests", text).groups()
+        )
+        assert calls >= 3 and requests >= 3, text
+        assert "_execute_grouped" in text and "_run_group" in text
+        assert summary.with_suffix(".pstats").stat().st_size > 0
