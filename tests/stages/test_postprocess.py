@@ -285,3 +285,32 @@ class TestPostprocess:
         probability = torch.from_numpy(box_probability(1))
         with pytest.raises(TypeError, match="a CPU stage got a Tensor"):
             postprocess(frames, probability, BlurParams())
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
+def test_results_after_warm_up_equal_a_fresh_stage(device: str, rng: np.random.Generator) -> None:
+    """``warm_up`` (at model load) runs the chain once and leaves no state behind."""
+    warmed = Postprocess(Device(device, 0))
+    warmed.warm_up()
+    frames = rng.integers(0, 256, (2, 90, 160, 3), dtype=np.uint8)
+    probability = box_probability(2).astype(np.float16)
+    params = BlurParams(blur_sigma=3.0)
+    got = warmed(frames, probability, params)
+    want = Postprocess(Device(device, 0))(frames, probability, params)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(
+            getattr(a, "get", lambda a=a: a)(), getattr(b, "get", lambda b=b: b)()
+        )
+
+
+@pytest.mark.gpu
+def test_gpu_warm_up_builds_the_fused_chain_kernels() -> None:
+    import cupy
+
+    from bgblur import kernels
+
+    device = int(cupy.cuda.runtime.getDevice())
+    for name in ("fused", "gaussian"):
+        kernels._modules.pop((name, device), None)
+    Postprocess(Device("gpu", 0)).warm_up()
+    assert {("fused", device), ("gaussian", device)} <= set(kernels._modules)

@@ -162,3 +162,33 @@ class TestVarshape:
             rtol=2**-10,
             atol=2**-14,
         )
+
+
+class TestWarmUp:
+    """``warm_up`` (at model load) runs both paths once and leaves no state behind."""
+
+    @pytest.mark.parametrize("device", ["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
+    def test_results_after_warm_up_equal_a_fresh_stage(
+        self, device: str, rng: np.random.Generator
+    ) -> None:
+        spec = get_model_spec("selfie_general")
+        warmed = Preprocess(spec, Device(device, 0))
+        warmed.warm_up()
+        batches = [
+            rng.integers(0, 256, (2, 90, 160, 3), dtype=np.uint8),
+            rng.integers(0, 256, (1, 8, 8, 3), dtype=np.uint8),
+        ]
+        got, _ = warmed.with_device_frames_varshape(batches)
+        want, _ = Preprocess(spec, Device(device, 0)).with_device_frames_varshape(batches)
+        to_host = getattr(got, "get", lambda: got)
+        np.testing.assert_array_equal(to_host(), getattr(want, "get", lambda: want)())
+
+    @pytest.mark.gpu
+    def test_gpu_warm_up_builds_the_kernels(self) -> None:
+        import cupy
+
+        from bgblur import kernels
+
+        kernels._modules.pop(("resize", int(cupy.cuda.runtime.getDevice())), None)
+        Preprocess(get_model_spec("selfie_general"), Device("gpu", 0)).warm_up()
+        assert ("resize", int(cupy.cuda.runtime.getDevice())) in kernels._modules

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from bgblur.config import BlurParams
 from bgblur.device import Device
 from bgblur.ops import (
@@ -60,6 +62,13 @@ class Postprocess:
             from bgblur.ops.fused_gpu import FusedPostprocess
 
             self.fused = FusedPostprocess(blur_working_hw, mask_interpolation)
+
+    def warm_up(self) -> None:
+        """Run one tiny frame through the whole chain once (at model load), so that no request
+        pays for first use: on the GPU the kernels' NVRTC compilation (or CuPy's disk cache)."""
+        frames = np.zeros((1, 32, 32, 3), np.uint8)
+        probability = np.zeros((1, 1, 16, 16), np.float16)
+        self(frames, probability, BlurParams())
 
     def __call__(
         self, frames_nhwc_u8: Any, probability_n1hw: Any, params: BlurParams

@@ -28,6 +28,14 @@ class Preprocess:
         self.device = device
         self.stream = StageStream(device)
 
+    def warm_up(self) -> None:
+        """Run tiny frames through the single-size and the variable-shape paths once (at model
+        load), so that no request pays for first use: on the GPU the kernels' NVRTC compilation
+        (or CuPy's disk cache) and the stream's first launches."""
+        frames = [np.zeros((1, 8, 8, 3), np.uint8), np.zeros((1, 9, 7, 3), np.uint8)]
+        self.with_device_frames_varshape(frames[:1])
+        self.with_device_frames_varshape(frames)
+
     def __call__(self, frames_nhwc_u8: Any) -> Any:
         """Frames (NumPy, or CuPy on the GPU) -> network input on this stage's device."""
         return self.with_device_frames(frames_nhwc_u8)[0]

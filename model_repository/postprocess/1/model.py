@@ -6,6 +6,7 @@ from bgblur.config import BlurParams
 from bgblur.device import Device
 from bgblur.errors import InvalidInputError
 from bgblur.serving.metrics import StageMetrics
+from bgblur.serving.profiling import write_all as write_profiles
 from bgblur.serving.triton_io import (
     PreparedRequest,
     blur_params_from_request,
@@ -28,6 +29,7 @@ class TritonPythonModel:
             blur_working_hw=parse_hw(parameters["blur_working_size"]),
             mask_interpolation=parameters["mask_interpolation"],
         )
+        self.stage.warm_up()  # kernels compiled at load, not in the first request
         self.metrics = StageMetrics.for_model(pb_utils, args, stage="postprocess")
 
     def execute(self, requests):
@@ -40,6 +42,9 @@ class TritonPythonModel:
             metrics=self.metrics,
             stage="postprocess",  # named in GPU out-of-memory errors
         )
+
+    def finalize(self):
+        write_profiles()  # only when $BGBLUR_PROFILE_DIR asked for profiles
 
     def _prepare(self, request):
         frames = frames_input(pb_utils, request, self.device)

@@ -7,6 +7,7 @@ from bgblur.config import BlurParams
 from bgblur.device import Device
 from bgblur.models.registry import get_model_spec
 from bgblur.serving.metrics import StageMetrics
+from bgblur.serving.profiling import write_all as write_profiles
 from bgblur.serving.triton_io import (
     PerRequest,
     PreparedRequest,
@@ -23,6 +24,7 @@ class TritonPythonModel:
         parameters = model_parameters(args)
         self.device = Device.from_triton_args(args)
         self.stage = Preprocess(get_model_spec(parameters["segmentation_model"]), self.device)
+        self.stage.warm_up()  # kernels compiled at load, not in the first request
         self.metrics = StageMetrics.for_model(pb_utils, args, stage="preprocess")
 
     def execute(self, requests):
@@ -36,6 +38,9 @@ class TritonPythonModel:
             stack=False,  # frames of any sizes run together: one launch, no concatenation
             stage="preprocess",  # named in GPU out-of-memory errors
         )
+
+    def finalize(self):
+        write_profiles()  # only when $BGBLUR_PROFILE_DIR asked for profiles
 
     def _prepare(self, request):
         frames = frames_input(pb_utils, request, self.device)
