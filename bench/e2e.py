@@ -18,6 +18,7 @@ import argparse
 import concurrent.futures
 import datetime
 import json
+import os
 import platform
 import threading
 import time
@@ -194,8 +195,18 @@ def main() -> None:
         "1,16: one process for latency, all cores for throughput) and report the ratios",
     )
     parser.add_argument("--cpu-baseline-frames", type=int, default=60)
+    parser.add_argument(
+        "--profile-dir",
+        type=Path,
+        help="profile every model process's execute into this folder (bgblur.serving.profiling; "
+        "slows Python-heavy stages: a diagnostic run, not a figure)",
+    )
     parser.add_argument("--out", type=Path, help="JSON file for the results")
     args = parser.parse_args()
+    if args.profile_dir is not None:
+        from bgblur.serving.profiling import PROFILE_DIR_ENV
+
+        os.environ[PROFILE_DIR_ENV] = str(args.profile_dir.resolve())  # the server inherits it
 
     from bgblur.device import Device, cuda_device_count
     from bgblur.launcher import TritonServer
@@ -261,6 +272,12 @@ def main() -> None:
     finally:
         if server is not None:
             server.stop()
+    if args.profile_dir is not None:
+        # First line of each model process's summary (the stages write theirs at unload).
+        report["profile"] = {
+            path.name: path.read_text().splitlines()[0]
+            for path in sorted(args.profile_dir.glob("*.txt"))
+        }
 
     if args.in_process:
         from bgblur.pipeline import BackgroundBlurPipeline
