@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# The GPU runs the open issues still need, as phases that each fit one call of the workplace's
+# device tool (10 minutes a command, 64 MiB carried a call, ~30 minutes of device time a
+# session). Logs, JSON and CSV land in $OUT (what the tool brings back; default out/device).
+#
+# Here, on the CPU machine, once (needs ../shared/gpu/bundle.sh of the workplace):
+#   bash bench/device_session.sh bundle [--dali]
+#     .gpu-bundle/: Triton 2.51 (from nvidia-pytriton), tritonclient, PyNvVideoCodec (NVDEC),
+#     the HTTP client; .gpu-part-N/: PyAV 18.1 (the video paths and tests; 36 MB, too large to
+#     travel beside the bundle) and, with --dali, nvidia-dali-cuda130 2.4 (4 parts). Checks that
+#     every call's carry stays under 64 MiB.
+# There, back to back while the machine is warm (it goes back 30 s after a call):
+#   carry [".gpu-part-N"]            bash .gpu-part-N/stash.sh                 (each N, first)
+#   carry [".gpu-bundle", ".cache"]  source .gpu-bundle/setup.sh && bash bench/device_session.sh PHASE
+# PHASE (each ends well inside 10 minutes):
+#   tests-kernels  pytest -m gpu: ops, stages, models, runtimes, pipeline, NVML
+#   tests-serving  pytest -m gpu: functional (KIND_GPU ensemble, selfie and fcn_resnet101),
+#                  reliability (GPU OOM, kill -9 recovery), video (NVDEC, DALI), client, serving
+#   bench-e2e      fcn_resnet101 and selfie at 1080p through CUDA shm with the seed's CPU pipeline
+#                  in the same run (ratios), HTTP and raw gRPC rows, a profiled run of every stage
+#                  (BGBLUR_PROFILE_DIR), ncu on the fused postprocess kernels
+#   bench-video    decode + blur with frames back in client memory (16 streams, NVDEC/DALI),
+#                  server side with BLS vs in-process blur, file to file vs the CPU pipeline
+#   soak-start     the 10-minute soak at concurrency 16 (bench/soak.py) in its own session;
+#                  returns after ~9.6 min while it finishes
+#   soak-collect   waits for that soak (call it right after soak-start) and copies its JSON
+set -uo pipefail
+cd "$(dirname "$0")/.."
+phase="${1:-}"
+shift || true
+OUT="${OUT:-$PWD/out/device}"
+mkdir -p "$OUT"
+export BGBLUR_CACHE="${BGBLUR_CACHE:-$PWD/.cache/bgblur}" PYTHONUNBUFFERED=1
+PY="${PYTHON:-python3}"
+day="$(date -u +%F)"
+
+run() {  # run LIMIT_S LOG CMD...: the command under a time limit, its output also in $OUT/LOG
+  local limit="$1" log="$2"
+  shift 2
+  echo "== $(date -u +%T) $*" | tee -a "$OUT/$log"
+  timeout --signal=INT --kill-after=20 "$limit" "$@" 2>&1 | tee -a "$OUT/$log"
+  local rc="${PIPESTATUS[0]}"
+  echo "== rc=$rc" | tee -a "$OUT/$log"
+  return 0
+}
+
+gpu_label() {
+  "$PY" -c 'import cupy; print(cupy.cuda.runtime.getDeviceProperties(0)["name"].decode().lower().replace("nvidia ", "").split()[0])' 2>/dev/null || echo gpu
+}
+
+case "$phase" in
+  bundle)
+    big=(--big av==18.1.0)
+    [ "${1:-}" = "--dali" ] && big+=(--big nvidia-dali-cuda130==2.4.0)
+    bash ../shared/gpu/bundle.sh --video --http "${big[@]}" || exit 1
+    [ -d .cache/bgblur ] || make setup >/dev/null || exit 1
+    tree_b=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
+    limit_b=$((64 * 1024 * 1024))
+    phase_b=$((tree_b + $(du -sb .gpu-bundle .cache | awk '{s += $1} END {print s}')))
+    echo "a phase call carries $((phase_b / 1048576)) MiB (limit 64)"
+    [ "$phase_b" -lt "$limit_b" ] || { echo "too large for one call" >&2; exit 1; }
+    for part in .gpu-part-*; do
+      [ -d "$part" ] || continue
+      part_b=$((tree_b + $(du -sb "$part" | cut -f1)))
+      echo "$part carries $((part_b / 1048576)) MiB"
+      [ "$part_b" -lt "$limit_b" ] || { echo "$part too large for one call" >&2; exit 1; }
+    done
+    ;;
+  tests-kernels)
+    nvidia-smi -L | tee "$OUT/device.txt"
+    run 560 tests-kernels.log "$PY" -m pytest -q -m gpu -p no:cacheprovider \
+      tests/ops tests/stages tests/models tests/runtimes tests/test_pipeline.py tests/test_nvml.py \
+      --junitxml="$OUT/junit-kernels.xml"
+    ;;
+  tests-serving)
+    run 560 tests-serving.log "$PY" -m pytest -q -m gpu -p no:cacheprovider \
+      tests/functional tests/reliability tests/video tests/client tests/serving tests/bench \
+      --junitxml="$OUT/junit-serving.xml"
+    ;;
+  bench-e2e)
+    gpu="$(gpu_label)"
+    run 200 bench-e2e.log "$PY" bench/e2e.py --device gpu --model fcn_resnet101 --sizes 1080p \
+      --batches 1,8 --concurrency 1,16 --seconds 3 --shared-memory cuda \
+      --cpu-baseline 1,16 --cpu-baseline-frames 60 --out "$OUT/e2e-$gpu-$day-fcn.json"
+    run 150 bench-e2e.log "$PY" bench/e2e.py --device gpu --sizes 1080p --batches 1,8 \
+      --concurrency 1,8 --seconds 3 --shared-memory none,cuda --out "$OUT/e2e-$gpu-$day-selfie.json"
+    run 90 bench-e2e.log "$PY" bench/e2e.py --device gpu --protocol http --sizes 1080p \
+      --batches 1,8 --concurrency 1,8 --seconds 3 --shared-memory none \
+      --out "$OUT/e2e-$gpu-$day-selfie-http.json"
+    run 90 bench-e2e.log "$PY" bench/e2e.py --device gpu --sizes 1080p --batches 1,8 \
+      --concurrency 1,8 --seconds 3 --shared-memory cuda --profile-dir "$OUT/profile" \
+      --out "$OUT/e2e-$gpu-$day-selfie-profiled.json"
+    tar -czf "$OUT/profile.tar.gz" -C "$OUT" profile && rm -rf "$OUT/profile"
+    ncu="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)"
+    run 120 ncu-postprocess.txt "${ncu:-ncu}" --target-processes all -k regex:fused --launch-count 4 \
+      --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
+      "$PY" bench/ops.py --sizes 1080p --batches 8 --reps 1 --warmup 0 --no-cpu --budget-s 30 \
+      --out /tmp/ops-ncu.json
+    ;;
+  bench-video)
+    gpu="$(gpu_label)"
+    paths=decode-nvdec,decode-pyav
+    "$PY" -c 'import nvidia.dali' 2>/dev/null && paths="$paths,client-dali"
+    run 250 bench-video.log "$PY" bench/video.py --size 1080p --frames 120 --streams 1,16 \
+      --model fcn_resnet101 --shared-memory cuda --paths "$paths" --out "$OUT/video-$gpu-$day.json"
+    run 280 bench-video.log "$PY" bench/video.py --size 1080p --frames 120 --streams 1,4 \
+      --model fcn_resnet101 --shared-memory cuda --paths server,server-inprocess,cpu-baseline \
+      --merge --out "$OUT/video-$gpu-$day.json"
+    ;;
+  soak-start)
+    gpu="$(gpu_label)"
+    rm -f /tmp/soak.json /tmp/soak.done
+    setsid bash -c "$PY bench/soak.py --minutes 10 --concurrency 16 --device gpu \
+      --shared-memory cuda --out /tmp/soak.json > /tmp/soak.log 2>&1; touch /tmp/soak.done" \
+      < /dev/null &
+    sleep 575
+    cp /tmp/soak.log "$OUT/soak-$gpu-$day.log"
+    ;;
+  soak-collect)
+    gpu="$(gpu_label)"
+    for _ in $(seq 240); do [ -e /tmp/soak.done ] && break; sleep 1; done
+    cp /tmp/soak.log "$OUT/soak-$gpu-$day.log"
+    cp /tmp/soak.json "$OUT/soak-$gpu-$day.json" || echo "no soak JSON (see the log)"
+    ;;
+  *)
+    sed -n '2,32p' "$0"
+    exit 2
+    ;;
+esac
