@@ -7,8 +7,10 @@
 #   bash bench/device_session.sh bundle [--dali]
 #     .gpu-bundle/: Triton 2.51 (from nvidia-pytriton), tritonclient, PyNvVideoCodec (NVDEC),
 #     the HTTP client; .gpu-part-N/: PyAV 18.1 (the video paths and tests; 36 MB, too large to
-#     travel beside the bundle) and, with --dali, nvidia-dali-cuda130 2.4 (4 parts). Checks that
-#     every call's carry stays under 64 MiB.
+#     travel beside the bundle), opencv-contrib-python-headless 5.0.0.93 (2 parts: ximgproc's
+#     jointBilateralFilter for the seed's CPU pipeline; the machine's own OpenCV has no ximgproc
+#     and the NumPy twin would make that baseline ~3x slower than it is) and, with --dali,
+#     nvidia-dali-cuda130 2.4 (4 parts). Checks that every call's carry stays under 64 MiB.
 # There, back to back while the machine is warm (it goes back 30 s after a call):
 #   carry [".gpu-part-N"]            bash .gpu-part-N/stash.sh                 (each N, first)
 #   carry [".gpu-bundle", ".cache"]  source .gpu-bundle/setup.sh && bash bench/device_session.sh PHASE
@@ -50,7 +52,7 @@ gpu_label() {
 
 case "$phase" in
   bundle)
-    big=(--big av==18.1.0)
+    big=(--big av==18.1.0 --big opencv-contrib-python-headless==5.0.0.93)
     [ "${1:-}" = "--dali" ] && big+=(--big nvidia-dali-cuda130==2.4.0)
     bash ../shared/gpu/bundle.sh --video --http "${big[@]}" || exit 1
     [ -d .cache/bgblur ] || make setup >/dev/null || exit 1
@@ -79,6 +81,9 @@ case "$phase" in
     ;;
   bench-e2e)
     gpu="$(gpu_label)"
+    "$PY" -c 'import cv2; cv2.ximgproc' 2>/dev/null \
+      || echo "WARNING: no cv2.ximgproc: the CPU baseline runs the slow NumPy joint bilateral" \
+      | tee -a "$OUT/bench-e2e.log"
     run 200 bench-e2e.log "$PY" bench/e2e.py --device gpu --model fcn_resnet101 --sizes 1080p \
       --batches 1,8 --concurrency 1,16 --seconds 3 --shared-memory cuda \
       --cpu-baseline 1,16 --cpu-baseline-frames 60 --out "$OUT/e2e-$gpu-$day-fcn.json"
