@@ -128,7 +128,7 @@ case "$phase" in
     cp /tmp/soak.json "$OUT/soak-$gpu-$day.json" || echo "no soak JSON (see the log)"
     ;;
   *)
-    sed -n '2,32p' "$0"
+    awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"
     exit 2
     ;;
 esac
