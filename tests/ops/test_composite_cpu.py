@@ -35,6 +35,25 @@ def random_inputs(
     return fg, bg, mask
 
 
+def test_every_value_triple_equals_the_integer_formula() -> None:
+    """All 256^3 (fg, bg, mask) triples: exactly ``(fg*m + bg*(255-m) + 127) // 255``, the
+    formula the GPU kernel computes (the CPU twin gets there in uint16 without a division)."""
+    values = np.arange(256, dtype=np.uint8)
+    fg, bg = (
+        np.broadcast_to(v, (256, 256, 256)) for v in (values[:, None, None], values[None, :, None])
+    )
+    mask = np.broadcast_to(values[None, None, :], (256, 256, 256))
+    # [256 fg rows, 256 bg columns x 256 masks] as one image of 1 channel.
+    got = composite(
+        np.ascontiguousarray(fg).reshape(1, 256, 65536, 1),
+        np.ascontiguousarray(bg).reshape(1, 256, 65536, 1),
+        np.ascontiguousarray(mask).reshape(1, 256, 65536),
+    )
+    f, b, m = (a.astype(np.int64) for a in (fg, bg, mask))
+    want = (f * m + b * (255 - m) + 127) // 255
+    np.testing.assert_array_equal(got.reshape(256, 256, 256), want)
+
+
 class TestComposite:
     @pytest.mark.parametrize("batch", [1, 3])
     @pytest.mark.parametrize("hw", [(1, 1), (7, 13), (1, 1919)])
