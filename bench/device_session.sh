@@ -89,6 +89,9 @@ case "$phase" in
       --cpu-baseline 1,16 --cpu-baseline-frames 60 --out "$OUT/e2e-$gpu-$day-fcn.json"
     run 150 bench-e2e.log "$PY" bench/e2e.py --device gpu --sizes 1080p --batches 1,8 \
       --concurrency 1,8 --seconds 3 --shared-memory none,cuda --out "$OUT/e2e-$gpu-$day-selfie.json"
+    run 90 bench-e2e.log "$PY" bench/e2e.py --device gpu --instances postprocess=2 \
+      --sizes 1080p --batches 8 --concurrency 8,16 --seconds 3 --shared-memory cuda \
+      --out "$OUT/e2e-$gpu-$day-selfie-post2.json"
     run 90 bench-e2e.log "$PY" bench/e2e.py --device gpu --protocol http --sizes 1080p \
       --batches 1,8 --concurrency 1,8 --seconds 3 --shared-memory none \
       --out "$OUT/e2e-$gpu-$day-selfie-http.json"
