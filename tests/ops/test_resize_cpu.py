@@ -2,7 +2,9 @@
 
 References: the plain OpenCV call per frame, and a slow NumPy bilinear with half-pixel centres and
 clamped borders (OpenCV's INTER_LINEAR convention; its 8-bit path uses fixed-point weights, so
-the two agree within 1 LSB).
+the two agree within 1 LSB). ``interpolation="area"`` (INTER_AREA when both axes shrink): the
+OpenCV call, and ``bgblur.ops.resize_area_reference`` (the GPU kernel's arithmetic in NumPy),
+which is held to cv2.INTER_AREA here.
 """
 
 from __future__ import annotations
@@ -17,6 +19,13 @@ from bgblur.ops import (
     resize_normalize_nchw,
     resize_normalize_nchw_varshape,
     upscale_mask,
+)
+from bgblur.ops.resize_area_reference import (
+    area_taps,
+    is_area_fast,
+    resize_area_accumulate,
+    resize_area_u8,
+    resize_normalize_nchw_reference,
 )
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -415,3 +424,265 @@ class TestResizeNormalizeNchwVarshape:
             resize_normalize_nchw_varshape(batches, (8, 8), (0,) * 3, (1,) * 3, out=out[:2], **f32)
         with pytest.raises(ValueError, match="at least one frames array"):
             resize_normalize_nchw_varshape([], (8, 8), (0,) * 3, (1,) * 3)
+
+
+# ---- interpolation="area" ------------------------------------------------------------------------
+
+# (source, output) sizes that shrink on both axes: general ratios (OpenCV's resizeArea_), integer
+# ratios on both axes (its resizeAreaFast_: 2x2 with integer rounding, 4x4 / 3x3 / 2x4 in float),
+# an integer ratio on one axis only (general path), borders with a short last cell, equal sizes.
+AREA_CASES = [
+    ((1080, 1920), (256, 256)),
+    ((720, 1280), (256, 256)),  # x ratio 5 but y 2.8125: general path
+    ((2160, 3840), (256, 256)),
+    ((1081, 1921), (144, 256)),
+    ((7, 13), (3, 5)),
+    ((300, 451), (256, 256)),
+    ((256, 256), (256, 256)),
+    ((512, 512), (256, 256)),
+    ((1024, 1024), (256, 256)),
+    ((768, 768), (256, 256)),
+    ((512, 1024), (256, 256)),
+    ((1080, 1920), (1, 1)),
+    ((999, 1000), (998, 3)),
+]
+# Enlarged on at least one axis: "area" is INTER_LINEAR there.
+ENLARGE_CASES = [((7, 13), (64, 64)), ((300, 451), (301, 7)), ((256, 256), (255, 257))]
+
+
+def case_id(case) -> str:
+    (a, b), (c, d) = case
+    return f"{a}x{b}-{c}x{d}"
+
+
+def area_frames(make_frames, src_hw: tuple[int, int]) -> np.ndarray:
+    """random, astronaut and chelsea frames of ``src_hw``: ``[5, H, W, 3]`` uint8."""
+    return np.concatenate(
+        [
+            make_frames("random", 1, src_hw),
+            make_frames("astronaut", 2, src_hw),
+            make_frames("chelsea", 2, src_hw),
+        ]
+    )
+
+
+def u8_differences(actual: np.ndarray, expected: np.ndarray) -> tuple[int, int]:
+    """(max |difference|, number of differing values) of two uint8 arrays."""
+    diff = np.abs(actual.astype(np.int16) - expected.astype(np.int16))
+    return int(diff.max(initial=0)), int(np.count_nonzero(diff))
+
+
+class TestResizeAreaReference:
+    """The NumPy reference of the GPU arithmetic against cv2.INTER_AREA (OpenCV 4.11: bit-exact on
+    every value of these cases, and of 600 random size pairs when this was written)."""
+
+    @pytest.mark.parametrize("case", AREA_CASES, ids=case_id)
+    def test_reference_matches_opencv_inter_area(self, make_frames, case) -> None:
+        src_hw, out_hw = case
+        frames = area_frames(make_frames, src_hw)
+        n_values = n_diff = 0
+        for frame in frames:
+            expected = cv2.resize(frame, out_hw[::-1], interpolation=cv2.INTER_AREA)
+            actual = resize_area_u8(frame, out_hw)
+            worst, n = u8_differences(actual, expected.reshape(actual.shape))
+            assert worst <= 1, f"{case}: reference differs from cv2.INTER_AREA by {worst} LSB"
+            n_values += actual.size
+            n_diff += n
+        # The kernel's arithmetic is OpenCV's, operation by operation: no value may differ.
+        assert n_diff == 0, f"{case}: {n_diff} of {n_values} values differ by 1 LSB from cv2"
+
+    def test_reference_matches_opencv_on_random_sizes(self, rng: np.random.Generator) -> None:
+        for _ in range(60):
+            src_h, src_w = (int(v) for v in rng.integers(1, 200, 2))
+            out_hw = (int(rng.integers(1, src_h + 1)), int(rng.integers(1, src_w + 1)))
+            frame = random_frames(rng, (src_h, src_w, 3))
+            expected = cv2.resize(frame, out_hw[::-1], interpolation=cv2.INTER_AREA)
+            np.testing.assert_array_equal(
+                resize_area_u8(frame, out_hw), expected, err_msg=f"{(src_h, src_w)} -> {out_hw}"
+            )
+
+    @pytest.mark.parametrize("case", AREA_CASES[:7], ids=case_id)
+    def test_general_path_is_the_box_average(self, rng: np.random.Generator, case) -> None:
+        """The float sums equal the exact box average: each source pixel weighted by its
+        overlap with ``[dx * sx, (dx + 1) * sx) x [dy * sy, (dy + 1) * sy)``, over ``sx * sy``."""
+        (src_h, src_w), (h, w) = case
+        frame = random_frames(rng, (src_h, src_w, 3))
+
+        def overlap(n: int, d: int) -> np.ndarray:
+            edges = np.arange(d + 1) * (n / d)
+            lo, hi = edges[:-1, None], edges[1:, None]
+            pixels = np.arange(n)[None, :]
+            return np.clip(np.minimum(hi, pixels + 1) - np.maximum(lo, pixels), 0, None) / (n / d)
+
+        wy, wx = overlap(src_h, h), overlap(src_w, w)
+        rows = (frame.transpose(0, 2, 1) / 1.0) @ wx.T  # [H, 3, w]
+        exact = (wy @ rows.reshape(src_h, -1)).reshape(h, 3, w).transpose(0, 2, 1)
+        np.testing.assert_allclose(resize_area_accumulate(frame, (h, w)), exact, atol=2e-3)
+
+    def test_taps_of_a_non_integer_ratio_and_a_short_last_cell(self) -> None:
+        # 7 -> 3: cells [0, 7/3), [7/3, 14/3), [14/3, 7); weights are overlap / (7/3).
+        index, weight = area_taps(7, 3)
+        assert index.tolist() == [[0, 1, 2], [2, 3, 4], [4, 5, 6]]
+        expected = np.array([[3, 3, 1], [2, 3, 2], [1, 3, 3]]) / 7
+        np.testing.assert_allclose(weight, expected, rtol=1e-6)
+        # 10 -> 3 (scale 3.33): the last cell is [6.67, 10), cellWidth min(3.33, 10 - 6.67).
+        index, weight = area_taps(10, 3)
+        np.testing.assert_allclose(weight.sum(axis=1), 1.0, rtol=1e-6)
+        assert index[-1, -1] == 9
+
+    def test_integer_ratios_take_the_fast_path(self) -> None:
+        assert is_area_fast((512, 512), (256, 256)) == (True, 2, 2)
+        assert is_area_fast((1024, 512), (256, 256)) == (True, 4, 2)
+        assert is_area_fast((256, 256), (256, 256)) == (True, 1, 1)
+        assert not is_area_fast((720, 1280), (256, 256))[0]  # 2.8125 x 5
+        assert not is_area_fast((1080, 1920), (256, 256))[0]
+
+    def test_fast_2x2_rounds_half_up_and_others_half_to_even(self) -> None:
+        # 2x2 box sums 2 -> (2 + 2) >> 2 = 1 (round half up, OpenCV's SIMD path);
+        # a 1x2 box sum of 1 -> cvRound(0.5f) = 0 (half to even).
+        frame = np.zeros((2, 2, 3), np.uint8)
+        frame[0, 0] = 2
+        assert resize_area_u8(frame, (1, 1)).ravel().tolist() == [1, 1, 1]
+        assert cv2.resize(frame, (1, 1), interpolation=cv2.INTER_AREA).ravel().tolist() == [1] * 3
+        frame = np.zeros((1, 2, 3), np.uint8)
+        frame[0, 0] = 1
+        assert resize_area_u8(frame, (1, 1)).ravel().tolist() == [0, 0, 0]
+        assert cv2.resize(frame, (1, 1), interpolation=cv2.INTER_AREA).ravel().tolist() == [0] * 3
+
+    def test_reference_only_shrinks(self) -> None:
+        with pytest.raises(ValueError, match="only shrinks"):
+            resize_area_u8(np.zeros((7, 13, 3), np.uint8), (8, 13))
+
+
+class TestResizeNormalizeArea:
+    @pytest.mark.parametrize("dtype", [np.float16, np.float32], ids=["fp16", "fp32"])
+    @pytest.mark.parametrize("case", AREA_CASES, ids=case_id)
+    def test_area_matches_opencv_then_float_formula(self, make_frames, case, dtype) -> None:
+        src_hw, out_hw = case
+        frames = area_frames(make_frames, src_hw)
+        out = resize_normalize_nchw(
+            frames, out_hw, IMAGENET_MEAN, IMAGENET_STD, out_dtype=dtype, interpolation="area"
+        )
+        assert out.dtype == dtype and out.shape == (5, 3, *out_hw)
+        h, w = out_hw
+        scale = 1.0 / (255.0 * np.asarray(IMAGENET_STD, np.float32))
+        bias = -np.asarray(IMAGENET_MEAN, np.float32) / np.asarray(IMAGENET_STD, np.float32)
+        for b, frame in enumerate(frames):
+            resized = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA).reshape(h, w, 3)
+            expected = resized.astype(np.float32) * scale + bias
+            np.testing.assert_array_equal(out[b], expected.transpose(2, 0, 1).astype(dtype))
+        reference = resize_normalize_nchw_reference(
+            frames, out_hw, IMAGENET_MEAN, IMAGENET_STD, out_dtype=dtype
+        )
+        np.testing.assert_array_equal(out, reference)
+
+    def test_area_differs_from_linear_on_a_large_downscale(self, make_frames) -> None:
+        frames = make_frames("astronaut", 1, (1080, 1920))
+        area = resize_normalize_nchw(frames, (256, 256), (0,) * 3, (1,) * 3, interpolation="area")
+        linear = resize_normalize_nchw(frames, (256, 256), (0,) * 3, (1,) * 3)
+        assert np.count_nonzero(area != linear) > area.size // 10
+
+    def test_default_is_linear(self, rng: np.random.Generator) -> None:
+        frames = random_frames(rng, (2, 61, 97, 3))
+        np.testing.assert_array_equal(
+            resize_normalize_nchw(frames, (16, 16), IMAGENET_MEAN, IMAGENET_STD),
+            resize_normalize_nchw(
+                frames, (16, 16), IMAGENET_MEAN, IMAGENET_STD, interpolation="linear"
+            ),
+        )
+
+    @pytest.mark.parametrize("dtype", [np.float16, np.float32], ids=["fp16", "fp32"])
+    @pytest.mark.parametrize("case", ENLARGE_CASES, ids=case_id)
+    def test_enlarging_an_axis_falls_back_to_linear(
+        self, rng: np.random.Generator, case, dtype
+    ) -> None:
+        src_hw, out_hw = case
+        frames = random_frames(rng, (2, *src_hw, 3))
+        area = resize_normalize_nchw(
+            frames, out_hw, IMAGENET_MEAN, IMAGENET_STD, out_dtype=dtype, interpolation="area"
+        )
+        linear = resize_normalize_nchw(
+            frames, out_hw, IMAGENET_MEAN, IMAGENET_STD, out_dtype=dtype, interpolation="linear"
+        )
+        np.testing.assert_array_equal(area, linear)
+        # ... and not cv2's own INTER_AREA, which "emulates" an upscale with bilinear-like taps.
+        cv2_area = np.stack(
+            [cv2.resize(f, out_hw[::-1], interpolation=cv2.INTER_AREA) for f in frames]
+        )
+        cv2_linear = np.stack(
+            [cv2.resize(f, out_hw[::-1], interpolation=cv2.INTER_LINEAR) for f in frames]
+        )
+        assert not np.array_equal(cv2_area, cv2_linear)
+
+    def test_noncontiguous_and_out(self, rng: np.random.Generator) -> None:
+        frames = random_frames(rng, (3, 301, 461, 4))[:, 5:-3, 7:-2, 2::-1]
+        assert not frames.flags.c_contiguous
+        storage = np.zeros((3, 3, 97, 262), np.float32)
+        out = storage[..., ::2]
+        result = resize_normalize_nchw(
+            frames,
+            (97, 131),
+            (0.5,) * 3,
+            (0.25,) * 3,
+            out_dtype=np.float32,
+            out=out,
+            interpolation="area",
+        )
+        assert result is out
+        expected = resize_normalize_nchw_reference(
+            np.ascontiguousarray(frames), (97, 131), (0.5,) * 3, (0.25,) * 3
+        )
+        np.testing.assert_array_equal(storage[..., ::2], expected)
+        assert not storage[..., 1::2].any()
+
+    @pytest.mark.parametrize("interpolation", ["cubic", "AREA", "nearest", ""])
+    def test_exception_bad_interpolation(
+        self, rng: np.random.Generator, interpolation: str
+    ) -> None:
+        frames = random_frames(rng, (1, 7, 13, 3))
+        match = f"interpolation must be 'linear' or 'area', got '{interpolation}'"
+        with pytest.raises(ValueError, match=match):
+            resize_normalize_nchw(frames, (3, 5), (0,) * 3, (1,) * 3, interpolation=interpolation)
+        with pytest.raises(ValueError, match=match):
+            resize_normalize_nchw_varshape(
+                [frames], (3, 5), (0,) * 3, (1,) * 3, interpolation=interpolation
+            )
+
+
+class TestResizeNormalizeVarshapeArea:
+    @pytest.mark.parametrize("dtype", [np.float16, np.float32], ids=["fp16", "fp32"])
+    def test_mixed_sizes_equal_each_alone(self, rng: np.random.Generator, dtype) -> None:
+        batches = [
+            random_frames(rng, (2, 1080, 1920, 3)),  # general area
+            random_frames(rng, (1, 1, 1, 3)),  # enlarged: linear
+            random_frames(rng, (3, 288, 512, 3))[:, :, ::-1],  # 2x2 fast path, a strided view
+            random_frames(rng, (1, 100, 1000, 3)),  # enlarged in y only: linear
+            random_frames(rng, (1, 576, 1024, 3)),  # 4x4 fast path
+        ]
+        out = resize_normalize_nchw_varshape(
+            batches, (144, 256), IMAGENET_MEAN, IMAGENET_STD, out_dtype=dtype, interpolation="area"
+        )
+        assert out.shape == (8, 3, 144, 256) and out.dtype == dtype
+        expected = np.concatenate(
+            [
+                resize_normalize_nchw(
+                    b,
+                    (144, 256),
+                    IMAGENET_MEAN,
+                    IMAGENET_STD,
+                    out_dtype=dtype,
+                    interpolation="area",
+                )
+                for b in batches
+            ]
+        )
+        np.testing.assert_array_equal(out, expected)
+        reference = np.concatenate(
+            [
+                resize_normalize_nchw_reference(
+                    b, (144, 256), IMAGENET_MEAN, IMAGENET_STD, out_dtype=dtype
+                )
+                for b in batches
+            ]
+        )
+        np.testing.assert_array_equal(out, reference)

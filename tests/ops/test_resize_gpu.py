@@ -1,4 +1,5 @@
-"""GPU resizes (bgblur.ops.resize_gpu) against the CPU twins (cv2.resize)."""
+"""GPU resizes (bgblur.ops.resize_gpu) against the CPU twins (cv2.resize; INTER_AREA for the
+preprocessing's ``interpolation="area"``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 
 from bgblur import ops
+from bgblur.ops import resize_gpu
 
 pytestmark = pytest.mark.gpu
 
@@ -295,3 +297,217 @@ def test_resize_normalize_nchw_varshape_gpu_on_a_stream_and_repeated(
             host = cupy.asnumpy(actual, stream=stream)
         stream.synchronize()
         assert_float_close(host, expected, case=str(sizes), **FLOAT_TOL[np.float16])
+
+
+# ---- resize_normalize_nchw(interpolation="area") ----------------------------------------------
+
+# (source, output) sizes that shrink on both axes: general ratios (OpenCV's resizeArea_), integer
+# ratios on both axes (its resizeAreaFast_: 2x2 with integer rounding, 4x4 / 3x3 / 2x4 in float),
+# an integer ratio on one axis only (general path), short last cells, equal sizes, one pixel.
+AREA_CASES = [
+    ((1080, 1920), (256, 256)),
+    ((720, 1280), (256, 256)),
+    ((2160, 3840), (256, 256)),
+    ((1081, 1921), (144, 256)),
+    ((7, 13), (3, 5)),
+    ((300, 451), (256, 256)),
+    ((256, 256), (256, 256)),
+    ((512, 512), (256, 256)),
+    ((1024, 1024), (256, 256)),
+    ((768, 768), (256, 256)),
+    ((512, 1024), (256, 256)),
+    ((1080, 1920), (1, 1)),
+    ((999, 1000), (998, 3)),
+]
+# Enlarged on at least one axis: "area" takes the INTER_LINEAR path there.
+ENLARGE_CASES = [((7, 13), (64, 64)), ((300, 451), (301, 7)), ((256, 256), (255, 257))]
+# 1 LSB of the uint8 resize in normalized units, plus the output's own rounding.
+AREA_ATOL = {np.float32: 1 / (255 * min(STD)) + 1e-5, np.float16: 1 / (255 * min(STD)) + 2**-9}
+
+
+def case_id(case):
+    return f"{hw_id(case[0])}-{hw_id(case[1])}"
+
+
+def to_u8_grid(out_nchw):
+    """Normalized ``[B, 3, h, w]`` values back on the uint8 grid: ``(out * std + mean) * 255``,
+    rounded (exact for both float16 and float32 outputs: their error is far below 0.5 LSB)."""
+    mean = np.asarray(MEAN).reshape(3, 1, 1)
+    std = np.asarray(STD).reshape(3, 1, 1)
+    values = (out_nchw.astype(np.float64) * std + mean) * 255
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
+def assert_area_close(assert_u8_close, assert_float_close, actual, expected, case):
+    """GPU vs CPU (cv2.INTER_AREA): within 1 LSB of the uint8 resize, differing on at most 1% of
+    the values (BGBLUR_GPU_EXACT=1: bit-exact; the kernel does OpenCV's arithmetic), and the
+    normalized values within that LSB plus rounding."""
+    assert_u8_close(to_u8_grid(actual), to_u8_grid(expected), case=f"{case} (uint8 grid)")
+    assert_float_close(actual, expected, case=case, rtol=0.0, atol=AREA_ATOL[expected.dtype.type])
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32], ids=["fp16", "fp32"])
+@pytest.mark.parametrize("case", AREA_CASES, ids=case_id)
+@pytest.mark.parametrize("kind", KINDS)
+def test_resize_area_normalize_nchw_gpu_matches_cpu(
+    cupy, make_frames, assert_u8_close, assert_float_close, kind, case, dtype
+):
+    src_hw, out_hw = case
+    frames = make_frames(kind, 2, src_hw)
+    expected = ops.resize_normalize_nchw(
+        frames, out_hw, MEAN, STD, out_dtype=dtype, interpolation="area"
+    )
+    actual = ops.resize_normalize_nchw(
+        cupy.asarray(frames), out_hw, MEAN, STD, out_dtype=dtype, interpolation="area"
+    )
+    assert isinstance(actual, cupy.ndarray)
+    assert actual.dtype == dtype and actual.shape == (2, 3, *out_hw)
+    assert_area_close(
+        assert_u8_close, assert_float_close, cupy.asnumpy(actual), expected, f"{kind} {case}"
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32], ids=["fp16", "fp32"])
+@pytest.mark.parametrize("case", ENLARGE_CASES, ids=case_id)
+def test_resize_area_normalize_nchw_gpu_enlarged_axis_is_linear(
+    cupy, make_frames, assert_float_close, case, dtype
+):
+    src_hw, out_hw = case
+    frames = cupy.asarray(make_frames("random", 3, src_hw))
+    area = ops.resize_normalize_nchw(
+        frames, out_hw, MEAN, STD, out_dtype=dtype, interpolation="area"
+    )
+    linear = ops.resize_normalize_nchw(frames, out_hw, MEAN, STD, out_dtype=dtype)
+    np.testing.assert_array_equal(cupy.asnumpy(area), cupy.asnumpy(linear))
+    expected = ops.resize_normalize_nchw(
+        cupy.asnumpy(frames), out_hw, MEAN, STD, out_dtype=dtype, interpolation="area"
+    )
+    assert_float_close(cupy.asnumpy(area), expected, case=str(case), **FLOAT_TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32], ids=["fp16", "fp32"])
+def test_resize_area_normalize_nchw_gpu_view_into_out(
+    cupy, make_frames, assert_u8_close, assert_float_close, padded_out, dtype
+):
+    rgba = cupy.asarray(make_frames("chelsea", 3, channels=4))
+    frames = rgba[:, 5:-3, 7:-2, 2::-1]  # strided crop, BGR order of the RGBA bytes
+    assert not frames.flags.c_contiguous
+    out, check_border = padded_out((3, 3, 97, 131), dtype)
+    result = ops.resize_normalize_nchw(
+        frames, (97, 131), MEAN, STD, out_dtype=dtype, out=out, interpolation="area"
+    )
+    assert result is out
+    expected = ops.resize_normalize_nchw(
+        cupy.asnumpy(frames), (97, 131), MEAN, STD, out_dtype=dtype, interpolation="area"
+    )
+    assert_area_close(assert_u8_close, assert_float_close, cupy.asnumpy(out), expected, "view")
+    check_border("resize_normalize_nchw area")
+
+
+def test_resize_area_normalize_nchw_gpu_non_default_stream(cupy, make_frames):
+    frames = cupy.asarray(make_frames("random", 3, (1081, 1921)))
+    expected = cupy.asnumpy(
+        ops.resize_normalize_nchw(frames, (256, 256), MEAN, STD, interpolation="area")
+    )
+    with cupy.cuda.Stream(non_blocking=True) as stream:
+        actual = ops.resize_normalize_nchw(frames, (256, 256), MEAN, STD, interpolation="area")
+        stream.synchronize()
+    np.testing.assert_array_equal(cupy.asnumpy(actual), expected)
+
+
+def test_resize_normalize_nchw_gpu_alternating_interpolations(
+    cupy, make_frames, assert_u8_close, assert_float_close
+):
+    cases = [((1080, 1920), (256, 256)), ((17, 33), (64, 48)), ((1024, 1024), (256, 256))]
+    for i, (size, out_hw) in enumerate([*cases, cases[0]]):
+        frames = make_frames("random", 1 + i % 3, size, seed=i)
+        for interpolation in ("area", "linear"):
+            expected = ops.resize_normalize_nchw(
+                frames, out_hw, MEAN, STD, interpolation=interpolation
+            )
+            actual = ops.resize_normalize_nchw(
+                cupy.asarray(frames), out_hw, MEAN, STD, interpolation=interpolation
+            )
+            assert_area_close(
+                assert_u8_close,
+                assert_float_close,
+                cupy.asnumpy(actual),
+                expected,
+                f"call {i} {interpolation}",
+            )
+
+
+def test_resize_normalize_nchw_gpu_bad_interpolation(cupy, make_frames):
+    frames = cupy.asarray(make_frames("random", 1, (7, 13)))
+    match = "interpolation must be 'linear' or 'area', got 'cubic'"
+    with pytest.raises(ValueError, match=match):
+        ops.resize_normalize_nchw(frames, (3, 5), MEAN, STD, interpolation="cubic")
+    with pytest.raises(ValueError, match=match):
+        ops.resize_normalize_nchw_varshape([frames], (3, 5), MEAN, STD, interpolation="cubic")
+    with pytest.raises(ValueError, match=match):
+        resize_gpu.resize_normalize_nchw(frames, (3, 5), MEAN, STD, interpolation="cubic")
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32], ids=["fp16", "fp32"])
+def test_resize_area_normalize_nchw_varshape_gpu_mixed_sizes(
+    cupy, make_frames, assert_u8_close, assert_float_close, dtype
+):
+    batches = [
+        make_frames("astronaut", 2, (1081, 1921)),  # general ratio
+        make_frames("random", 1, (1, 1)),  # enlarged: linear
+        make_frames("chelsea", 2, (288, 512)),  # 2x2 integer ratio
+        make_frames("random", 1, (100, 1000), seed=3),  # enlarged in y only: linear
+        make_frames("astronaut", 1, (576, 1024)),  # 4x4 integer ratio
+        make_frames("chelsea", 1, (2160, 3840)),  # x ratio 15, y 15: integer
+        make_frames("random", 2, (721, 1283), seed=4),  # general ratio
+    ]
+    total = sum(b.shape[0] for b in batches)
+    expected = np.concatenate(
+        [
+            ops.resize_normalize_nchw(
+                b, (144, 256), MEAN, STD, out_dtype=dtype, interpolation="area"
+            )
+            for b in batches
+        ]
+    )
+    on_gpu = [cupy.asarray(b) for b in batches]
+    on_gpu[2] = cupy.asarray(make_frames("chelsea", 2, (288, 512), channels=4))[..., :3]  # a view
+    out = cupy.empty((total, 3, 144, 256), dtype)
+    actual = ops.resize_normalize_nchw_varshape(
+        on_gpu, (144, 256), MEAN, STD, out_dtype=dtype, out=out, interpolation="area"
+    )
+    assert actual is out
+    assert_area_close(assert_u8_close, assert_float_close, cupy.asnumpy(actual), expected, "mixed")
+    # Each image alone through the single-size kernel: the same arithmetic, the same bits.
+    alone = np.concatenate(
+        [
+            cupy.asnumpy(
+                ops.resize_normalize_nchw(
+                    b, (144, 256), MEAN, STD, out_dtype=dtype, interpolation="area"
+                )
+            )
+            for b in on_gpu
+        ]
+    )
+    np.testing.assert_array_equal(cupy.asnumpy(actual), alone)
+
+
+def test_resize_area_normalize_nchw_varshape_gpu_on_a_stream_and_repeated(
+    cupy, make_frames, assert_u8_close, assert_float_close
+):
+    stream = cupy.cuda.Stream(non_blocking=True)
+    for sizes in ([(720, 1280), (1080, 1920)], [(7, 13)], [(2160, 3840), (2, 2), (512, 512)]):
+        batches = [make_frames("random", 2, s, seed=i) for i, s in enumerate(sizes)]
+        expected = np.concatenate(
+            [
+                ops.resize_normalize_nchw(b, (256, 256), MEAN, STD, interpolation="area")
+                for b in batches
+            ]
+        )
+        with stream:
+            actual = ops.resize_normalize_nchw_varshape(
+                [cupy.asarray(b) for b in batches], (256, 256), MEAN, STD, interpolation="area"
+            )
+            host = cupy.asnumpy(actual, stream=stream)
+        stream.synchronize()
+        assert_area_close(assert_u8_close, assert_float_close, host, expected, str(sizes))

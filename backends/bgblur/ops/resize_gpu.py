@@ -4,8 +4,10 @@ OpenCV conventions, reproduced bit for bit on uint8 (see the comment at the top 
 INTER_LINEAR with half-pixel centres, clamped borders and OpenCV's 11-bit fixed-point weights;
 INTER_NEAREST with ``src = min(floor(dst * scale), src_size - 1)`` where ``scale`` is the double
 ``1 / (dst_size / src_size)`` (the integer ``dst * src_size // dst_size`` differs from it for
-some sizes, e.g. 1080 -> 999 rows). One launch per call, one thread per output pixel, batch on
-``blockIdx.z``; inputs and ``out`` may be strided views.
+some sizes, e.g. 1080 -> 999 rows); INTER_AREA of a shrinking image (the preprocessing's
+``interpolation="area"``) with OpenCV's float32 arithmetic, integer-ratio fast path included
+(NumPy twin: ``bgblur.ops.resize_area_reference``). One launch per call, one thread per output
+pixel, batch on ``blockIdx.z``; inputs and ``out`` may be strided views.
 """
 
 from __future__ import annotations
@@ -16,8 +18,25 @@ from typing import Any
 import numpy as np
 
 from bgblur.kernels import blocks, check_grid, f32, f64, get_kernel, i32, require_u8, strides
+from bgblur.ops.resize import check_normalize_interpolation
 
 _BLOCK = (32, 8, 1)
+
+# resize_normalize_nchw's interpolation (NORMALIZE_INTERPOLATIONS) -> kernel family in resize.cu.
+# The families share one argument list (the area kernels fall back to the linear arithmetic for an
+# image enlarged on an axis), so the launches differ only by kernel name.
+_NORMALIZE_KERNELS = {"linear": "resize_normalize_nchw", "area": "resize_area_normalize_nchw"}
+
+
+def _normalize_kernel(interpolation: str, out_dtype: Any, *, table: bool) -> str:
+    """Name of the resize + normalize kernel for ``interpolation`` writing ``out_dtype``."""
+    if out_dtype == np.float32:
+        suffix = "f32"
+    elif out_dtype == np.float16:
+        suffix = "f16"
+    else:
+        raise ValueError(f"resize_normalize_nchw writes float16 or float32, got {out_dtype}")
+    return f"{_NORMALIZE_KERNELS[interpolation]}{'_table' if table else ''}_{suffix}"
 
 
 def _scale(src_size: int, dst_size: int) -> np.float64:
@@ -39,16 +58,19 @@ def resize_normalize_nchw(
     std: Sequence[float],
     *,
     out: Any = None,
+    interpolation: str = "linear",
 ) -> Any:
-    """Bilinear resize + normalise + NHWC -> NCHW of CuPy uint8 RGB frames, in one kernel.
+    """Resize + normalise + NHWC -> NCHW of CuPy uint8 RGB frames, in one kernel.
 
     ``out`` is ``[B, 3, h, w]`` float16 or float32 (its dtype picks the kernel); ``None``
-    allocates float16. The uint8 resize equals ``cv2.resize``'s and ``v * scale + bias`` is
-    computed in float32 as the CPU twin does, so results match it exactly (then rounded to
-    float16 for a float16 ``out``).
+    allocates float16. ``interpolation``: ``"linear"`` (INTER_LINEAR) or ``"area"`` (INTER_AREA
+    when the frames shrink on both axes, else INTER_LINEAR). The uint8 resize equals
+    ``cv2.resize``'s and ``v * scale + bias`` is computed in float32 as the CPU twin does, so
+    results match it exactly (then rounded to float16 for a float16 ``out``).
     """
     import cupy
 
+    check_normalize_interpolation(interpolation)
     require_u8("resize_normalize_nchw", frames=frames_nhwc_u8)
     batch, src_h, src_w, channels = frames_nhwc_u8.shape
     if channels != 3:
@@ -66,12 +88,7 @@ def resize_normalize_nchw(
     with frames_nhwc_u8.device:
         if out is None:
             out = cupy.empty((batch, 3, h, w), np.float16)
-        if out.dtype == np.float32:
-            name = "resize_normalize_nchw_f32"
-        elif out.dtype == np.float16:
-            name = "resize_normalize_nchw_f16"
-        else:
-            raise ValueError(f"resize_normalize_nchw writes float16 or float32, got {out.dtype}")
+        name = _normalize_kernel(interpolation, out.dtype, table=False)
         if out.size == 0:
             return out
         grid = (blocks(w, _BLOCK[0]), blocks(h, _BLOCK[1]), batch)
@@ -104,6 +121,7 @@ def resize_normalize_nchw_varshape(
     std: Sequence[float],
     *,
     out: Any = None,
+    interpolation: str = "linear",
 ) -> Any:
     """``resize_normalize_nchw`` of frames of different sizes, in ONE launch.
 
@@ -111,10 +129,12 @@ def resize_normalize_nchw_varshape(
     views and strides allowed) on one device; the output is ``[sum n_i, 3, h, w]`` float16 (or
     ``out``'s float16/float32), in order. A per-image table (source pointer, size, strides,
     scales; 64 bytes per image, uploaded once per call) tells each ``blockIdx.z`` where its image
-    is; every image gets exactly what ``resize_normalize_nchw`` would give it alone.
+    is; every image gets exactly what ``resize_normalize_nchw`` would give it alone (with
+    ``interpolation="area"``, INTER_AREA or INTER_LINEAR chosen per image by the same rule).
     """
     import cupy
 
+    check_normalize_interpolation(interpolation)
     if len(frames) == 0:
         raise ValueError("resize_normalize_nchw_varshape needs at least one frames array")
     if len(mean) != 3 or len(std) != 3:
@@ -148,12 +168,7 @@ def resize_normalize_nchw_varshape(
             out = cupy.empty((total, 3, h, w), np.float16)
         if tuple(out.shape) != (total, 3, h, w):
             raise ValueError(f"out must be {(total, 3, h, w)}, got {tuple(out.shape)}")
-        if out.dtype == np.float32:
-            name = "resize_normalize_nchw_table_f32"
-        elif out.dtype == np.float16:
-            name = "resize_normalize_nchw_table_f16"
-        else:
-            raise ValueError(f"resize_normalize_nchw writes float16 or float32, got {out.dtype}")
+        name = _normalize_kernel(interpolation, out.dtype, table=True)
         if out.size == 0:
             return out
         # Uploaded on the current stream, so the launch after it sees it (stream order).
