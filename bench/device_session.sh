@@ -92,6 +92,9 @@ case "$phase" in
     run 90 bench-e2e.log "$PY" bench/e2e.py --device gpu --instances postprocess=2 \
       --sizes 1080p --batches 8 --concurrency 8,16 --seconds 3 --shared-memory cuda \
       --out "$OUT/e2e-$gpu-$day-selfie-post2.json"
+    run 90 bench-e2e.log "$PY" bench/e2e.py --device gpu --model-param resize_interpolation=area \
+      --sizes 1080p,4k --batches 1,8 --concurrency 1,8 --seconds 3 --shared-memory cuda \
+      --out "$OUT/e2e-$gpu-$day-selfie-area.json"
     run 90 bench-e2e.log "$PY" bench/e2e.py --device gpu --protocol http --sizes 1080p \
       --batches 1,8 --concurrency 1,8 --seconds 3 --shared-memory none \
       --out "$OUT/e2e-$gpu-$day-selfie-http.json"

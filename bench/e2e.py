@@ -196,6 +196,13 @@ def main() -> None:
     )
     parser.add_argument("--cpu-baseline-frames", type=int, default=60)
     parser.add_argument(
+        "--model-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="replace a model config parameter, e.g. resize_interpolation=area (repeatable)",
+    )
+    parser.add_argument(
         "--profile-dir",
         type=Path,
         help="profile every model process's execute into this folder (bgblur.serving.profiling; "
@@ -209,7 +216,7 @@ def main() -> None:
         os.environ[PROFILE_DIR_ENV] = str(args.profile_dir.resolve())  # the server inherits it
 
     from bgblur.device import Device, cuda_device_count
-    from bgblur.launcher import TritonServer
+    from bgblur.launcher import TritonServer, parse_key_values
     from bgblur.models.registry import DEFAULT_MODEL
 
     model = args.model or DEFAULT_MODEL
@@ -222,6 +229,7 @@ def main() -> None:
             segmentation_model=model,
             instance_counts=instances,
             queue_delay_us=args.queue_delay_us,
+            model_parameters=parse_key_values(args.model_param),
         ).start()
         url = server.grpc_url if args.protocol == "grpc" else server.http_url
     device = server.device if server else args.device
@@ -238,6 +246,7 @@ def main() -> None:
         "protocol": args.protocol,
         "instances": args.instances or "1 per model",
         "queue_delay_us": args.queue_delay_us,
+        "model_parameters": parse_key_values(args.model_param),
         "server_gpus": server.gpus if server else None,
         "client_gpus": list(client_gpus),
         "command": "python bench/e2e.py " + " ".join(_argv()),

@@ -3,7 +3,8 @@
 Figures, not tests. For each frame size (720p, 1080p, 4K) and batch (1, 8, 32), on the GPU:
 
 - preprocess: ``resize_normalize_nchw`` (one kernel: bilinear resize to 224x224 + normalise +
-  NHWC -> NCHW float16) and a naive torch version (``F.interpolate`` + arithmetic);
+  NHWC -> NCHW float16; a second row with the area downscale) and a naive torch version
+  (``F.interpolate`` + arithmetic);
 - postprocess ops, one by one (the per-op GPU kernels of ``bgblur.ops``): mask upscale, grey,
   joint bilateral (d=5), resize to the 224x224 working size, Gaussian 15x15 there, resize back,
   composite; and a full-resolution 31x31 Gaussian (the CV-CUDA reference figure's op);
@@ -372,6 +373,18 @@ class Bench:
             batch,
             touched + pre_out.nbytes,
             lambda: resize_gpu.resize_normalize_nchw(frames, MODEL_HW, MEAN, STD, out=pre_out),
+            launches=1,
+        )
+        row(  # the area downscale reads every pixel (README "Model input")
+            "preprocess",
+            "bgblur",
+            "resize_normalize area 224x224 fp16",
+            size,
+            batch,
+            frame_bytes + pre_out.nbytes,
+            lambda: resize_gpu.resize_normalize_nchw(
+                frames, MODEL_HW, MEAN, STD, out=pre_out, interpolation="area"
+            ),
             launches=1,
         )
         row(

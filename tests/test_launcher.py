@@ -23,6 +23,7 @@ from bgblur.launcher import (
     ServerStartError,
     TritonServer,
     free_port,
+    parse_key_values,
     prepare_backends,
     render_model_repository,
     tritonserver_home,
@@ -101,6 +102,43 @@ class TestRenderModelRepository:
             assert source.dynamic_batching.max_queue_delay_microseconds > 0, model
         with pytest.raises(ValueError, match="queue_delay_us must be >= 0"):
             render_model_repository(tmp_path / "r2", device="cpu", gpus=[], queue_delay_us=-1)
+
+    def test_model_parameters_override_every_model_that_has_the_key(self, tmp_path: Path) -> None:
+        repository = render_model_repository(
+            tmp_path / "repo",
+            device="cpu",
+            gpus=[],
+            model_parameters={"resize_interpolation": "area", "blur_working_size": "320x180"},
+        )
+        assert parameter(read_config(MODEL_REPOSITORY, "preprocess"), "resize_interpolation") == (
+            "linear"
+        )
+        assert parameter(read_config(repository, "preprocess"), "resize_interpolation") == "area"
+        assert parameter(read_config(repository, "postprocess"), "blur_working_size") == "320x180"
+        # Untouched keys keep the repository's values.
+        for model in ("preprocess", "segmentation"):
+            expected = parameter(read_config(MODEL_REPOSITORY, model), "segmentation_model")
+            assert parameter(read_config(repository, model), "segmentation_model") == expected
+
+    @pytest.mark.parametrize(
+        ("parameters", "message"),
+        [
+            ({"no_such_key": "1"}, "no model has a config parameter 'no_such_key'"),
+            ({"resize_interpolation": 'area" } ] x'}, "letters, digits and _.,:- only"),
+        ],
+    )
+    def test_model_parameters_reject_unknown_keys_and_unsafe_values(
+        self, tmp_path: Path, parameters: dict[str, str], message: str
+    ) -> None:
+        destination = tmp_path / "repo"
+        with pytest.raises(ValueError, match=message):
+            render_model_repository(destination, device="cpu", gpus=[], model_parameters=parameters)
+        assert not destination.exists()
+
+    def test_parse_key_values(self) -> None:
+        assert parse_key_values(["a=1", "b=x=y", "c="]) == {"a": "1", "b": "x=y", "c": ""}
+        with pytest.raises(ValueError, match="expected KEY=VALUE, got 'oops'"):
+            parse_key_values(["oops"])
 
     @pytest.mark.parametrize("counts", [{"postprocess": 0}, {"background_blur": 2}, {"x": 1}])
     def test_instance_counts_reject_bad_counts_and_models(

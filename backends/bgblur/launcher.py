@@ -101,14 +101,20 @@ def render_model_repository(
     source: Path = MODEL_REPOSITORY,
     instance_counts: dict[str, int] | None = None,
     queue_delay_us: int | None = None,
+    model_parameters: dict[str, str] | None = None,
 ) -> Path:
     """Copy ``source`` to ``destination`` with instance groups for ``device`` ("cpu"/"gpu").
 
     Each Python-backend model gets one instance per GPU (KIND_GPU) or one KIND_CPU instance,
     or ``instance_counts[model]`` of them (per GPU); ``segmentation_model`` replaces the network
     named in preprocess and segmentation; ``queue_delay_us`` replaces their dynamic batchers'
-    ``max_queue_delay_microseconds`` (tuning).
+    ``max_queue_delay_microseconds`` (tuning); ``model_parameters`` replaces the value of each
+    named config ``parameters`` key in every model that has it (e.g. ``{"resize_interpolation":
+    "area"}``; a key no model has is a ValueError).
     """
+    overrides = dict(model_parameters or {})
+    if segmentation_model is not None:
+        overrides["segmentation_model"] = segmentation_model
     if queue_delay_us is not None and queue_delay_us < 0:
         raise ValueError(f"queue_delay_us must be >= 0, got {queue_delay_us}")
     counts = dict(instance_counts or {})
@@ -123,6 +129,12 @@ def render_model_repository(
         raise ValueError(
             f"unknown segmentation model {segmentation_model!r}; known: {', '.join(model_names())}"
         )
+    configs = [path.read_text() for path in source.glob("*/config.pbtxt")]
+    for key, value in overrides.items():
+        if not re.fullmatch(r"[\w.,:-]*", value):
+            raise ValueError(f"model parameter {key}={value!r}: letters, digits and _.,:- only")
+        if not any(_parameter_pattern(key).search(text) for text in configs):
+            raise ValueError(f"no model has a config parameter {key!r}")
     shutil.copytree(source, destination, ignore=shutil.ignore_patterns("__pycache__"))
     for model in (*PYTHON_MODELS, *VIDEO_MODELS):
         if model in VIDEO_MODELS and not (destination / model).is_dir():
@@ -134,12 +146,8 @@ def render_model_repository(
             group = f"instance_group [ {{ kind: KIND_CPU, count: {count} }} ]\n"
         config_path = destination / model / "config.pbtxt"
         text = config_path.read_text()
-        if segmentation_model is not None:
-            text = re.sub(
-                r'(key: "segmentation_model", value: \{ string_value: )"[^"]*"',
-                rf'\1"{segmentation_model}"',
-                text,
-            )
+        for key, value in overrides.items():
+            text = _parameter_pattern(key).sub(rf'\g<1>"{value}"', text)
         if queue_delay_us is not None:
             text = re.sub(
                 r"max_queue_delay_microseconds: \d+",
@@ -148,6 +156,12 @@ def render_model_repository(
             )
         config_path.write_text(text + group)
     return destination
+
+
+def _parameter_pattern(key: str) -> re.Pattern[str]:
+    """A config.pbtxt ``{ key: "<key>", value: { string_value: "..." } }``; group 1 ends just
+    before the value's opening quote."""
+    return re.compile(rf'(key: "{re.escape(key)}", value: \{{ string_value: )"[^"]*"')
 
 
 class TritonServer:
@@ -164,6 +178,8 @@ class TritonServer:
             (default 1 each).
         queue_delay_us: the Python models' ``max_queue_delay_microseconds`` (default: the
             repository's).
+        model_parameters: config ``parameters`` values to replace, by key, in every model that
+            has them, e.g. ``{"resize_interpolation": "area"}`` (``render_model_repository``).
         address: the address the HTTP, gRPC and metrics endpoints bind to; loopback by default
             (``"0.0.0.0"`` serves every interface).
         shared_memory: client shared-memory registration (system and CUDA): ``"auto"`` opens it
@@ -186,6 +202,7 @@ class TritonServer:
         model_repository: Path = MODEL_REPOSITORY,
         instance_counts: dict[str, int] | None = None,
         queue_delay_us: int | None = None,
+        model_parameters: dict[str, str] | None = None,
         address: str = "127.0.0.1",
         shared_memory: str = "auto",
         supervise: bool = True,
@@ -207,6 +224,7 @@ class TritonServer:
         self.model_repository = model_repository
         self.instance_counts = dict(instance_counts or {})
         self.queue_delay_us = queue_delay_us
+        self.model_parameters = dict(model_parameters or {})
         self.verbose = verbose
         self._workdir = Path(tempfile.mkdtemp(prefix="bgblur-triton-"))
         self.log_path = log_path or self._workdir / "tritonserver.log"
@@ -303,6 +321,7 @@ class TritonServer:
             source=self.model_repository,
             instance_counts=self.instance_counts,
             queue_delay_us=self.queue_delay_us,
+            model_parameters=self.model_parameters,
         )
         self._repository = repository
         self._stopping = False
@@ -482,6 +501,17 @@ class TritonServer:
         self.stop()
 
 
+def parse_key_values(items: list[str]) -> dict[str, str]:
+    """``["k=v", ...]`` -> ``{"k": "v"}`` (ValueError naming an item without ``=``)."""
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        pairs[key] = value
+    return pairs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="bgblur-server", description="Serve the background-blur ensemble with Triton."
@@ -507,7 +537,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-supervisor", action="store_true", help="do not restart a dead stub or server"
     )
+    parser.add_argument(
+        "--model-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="replace a model config parameter, e.g. resize_interpolation=area (repeatable)",
+    )
     args = parser.parse_args(argv)
+    try:
+        model_parameters = parse_key_values(args.model_param)
+    except ValueError as exc:
+        parser.error(str(exc))
 
     server = TritonServer(
         http_port=args.http_port,
@@ -520,6 +561,7 @@ def main(argv: list[str] | None = None) -> int:
         address=args.address,
         shared_memory=args.shared_memory,
         supervise=not args.no_supervisor,
+        model_parameters=model_parameters,
     )
     stop_requested = False
 

@@ -24,6 +24,7 @@ class BackgroundBlurPipeline:
         device: where every stage runs.
         cache_dir: weights cache.
         blur_working_hw, mask_interpolation: see ``Postprocess``.
+        resize_interpolation: see ``Preprocess`` (``interpolation``).
     """
 
     def __init__(
@@ -34,10 +35,11 @@ class BackgroundBlurPipeline:
         cache_dir: Path | None = None,
         blur_working_hw: tuple[int, int] = (224, 224),
         mask_interpolation: str = "nearest",
+        resize_interpolation: str = "linear",
     ) -> None:
         self.device = device or Device()
         self.spec = get_model_spec(model)
-        self.preprocess = Preprocess(self.spec, self.device)
+        self.preprocess = Preprocess(self.spec, self.device, interpolation=resize_interpolation)
         self.runtime = build_runtime(self.spec, self.device, cache_dir=cache_dir)
         self.postprocess = Postprocess(
             self.device, blur_working_hw=blur_working_hw, mask_interpolation=mask_interpolation

@@ -10,6 +10,7 @@ import concurrent.futures
 import os
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -149,6 +150,24 @@ def test_seed_network_serves_and_equals_in_process(
     assert np.abs(out["MASK"].astype(int) - mask).max() <= 1
     # A softmax probability is not a constant: the mask has structure (whatever the weights).
     assert int(mask.max()) - int(mask.min()) > 0
+
+
+def test_area_input_through_a_model_parameter(
+    server_pool, client_factory, astronaut_frames
+) -> None:
+    """``resize_interpolation=area`` (launcher ``model_parameters``) reaches preprocess: the
+    served masks equal the in-process pipeline's with area input and differ from bilinear."""
+    frames = np.stack(
+        [cv2.resize(f, (1280, 720), interpolation=cv2.INTER_CUBIC) for f in astronaut_frames]
+    )
+    with TritonServer(device="cpu", model_parameters={"resize_interpolation": "area"}) as server:
+        served = infer(client_factory(server, "grpc"), frames, outputs=("MASK",))["MASK"]
+    area = BackgroundBlurPipeline(DEFAULT_MODEL, Device("cpu"), resize_interpolation="area")
+    _, want = area(frames, BlurParams())
+    assert np.abs(served.astype(int) - want).max() <= 1
+    linear_client = client_factory(server_pool.get("cpu", DEFAULT_MODEL), "grpc")
+    linear = infer(linear_client, frames, outputs=("MASK",))["MASK"]
+    assert np.abs(served.astype(int) - linear).max() > 1
 
 
 def test_known_foreground_stays_sharp_and_background_is_blurred(

@@ -10,6 +10,7 @@ import numpy as np
 from bgblur.device import Device
 from bgblur.models.registry import SegmentationModelSpec
 from bgblur.ops import resize_normalize_nchw, resize_normalize_nchw_varshape
+from bgblur.ops.resize import check_normalize_interpolation
 from bgblur.stages.stream import StageStream
 
 
@@ -19,13 +20,20 @@ class Preprocess:
     Args:
         spec: the network whose input size and normalization to produce.
         device: CPU (NumPy/OpenCV) or GPU (CuPy kernels on this stage's own stream).
+        interpolation: ``"linear"`` (OpenCV INTER_LINEAR, CV-CUDA's sample) or ``"area"``
+            (INTER_AREA for frames that shrink on both axes: steadier masks, README "Model
+            input"), ``bgblur.ops.resize_normalize_nchw``.
     """
 
     out_dtype = np.float16
 
-    def __init__(self, spec: SegmentationModelSpec, device: Device) -> None:
+    def __init__(
+        self, spec: SegmentationModelSpec, device: Device, *, interpolation: str = "linear"
+    ) -> None:
+        check_normalize_interpolation(interpolation)
         self.spec = spec
         self.device = device
+        self.interpolation = interpolation
         self.stream = StageStream(device)
 
     def warm_up(self) -> None:
@@ -64,11 +72,21 @@ class Preprocess:
             on_device = [self.stream.to_device(f) for f in frames]
             if len(on_device) == 1:
                 out = resize_normalize_nchw(
-                    on_device[0], spec.input_hw, spec.mean, spec.std, out_dtype=self.out_dtype
+                    on_device[0],
+                    spec.input_hw,
+                    spec.mean,
+                    spec.std,
+                    out_dtype=self.out_dtype,
+                    interpolation=self.interpolation,
                 )
             else:
                 out = resize_normalize_nchw_varshape(
-                    on_device, spec.input_hw, spec.mean, spec.std, out_dtype=self.out_dtype
+                    on_device,
+                    spec.input_hw,
+                    spec.mean,
+                    spec.std,
+                    out_dtype=self.out_dtype,
+                    interpolation=self.interpolation,
                 )
         self.stream.synchronize()
         return out, on_device

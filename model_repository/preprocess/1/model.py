@@ -23,7 +23,11 @@ class TritonPythonModel:
     def initialize(self, args):
         parameters = model_parameters(args)
         self.device = Device.from_triton_args(args)
-        self.stage = Preprocess(get_model_spec(parameters["segmentation_model"]), self.device)
+        self.stage = Preprocess(
+            get_model_spec(parameters["segmentation_model"]),
+            self.device,
+            interpolation=parameters.get("resize_interpolation", "linear"),
+        )
         self.stage.warm_up()  # kernels compiled at load, not in the first request
         self.metrics = StageMetrics.for_model(pb_utils, args, stage="preprocess")
 
