@@ -164,6 +164,8 @@ def run_in_process(pipeline: Any, frames: np.ndarray, seconds: float) -> dict:
 
 
 def main() -> None:
+    from bgblur.launcher import add_model_param_argument
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="a running server (default: start the embedded one)")
     parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
@@ -195,13 +197,7 @@ def main() -> None:
         "1,16: one process for latency, all cores for throughput) and report the ratios",
     )
     parser.add_argument("--cpu-baseline-frames", type=int, default=60)
-    parser.add_argument(
-        "--model-param",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="replace a model config parameter, e.g. resize_interpolation=area (repeatable)",
-    )
+    add_model_param_argument(parser)
     parser.add_argument(
         "--profile-dir",
         type=Path,

@@ -501,6 +501,17 @@ class TritonServer:
         self.stop()
 
 
+def add_model_param_argument(parser: argparse.ArgumentParser) -> None:
+    """``--model-param KEY=VALUE`` (repeatable; ``parse_key_values`` reads the list)."""
+    parser.add_argument(
+        "--model-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="replace a model config parameter, e.g. resize_interpolation=area (repeatable)",
+    )
+
+
 def parse_key_values(items: list[str]) -> dict[str, str]:
     """``["k=v", ...]`` -> ``{"k": "v"}`` (ValueError naming an item without ``=``)."""
     pairs = {}
@@ -537,13 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-supervisor", action="store_true", help="do not restart a dead stub or server"
     )
-    parser.add_argument(
-        "--model-param",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="replace a model config parameter, e.g. resize_interpolation=area (repeatable)",
-    )
+    add_model_param_argument(parser)
     args = parser.parse_args(argv)
     try:
         model_parameters = parse_key_values(args.model_param)

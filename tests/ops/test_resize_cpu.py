@@ -21,6 +21,8 @@ from bgblur.ops import (
     upscale_mask,
 )
 from bgblur.ops.resize_area_reference import (
+    ENLARGE_CASES,
+    SHRINK_CASES,
     area_taps,
     is_area_fast,
     resize_area_accumulate,
@@ -428,27 +430,6 @@ class TestResizeNormalizeNchwVarshape:
 
 # ---- interpolation="area" ------------------------------------------------------------------------
 
-# (source, output) sizes that shrink on both axes: general ratios (OpenCV's resizeArea_), integer
-# ratios on both axes (its resizeAreaFast_: 2x2 with integer rounding, 4x4 / 3x3 / 2x4 in float),
-# an integer ratio on one axis only (general path), borders with a short last cell, equal sizes.
-AREA_CASES = [
-    ((1080, 1920), (256, 256)),
-    ((720, 1280), (256, 256)),  # x ratio 5 but y 2.8125: general path
-    ((2160, 3840), (256, 256)),
-    ((1081, 1921), (144, 256)),
-    ((7, 13), (3, 5)),
-    ((300, 451), (256, 256)),
-    ((256, 256), (256, 256)),
-    ((512, 512), (256, 256)),
-    ((1024, 1024), (256, 256)),
-    ((768, 768), (256, 256)),
-    ((512, 1024), (256, 256)),
-    ((1080, 1920), (1, 1)),
-    ((999, 1000), (998, 3)),
-]
-# Enlarged on at least one axis: "area" is INTER_LINEAR there.
-ENLARGE_CASES = [((7, 13), (64, 64)), ((300, 451), (301, 7)), ((256, 256), (255, 257))]
-
 
 def case_id(case) -> str:
     (a, b), (c, d) = case
@@ -476,7 +457,7 @@ class TestResizeAreaReference:
     """The NumPy reference of the GPU arithmetic against cv2.INTER_AREA (OpenCV 4.11: bit-exact on
     every value of these cases, and of 600 random size pairs when this was written)."""
 
-    @pytest.mark.parametrize("case", AREA_CASES, ids=case_id)
+    @pytest.mark.parametrize("case", SHRINK_CASES, ids=case_id)
     def test_reference_matches_opencv_inter_area(self, make_frames, case) -> None:
         src_hw, out_hw = case
         frames = area_frames(make_frames, src_hw)
@@ -501,7 +482,7 @@ class TestResizeAreaReference:
                 resize_area_u8(frame, out_hw), expected, err_msg=f"{(src_h, src_w)} -> {out_hw}"
             )
 
-    @pytest.mark.parametrize("case", AREA_CASES[:7], ids=case_id)
+    @pytest.mark.parametrize("case", SHRINK_CASES[:7], ids=case_id)
     def test_general_path_is_the_box_average(self, rng: np.random.Generator, case) -> None:
         """The float sums equal the exact box average: each source pixel weighted by its
         overlap with ``[dx * sx, (dx + 1) * sx) x [dy * sy, (dy + 1) * sy)``, over ``sx * sy``."""
@@ -556,7 +537,7 @@ class TestResizeAreaReference:
 
 class TestResizeNormalizeArea:
     @pytest.mark.parametrize("dtype", [np.float16, np.float32], ids=["fp16", "fp32"])
-    @pytest.mark.parametrize("case", AREA_CASES, ids=case_id)
+    @pytest.mark.parametrize("case", SHRINK_CASES, ids=case_id)
     def test_area_matches_opencv_then_float_formula(self, make_frames, case, dtype) -> None:
         src_hw, out_hw = case
         frames = area_frames(make_frames, src_hw)

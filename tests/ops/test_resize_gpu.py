@@ -8,6 +8,7 @@ import pytest
 
 from bgblur import ops
 from bgblur.ops import resize_gpu
+from bgblur.ops.resize_area_reference import ENLARGE_CASES, SHRINK_CASES
 
 pytestmark = pytest.mark.gpu
 
@@ -301,26 +302,6 @@ def test_resize_normalize_nchw_varshape_gpu_on_a_stream_and_repeated(
 
 # ---- resize_normalize_nchw(interpolation="area") ----------------------------------------------
 
-# (source, output) sizes that shrink on both axes: general ratios (OpenCV's resizeArea_), integer
-# ratios on both axes (its resizeAreaFast_: 2x2 with integer rounding, 4x4 / 3x3 / 2x4 in float),
-# an integer ratio on one axis only (general path), short last cells, equal sizes, one pixel.
-AREA_CASES = [
-    ((1080, 1920), (256, 256)),
-    ((720, 1280), (256, 256)),
-    ((2160, 3840), (256, 256)),
-    ((1081, 1921), (144, 256)),
-    ((7, 13), (3, 5)),
-    ((300, 451), (256, 256)),
-    ((256, 256), (256, 256)),
-    ((512, 512), (256, 256)),
-    ((1024, 1024), (256, 256)),
-    ((768, 768), (256, 256)),
-    ((512, 1024), (256, 256)),
-    ((1080, 1920), (1, 1)),
-    ((999, 1000), (998, 3)),
-]
-# Enlarged on at least one axis: "area" takes the INTER_LINEAR path there.
-ENLARGE_CASES = [((7, 13), (64, 64)), ((300, 451), (301, 7)), ((256, 256), (255, 257))]
 # 1 LSB of the uint8 resize in normalized units, plus the output's own rounding.
 AREA_ATOL = {np.float32: 1 / (255 * min(STD)) + 1e-5, np.float16: 1 / (255 * min(STD)) + 2**-9}
 
@@ -347,7 +328,7 @@ def assert_area_close(assert_u8_close, assert_float_close, actual, expected, cas
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32], ids=["fp16", "fp32"])
-@pytest.mark.parametrize("case", AREA_CASES, ids=case_id)
+@pytest.mark.parametrize("case", SHRINK_CASES, ids=case_id)
 @pytest.mark.parametrize("kind", KINDS)
 def test_resize_area_normalize_nchw_gpu_matches_cpu(
     cupy, make_frames, assert_u8_close, assert_float_close, kind, case, dtype

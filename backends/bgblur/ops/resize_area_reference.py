@@ -37,6 +37,28 @@ import numpy as np
 
 DBL_EPSILON = float(np.finfo(np.float64).eps)
 
+#: The (source, output) sizes the twins are held to each other on (tests/ops), one per branch of
+#: the arithmetic above: shrinking on both axes with general ratios (resizeArea_), integer ratios
+#: on both axes (resizeAreaFast_: 2x2 with integer rounding, 4x4 / 3x3 / 2x4 in float), an
+#: integer ratio on one axis only (general path), borders with a short last cell, equal sizes.
+SHRINK_CASES = [
+    ((1080, 1920), (256, 256)),
+    ((720, 1280), (256, 256)),  # x ratio 5 but y 2.8125: general path
+    ((2160, 3840), (256, 256)),
+    ((1081, 1921), (144, 256)),
+    ((7, 13), (3, 5)),
+    ((300, 451), (256, 256)),
+    ((256, 256), (256, 256)),
+    ((512, 512), (256, 256)),
+    ((1024, 1024), (256, 256)),
+    ((768, 768), (256, 256)),
+    ((512, 1024), (256, 256)),
+    ((1080, 1920), (1, 1)),
+    ((999, 1000), (998, 3)),
+]
+#: Enlarged on at least one axis: "area" is INTER_LINEAR there.
+ENLARGE_CASES = [((7, 13), (64, 64)), ((300, 451), (301, 7)), ((256, 256), (255, 257))]
+
 
 def opencv_scale(src_size: int, dst_size: int) -> float:
     """OpenCV's source step per destination pixel: ``1. / ((double)dst_size / src_size)``."""
