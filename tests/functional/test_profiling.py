@@ -14,11 +14,14 @@ from bgblur.launcher import TritonServer
 from bgblur.serving import profiling
 
 
-def test_each_stage_writes_its_profile(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+@pytest.mark.parametrize("device", ["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
+def test_each_stage_writes_its_profile(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, device: str
+) -> None:
     monkeypatch.setenv(profiling.PROFILE_DIR_ENV, str(tmp_path))
     monkeypatch.setenv(profiling.PROFILE_INTERVAL_ENV, "0")
     frames = np.random.default_rng(0).integers(0, 256, (2, 48, 64, 3), dtype=np.uint8)
-    with TritonServer(device="cpu", segmentation_model="fixed_ellipse") as server:
+    with TritonServer(device=device, segmentation_model="fixed_ellipse") as server:
         client = grpcclient.InferenceServerClient(server.grpc_url)
         for _ in range(3):
             tensor = grpcclient.InferInput("FRAMES", list(frames.shape), "UINT8")
