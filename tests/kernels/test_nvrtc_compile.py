@@ -25,13 +25,9 @@ ARCHES = ["compute_75", "compute_90"]
 
 @pytest.fixture(scope="module")
 def nvrtc() -> ctypes.CDLL:
-    spec = importlib.util.find_spec("nvidia")
-    libs = [
-        p
-        for d in (spec.submodule_search_locations or [])
-        if spec
-        for p in Path(d).glob("cu*/lib/libnvrtc.so.*")
-    ]
+    spec = importlib.util.find_spec("nvidia")  # the namespace the NVIDIA wheels share
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    libs = [lib for folder in folders for lib in Path(folder).glob("cu*/lib/libnvrtc.so.*")]
     if not libs:
         pytest.skip("the nvidia-cuda-nvrtc wheel is not installed")
     for builtins in sorted(libs[0].parent.glob("libnvrtc-builtins.so.*")):
