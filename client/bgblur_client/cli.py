@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bgblur.video.encoders import ENCODER_CHOICES
 from bgblur_client.errors import ClientError
 from bgblur_client.image import blur_image_file, check_image_writable
 from bgblur_client.preview import write_preview
@@ -178,6 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="client-side decoder: pyav (CPU), nvdec (PyNvVideoCodec, frames in GPU memory), "
         "dali (DALI's GPU reader); default auto: the best one present",
     )
+    video.add_argument(
+        "--encoder",
+        choices=ENCODER_CHOICES,
+        default="auto",
+        help="H.264 encoder: x264 (libx264 on the CPU), nvenc (the GPU's NVENC through "
+        "PyNvVideoCodec; an error where there is none); default auto: NVENC where an encoder "
+        "session opens, else x264. With --server-side it is sent as the 'encoder' parameter",
+    )
 
     sample = commands.add_parser(
         "sample-video", help="write a sample clip (pan/zoom over a portrait photo)"
@@ -246,9 +255,11 @@ def _run_video(args: argparse.Namespace, parameters: dict[str, ParameterValue]) 
             preview_label=_preview_label(parameters),
             progress=not args.no_progress,
             decoder=args.decoder,
+            encoder=args.encoder,
         )
     headline = throughput_line(summary.frames, summary.seconds)
-    print(f"{headline} -> {args.output} (audio {summary.audio})")
+    encoder = f"{summary.encoder}: {summary.encoder_reason}"
+    print(f"{headline} -> {args.output} (audio {summary.audio}, encoder {encoder})")
     return EXIT_OK
 
 
@@ -258,6 +269,8 @@ def _run_server_side_video(args: argparse.Namespace, parameters: dict[str, Param
     for option in ("mask", "preview"):
         if getattr(args, option) is not None:
             raise ClientError(f"--{option} needs the client-side path (drop --server-side)")
+    if args.encoder != "auto":  # the model's default is auto; older servers lack the parameter
+        parameters = {**parameters, "encoder": args.encoder}
     summary = blur_video_server_side(
         default_url("grpc") if args.url is None else args.url,
         args.input,

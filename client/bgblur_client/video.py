@@ -3,8 +3,8 @@
 Pipeline (one process, the main thread decodes and encodes; inference runs on the
 client's worker threads, see :meth:`BlurClient.blur_batches`)::
 
-    PyAV demux/decode (CPU) -> RGB batches [B, H, W, 3] -> Triton -> libx264 encode -> mux
-                         \\-> audio packets copied (or re-encoded to AAC) ---------/
+    PyAV demux/decode (CPU) -> RGB batches [B, H, W, 3] -> Triton -> H.264 encode -> mux
+                         \\-> audio packets copied (or re-encoded to AAC) --------/
 
 Output choices:
 
@@ -12,6 +12,10 @@ Output choices:
   timestamps, so frame count, frame rate and A/V sync are kept. Colour tags (matrix,
   range, primaries, transfer) are copied from the source and used for the RGB->YUV
   conversion, so colours round-trip. Sample aspect ratio is copied.
+* Or NVENC (``encoder="nvenc"``, or ``"auto"`` where the GPU has one; PyNvVideoCodec, see
+  :mod:`bgblur.video.encoders`): the same timestamps, rotation and aspect ratio, but NVENC
+  converts RGB->YUV itself with BT.601 limited range, so the stream is tagged that way
+  (primaries and transfer still the source's).
 * Rotation metadata (phone videos) is kept; frames are turned upright for the server,
   since segmentation expects upright people, and turned back before encoding.
 * yuv420p needs an even width and height. An odd-sized source is cropped by one pixel
@@ -41,8 +45,13 @@ import numpy as np
 from av.video.reformatter import Interpolation
 from tqdm import tqdm
 
+from bgblur.video.encoders import (
+    NvencH264Encoder,
+    PreEncodedH264Track,
+    choose_encoder,
+)
 from bgblur_client.errors import ClientError
-from bgblur_client.h264 import ColorTags, add_h264_stream, encode_image
+from bgblur_client.h264 import CRF, ColorTags, add_h264_stream, encode_image
 from bgblur_client.image import check_image_writable
 from bgblur_client.preview import write_preview
 from bgblur_client.transport import BlurClient, ParameterValue
@@ -52,6 +61,7 @@ log = logging.getLogger(__name__)
 
 AudioHandling = Literal["copied", "re-encoded", "none"]
 _FALLBACK_RATE = Fraction(30)
+_NVENC_GOP = 250  # frames between IDR frames: libx264's default keyint, which the x264 path has
 # swscale's default YUV->RGB path is biased (a decode->encode round trip darkens luma by
 # about 1 level per pass); accurate rounding with full chroma interpolation round-trips
 # exactly, for about 2 ms more per 720p frame.
@@ -68,11 +78,15 @@ class VideoSummary:
         frames: Frames written.
         seconds: Wall time of decoding, inference and encoding (output closed).
         audio: Whether the audio was copied, re-encoded to AAC, or absent.
+        encoder: The H.264 encoder used, ``"x264"`` or ``"nvenc"`` ("" when not encoded here).
+        encoder_reason: Why that encoder (e.g. why NVENC was not used).
     """
 
     frames: int
     seconds: float
     audio: AudioHandling
+    encoder: str = ""
+    encoder_reason: str = ""
 
     @property
     def frames_per_s(self) -> float:
@@ -119,6 +133,7 @@ def blur_video(
     preview_label: str | None = None,
     progress: bool = True,
     decoder: str = "pyav",
+    encoder: str = "auto",
 ) -> VideoSummary:
     """Blur the background of every frame of ``in_path`` and write ``out_path``.
 
@@ -136,13 +151,16 @@ def blur_video(
         progress: Show a progress bar (on stderr, when it is a terminal).
         decoder: ``pyav`` (CPU), ``nvdec`` or ``dali`` (frames decoded into GPU memory,
             :mod:`bgblur_client.video_decoders`), or ``auto`` (the best present).
+        encoder: ``x264`` (libx264 on the CPU), ``nvenc`` (the GPU's encoder through
+            PyNvVideoCodec, on ``client.cuda_device``; an error where there is none) or ``auto``
+            (NVENC where an encoder session opens, else libx264; the summary says why).
 
     Returns:
         A :class:`VideoSummary`.
 
     Raises:
-        ClientError: Unreadable input, unwritable output, invalid batch size, or a
-            server-side failure.
+        ClientError: Unreadable input, unwritable output, invalid batch size, an unknown or
+            unavailable encoder, or a server-side failure.
         KeyboardInterrupt: After closing the partial output so that it plays.
     """
     in_path, out_path = Path(in_path), Path(out_path)
@@ -167,12 +185,26 @@ def blur_video(
             width,
             height,
         )
+    try:
+        encoder_kind, encoder_reason = choose_encoder(
+            encoder, width=width, height=height, rate=source_format.rate, gpu=client.cuda_device
+        )
+    except (ValueError, RuntimeError) as exc:
+        raise ClientError(str(exc)) from None
+    log.info("'%s': H.264 encoder %s (%s)", out_path, encoder_kind, encoder_reason)
 
     with _open_input(in_path) as source:
         in_video = source.streams.video[0]
         in_video.thread_type = "AUTO"
         in_audio = source.streams.audio[0] if source.streams.audio else None
-        outputs = _Outputs(out_path, mask_path, source_format, audio_source=in_audio)
+        outputs = _Outputs(
+            out_path,
+            mask_path,
+            source_format,
+            audio_source=in_audio,
+            encoder=encoder_kind,
+            gpu=client.cuda_device,
+        )
         # Batches in flight, oldest first: source timestamps and the upright input frames.
         pending: deque[tuple[list[int | None], np.ndarray]] = deque()
         preview_index = source_format.frame_count // 2
@@ -234,7 +266,13 @@ def blur_video(
 
     if preview_path is not None and preview_frames is not None:
         write_preview(preview_path, *preview_frames, label=preview_label)
-    return VideoSummary(frames=frames_done, seconds=seconds, audio=outputs.audio_handling)
+    return VideoSummary(
+        frames=frames_done,
+        seconds=seconds,
+        audio=outputs.audio_handling,
+        encoder=encoder_kind,
+        encoder_reason=encoder_reason,
+    )
 
 
 def blurred_frames(
@@ -407,13 +445,19 @@ class _Outputs:
         source_format: _SourceFormat,
         *,
         audio_source: av.audio.stream.AudioStream | None,
+        encoder: str = "x264",
+        gpu: int = 0,
     ) -> None:
         self._source_format = source_format
-        self._video = _H264Writer(out_path, source_format, audio_source=audio_source)
+        self._video = _H264Writer(
+            out_path, source_format, audio_source=audio_source, encoder=encoder, gpu=gpu
+        )
         self._mask: _H264Writer | None = None
         if mask_path is not None:
             try:
-                self._mask = _H264Writer(mask_path, source_format, audio_source=None)
+                self._mask = _H264Writer(
+                    mask_path, source_format, audio_source=None, encoder=encoder, gpu=gpu
+                )
             except BaseException:
                 self._video.abort()
                 raise
@@ -448,7 +492,12 @@ class _Outputs:
 
 
 class _H264Writer:
-    """One output file: an H.264 video stream and optionally the source's audio."""
+    """One output file: an H.264 video stream and optionally the source's audio.
+
+    ``encoder="x264"`` encodes with libx264 through PyAV; ``"nvenc"`` with ``video_encoder``
+    (by default an :class:`~bgblur.video.encoders.NvencH264Encoder` on GPU ``gpu``, fed from
+    host memory), whose access units are muxed as they are.
+    """
 
     def __init__(
         self,
@@ -456,7 +505,12 @@ class _H264Writer:
         source_format: _SourceFormat,
         *,
         audio_source: av.audio.stream.AudioStream | None,
+        encoder: str = "x264",
+        gpu: int = 0,
+        video_encoder: Any = None,
     ) -> None:
+        if encoder not in ("x264", "nvenc"):
+            raise ValueError(f"encoder must be 'x264' or 'nvenc', got {encoder!r}")
         if not path.parent.is_dir():
             raise ClientError(
                 f"cannot write video '{path}': directory '{path.parent}' does not exist"
@@ -471,17 +525,22 @@ class _H264Writer:
         except (ValueError, OSError) as exc:
             raise ClientError(f"cannot write video '{path}': {exc}") from exc
         width, height = source_format.even_size
+        self._track: PreEncodedH264Track | None = None
         try:
-            self._video = add_h264_stream(
-                self._container,
-                width=width,
-                height=height,
-                rate=source_format.rate,
-                time_base=source_format.time_base,
-                color=source_format.color,
-                rotation=source_format.rotation,
-                sample_aspect_ratio=source_format.sample_aspect_ratio,
-            )
+            if encoder == "nvenc":
+                self._track = self._nvenc_track(source_format, video_encoder, gpu)
+                self._video = self._track.stream
+            else:
+                self._video = add_h264_stream(
+                    self._container,
+                    width=width,
+                    height=height,
+                    rate=source_format.rate,
+                    time_base=source_format.time_base,
+                    color=source_format.color,
+                    rotation=source_format.rotation,
+                    sample_aspect_ratio=source_format.sample_aspect_ratio,
+                )
             self._audio: av.audio.stream.AudioStream | None = None
             self.audio_handling: AudioHandling = "none"
             if audio_source is not None:
@@ -494,11 +553,38 @@ class _H264Writer:
                     # AVI often lack: use FFmpeg's default layout for the channel count.
                     self._audio.layout = av.AudioLayout(f"{audio_source.layout.nb_channels}c")
                     self.audio_handling = "re-encoded"
-        except ValueError as exc:  # e.g. the output format cannot hold H.264
+        except (ValueError, RuntimeError) as exc:  # e.g. the format cannot hold H.264
+            self._close_track()
             self._container.close()
             raise ClientError(f"cannot write video '{path}': {exc}") from exc
         except BaseException:
+            self._close_track()
             self._container.close()
+            raise
+
+    def _nvenc_track(
+        self, source_format: _SourceFormat, video_encoder: Any, gpu: int
+    ) -> PreEncodedH264Track:
+        width, height = source_format.even_size
+        if video_encoder is None:
+            video_encoder = NvencH264Encoder(
+                width, height, rate=source_format.rate, gop=_NVENC_GOP, quality=CRF, gpu=gpu
+            )
+        try:
+            return PreEncodedH264Track(
+                self._container,
+                video_encoder,
+                width=width,
+                height=height,
+                rate=source_format.rate,
+                time_base=source_format.time_base,
+                color_primaries=source_format.color.color_primaries,
+                color_trc=source_format.color.color_trc,
+                rotation=source_format.rotation,
+                sample_aspect_ratio=source_format.sample_aspect_ratio,
+            )
+        except BaseException:
+            video_encoder.close()
             raise
 
     def write_frame(self, image_u8: np.ndarray, source_pts: int | None) -> int:
@@ -512,7 +598,10 @@ class _H264Writer:
         else:
             pts = source_pts
         self._last_pts = pts
-        self._mux(encode_image(self._video, image_u8, pts=pts, color=self._color))
+        if self._track is not None:
+            self._mux(self._track.encode(image_u8, pts))
+        else:
+            self._mux(encode_image(self._video, image_u8, pts=pts, color=self._color))
         return pts
 
     def write_audio(self, packet: av.Packet) -> None:
@@ -531,18 +620,28 @@ class _H264Writer:
     def finish(self) -> None:
         """Flush the encoders and close the file."""
         try:
-            self._mux(self._video.encode(None))
+            if self._track is not None:
+                self._mux(self._track.flush())
+            else:
+                self._mux(self._video.encode(None))
             if self.audio_handling == "re-encoded":
                 self._mux(self._audio.encode(None))
         finally:
+            self._close_track()
             self._container.close()
 
     def abort(self) -> None:
         """Close and delete the partial file."""
         try:
+            self._close_track()
             self._container.close()
         finally:
             self.path.unlink(missing_ok=True)
+
+    def _close_track(self) -> None:
+        if self._track is not None:
+            track, self._track = self._track, None
+            track.close()
 
     def _mux(self, packets: list[av.Packet]) -> None:
         try:

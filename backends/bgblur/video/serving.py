@@ -4,8 +4,9 @@ Protocol (one request per video file; gRPC streaming, ``tritonclient.grpc`` ``st
 ``async_stream_infer``; the model is decoupled so HTTP ``infer`` cannot call it):
 
 - request: ``VIDEO`` UINT8 ``[N]``, the whole input file's bytes (at most ``max_input_bytes``);
-  optional request parameters: ``batch_size``, ``crf``, ``gop_seconds``, ``chunk_bytes``
-  (:class:`~bgblur.video.transcode.VideoOptions`) and any blur parameter of
+  optional request parameters: ``batch_size``, ``crf``, ``gop_seconds``, ``chunk_bytes``,
+  ``encoder`` (``auto``: NVENC where the instance's GPU has one, else libx264; ``nvenc``;
+  ``x264``) (:class:`~bgblur.video.transcode.VideoOptions`) and any blur parameter of
   :class:`~bgblur.config.BlurParams` (``blur_sigma``, ``soft_mask``, ...).
 - responses, streamed as the output is produced: ``VIDEO_CHUNK`` UINT8 ``[M]`` (the next bytes
   of the output, a fragmented MP4: concatenate them in order) and ``FRAMES_DONE`` INT64 ``[1]``
@@ -189,6 +190,7 @@ class VideoModel:
                 decoder=self._decoder(),
                 gpu_index=self.device.index,
                 cancelled=cancelled,
+                nvenc_allowed=self.device.is_gpu,
             )
             for chunk in chunks:
                 response = pb_utils.InferenceResponse(

@@ -11,12 +11,14 @@ usable and tested without Triton: :func:`transcode` takes the bytes of a whole v
   in GPU memory, NV12 -> RGB with ``bgblur.ops.nv12_to_rgb``), in a thread ahead of the blur.
 - Blur: ``blur_batch(frames_nhwc_u8) -> blurred_nhwc_u8`` on upright RGB batches of at most
   ``options.batch_size`` frames (the served ensemble through BLS, or the in-process pipeline).
-- Encode: H.264 (libx264, yuv420p, CRF ``options.crf``, a keyframe every ``options.gop_seconds``)
-  in fragmented MP4 (``frag_keyframe+empty_moov``): the output is written front to back with no
-  seek, so every chunk can be sent as soon as it exists and a prefix of the chunks is a playable
-  file. The source's time base and frame timestamps are kept (so frame rate and A/V sync), its
-  colour tags are copied and used for the RGB <-> YUV conversions, its rotation metadata is kept
-  (frames are blurred upright), an odd width or height is cropped by one pixel (yuv420p).
+- Encode: H.264 (libx264, yuv420p, CRF ``options.crf``, a keyframe every ``options.gop_seconds``;
+  or NVENC through PyNvVideoCodec where the GPU has one, ``options.encoder``, see
+  :mod:`bgblur.video.encoders`) in fragmented MP4 (``frag_keyframe+empty_moov``): the output is
+  written front to back with no seek, so every chunk can be sent as soon as it exists and a prefix
+  of the chunks is a playable file. The source's time base and frame timestamps are kept (so frame
+  rate and A/V sync), its colour tags are copied and used for the RGB <-> YUV conversions, its
+  rotation metadata is kept (frames are blurred upright), an odd width or height is cropped by one
+  pixel (yuv420p).
 - Audio: the first audio stream is copied packet for packet when MP4 can hold its codec, else
   re-encoded to AAC. Other streams are dropped.
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -40,6 +43,15 @@ import numpy as np
 
 from bgblur.config import MAX_FRAME_LONG_SIDE, MAX_FRAME_SHORT_SIDE
 from bgblur.errors import InvalidInputError, ModelUnavailableError
+from bgblur.video.encoders import (
+    ENCODER_CHOICES,
+    AccessUnitEncoder,
+    NvencH264Encoder,
+    PreEncodedH264Track,
+    choose_encoder,
+)
+
+LOG = logging.getLogger("bgblur.video")
 
 # What NVDEC decodes (Video Codec SDK, cudaVideoCodec), by FFmpeg codec name.
 SUPPORTED_VIDEO_CODECS: frozenset[str] = frozenset(
@@ -64,12 +76,15 @@ class VideoOptions:
         crf: libx264 constant rate factor, 0..51 (lower: better and larger).
         gop_seconds: seconds between keyframes (each starts an MP4 fragment), in (0, 60].
         chunk_bytes: an output chunk is sent once this many bytes are ready, >= 4096.
+        encoder: ``"auto"`` (NVENC where the GPU has one, else libx264), ``"nvenc"`` or
+            ``"x264"``; NVENC takes ``crf`` as its constant-quality target.
     """
 
     batch_size: int = 4
     crf: int = 18
     gop_seconds: float = 2.0
     chunk_bytes: int = 1 << 20
+    encoder: str = "auto"
 
     def __post_init__(self) -> None:
         checks = [
@@ -87,6 +102,11 @@ class VideoOptions:
                 )
             if not ok:
                 raise InvalidInputError(f"parameter {name!r} must be in {allowed}, got {value!r}")
+        if self.encoder not in ENCODER_CHOICES:
+            raise InvalidInputError(
+                f"parameter 'encoder' must be one of {', '.join(ENCODER_CHOICES)}, "
+                f"got {self.encoder!r}"
+            )
 
     @classmethod
     def split_parameters(cls, parameters: dict[str, Any]) -> tuple[VideoOptions, dict[str, Any]]:
@@ -122,6 +142,7 @@ def transcode(
     decoder: str = "pyav",
     gpu_index: int = 0,
     cancelled: Callable[[], bool] = lambda: False,
+    nvenc_allowed: bool = True,
 ) -> Iterator[EncodedChunk]:
     """Blur the background of a whole video file; yield the output file in chunks.
 
@@ -131,6 +152,9 @@ def transcode(
             ``decoder="nvdec"``) -> blurred frames of the same shape (NumPy or CuPy).
         options: batch size, encoder settings, chunk size.
         decoder: ``"pyav"`` (CPU) or ``"nvdec"`` (PyNvVideoCodec on GPU ``gpu_index``).
+        gpu_index: the GPU of NVDEC and NVENC.
+        nvenc_allowed: False on a CPU instance: ``options.encoder="auto"`` then means libx264
+            without probing a GPU, and ``"nvenc"`` is refused.
         cancelled: polled between batches; when it returns True the generator stops
             (without a final chunk).
 
@@ -140,7 +164,8 @@ def transcode(
     Raises:
         InvalidInputError: empty, unreadable, corrupt or truncated input, no video stream,
             unsupported codec, frames beyond the size limit.
-        ModelUnavailableError: PyAV (or, for ``nvdec``, PyNvVideoCodec/CuPy) is missing.
+        ModelUnavailableError: PyAV (or, for ``nvdec``, PyNvVideoCodec/CuPy) is missing, or
+            ``options.encoder="nvenc"`` and NVENC is unavailable.
     """
     options = options or VideoOptions()
     if decoder not in DECODERS:
@@ -155,7 +180,16 @@ def transcode(
         audio = source.streams.audio[0] if source.streams.audio else None
         first = _first_frame(av, source, video)
         fmt = _SourceFormat.of(video, first)
-        output = _FragmentedMp4Writer(av, fmt, options, audio)
+        encoder = _choose_encoder(options.encoder, fmt, gpu_index, nvenc_allowed)
+        output = _FragmentedMp4Writer(
+            av,
+            fmt,
+            options,
+            audio,
+            encoder=encoder,
+            gpu_index=gpu_index,
+            device_input=decoder == "nvdec",
+        )
         if decoder == "nvdec":
             from bgblur.video.nvdec import nvdec_batches
 
@@ -176,6 +210,24 @@ def transcode(
         )
     finally:
         source.close()
+
+
+def _choose_encoder(requested: str, fmt: _SourceFormat, gpu_index: int, nvenc_allowed: bool) -> str:
+    """``"nvenc"`` or ``"x264"`` for this video (logged with the reason)."""
+    if not nvenc_allowed:
+        if requested == "nvenc":
+            raise ModelUnavailableError("encoder 'nvenc' needs a GPU instance of the model")
+        kind, reason = "x264", "requested" if requested == "x264" else "CPU instance"
+    else:
+        width, height = fmt.even_size
+        try:
+            kind, reason = choose_encoder(
+                requested, width=width, height=height, rate=fmt.rate, gpu=gpu_index
+            )
+        except RuntimeError as exc:
+            raise ModelUnavailableError(str(exc)) from exc
+    LOG.info("video encoder: %s (%s)", kind, reason)
+    return kind
 
 
 # ---- source --------------------------------------------------------------------------------
@@ -398,24 +450,75 @@ class _ByteSink:
 
 
 class _FragmentedMp4Writer:
-    """H.264 in fragmented MP4 into a :class:`_ByteSink`, plus the source's audio."""
+    """H.264 in fragmented MP4 into a :class:`_ByteSink`, plus the source's audio.
 
-    def __init__(self, av: Any, fmt: _SourceFormat, options: VideoOptions, audio: Any) -> None:
+    ``encoder="x264"`` encodes with libx264 through PyAV; ``"nvenc"`` with ``video_encoder``
+    (by default an :class:`~bgblur.video.encoders.NvencH264Encoder` on GPU ``gpu_index``, taking
+    frames from GPU memory when ``device_input``), whose access units are muxed as they are.
+    """
+
+    def __init__(
+        self,
+        av: Any,
+        fmt: _SourceFormat,
+        options: VideoOptions,
+        audio: Any,
+        *,
+        encoder: str = "x264",
+        gpu_index: int = 0,
+        device_input: bool = False,
+        video_encoder: AccessUnitEncoder | None = None,
+    ) -> None:
+        if encoder not in ("x264", "nvenc"):
+            raise ValueError(f"encoder must be 'x264' or 'nvenc', got {encoder!r}")
         self._av = av
         self._fmt = fmt
         self.sink = _ByteSink()
         self._container = av.open(self.sink, "w", format="mp4", options=dict(_FRAGMENTED_MP4))
         width, height = fmt.even_size
         gop = max(1, round(float(fmt.rate) * options.gop_seconds))
-        stream = self._container.add_stream(
-            "libx264", rate=fmt.rate, options={"crf": str(options.crf), "g": str(gop)}
-        )
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.codec_context.time_base = fmt.time_base
-        self._apply_color(stream.codec_context)
-        if fmt.rotation:
-            stream.set_display_rotation(fmt.rotation)
-        self._video = stream
+        self._track: PreEncodedH264Track | None = None
+        self.device_frames = False  # whether write_frame wants frames left in GPU memory
+        if encoder == "nvenc":
+            try:
+                if video_encoder is None:
+                    video_encoder = NvencH264Encoder(
+                        width,
+                        height,
+                        rate=fmt.rate,
+                        gop=gop,
+                        quality=options.crf,
+                        gpu=gpu_index,
+                        device_input=device_input,
+                    )
+                    self.device_frames = device_input
+                self._track = PreEncodedH264Track(
+                    self._container,
+                    video_encoder,
+                    width=width,
+                    height=height,
+                    rate=fmt.rate,
+                    time_base=fmt.time_base,
+                    color_primaries=fmt.color_primaries,
+                    color_trc=fmt.color_trc,
+                    rotation=fmt.rotation,
+                )
+            except BaseException:
+                if video_encoder is not None:
+                    video_encoder.close()
+                self._container.close()
+                raise
+            self._video = self._track.stream
+        else:
+            stream = self._container.add_stream(
+                "libx264", rate=fmt.rate, options={"crf": str(options.crf), "g": str(gop)}
+            )
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.codec_context.time_base = fmt.time_base
+            self._apply_color(stream.codec_context)
+            if fmt.rotation:
+                stream.set_display_rotation(fmt.rotation)
+            self._video = stream
         self._audio: Any = None
         self._audio_copied = False
         if audio is not None:
@@ -436,15 +539,21 @@ class _FragmentedMp4Writer:
         target.color_primaries = fmt.color_primaries
         target.color_trc = fmt.color_trc
 
-    def write_frame(self, upright_hwc_u8: np.ndarray, source_pts: int | None) -> None:
+    def write_frame(self, upright_hwc_u8: Any, source_pts: int | None) -> None:
         fmt = self._fmt
         width, height = fmt.even_size
-        stored = np.rot90(upright_hwc_u8, -fmt.quarter_turns)[:height, :width]
         if source_pts is None or (self._last_pts is not None and source_pts <= self._last_pts):
             pts = 0 if self._last_pts is None else self._last_pts + fmt.frame_step
         else:
             pts = source_pts
         self._last_pts = pts
+        if self._track is not None:  # NVENC: frames may be CuPy arrays (device_frames)
+            xp = np if isinstance(upright_hwc_u8, np.ndarray) else _cupy()
+            stored_any = xp.rot90(upright_hwc_u8, -fmt.quarter_turns)[:height, :width]
+            self._container.mux(self._track.encode(stored_any, pts))
+            self.frames_done += 1
+            return
+        stored = np.rot90(upright_hwc_u8, -fmt.quarter_turns)[:height, :width]
         frame = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(stored), format="rgb24")
         self._apply_color(frame)
         frame.pts = pts
@@ -463,15 +572,32 @@ class _FragmentedMp4Writer:
 
     def finish(self) -> None:
         try:
-            self._container.mux(self._video.encode(None))
+            if self._track is not None:
+                self._container.mux(self._track.flush())
+            else:
+                self._container.mux(self._video.encode(None))
             if self._audio is not None and not self._audio_copied:
                 self._container.mux(self._audio.encode(None))
         finally:
+            self._close_track()
             self._container.close()
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):
+            self._close_track()
+        with contextlib.suppress(Exception):
             self._container.close()
+
+    def _close_track(self) -> None:
+        if self._track is not None:
+            track, self._track = self._track, None
+            track.close()
+
+
+def _cupy() -> Any:
+    import cupy
+
+    return cupy
 
 
 # ---- the loop ------------------------------------------------------------------------------
@@ -542,7 +668,9 @@ def _run(
             if not isinstance(item, _Batch):
                 output.write_audio(item)
                 continue
-            blurred = _to_host(blur_batch(item.frames_nhwc_u8))
+            blurred = blur_batch(item.frames_nhwc_u8)
+            if not output.device_frames:
+                blurred = _to_host(blurred)
             expected = tuple(item.frames_nhwc_u8.shape)
             if tuple(blurred.shape) != expected or blurred.dtype != np.uint8:
                 raise RuntimeError(
