@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -41,6 +42,8 @@ from bgblur.config import CUDA_POOL_MB
 from bgblur.device import cuda_device_count
 from bgblur.models.registry import model_names
 from bgblur.supervisor import Supervisor, remove_shm_regions, stub_processes
+
+LOG = logging.getLogger("bgblur.launcher")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MODEL_REPOSITORY = PROJECT_ROOT / "model_repository"
@@ -172,7 +175,8 @@ class TritonServer:
         device: ``"auto"`` (GPU when the GPU stages can run), ``"gpu"`` or ``"cpu"``.
         segmentation_model: network to serve instead of the repository's default.
         startup_timeout_s: how long to wait for readiness.
-        log_path: where the server log goes (a temporary file when None).
+        log_path: where the server log goes (when None: a temporary file, removed when the
+            server stops with exit code 0 and kept, with a warning naming it, otherwise).
         verbose: also echo the server log to stderr.
         instance_counts: instances per GPU of a Python model, e.g. ``{"postprocess": 2}``
             (default 1 each).
@@ -228,6 +232,9 @@ class TritonServer:
         self.verbose = verbose
         self._workdir = Path(tempfile.mkdtemp(prefix="bgblur-triton-"))
         self.log_path = log_path or self._workdir / "tritonserver.log"
+        # The temporary folder (rendered repository, log) goes at a clean stop; a log the
+        # caller placed, or one of a server that did not exit cleanly, stays.
+        self._keep_log = log_path is not None
         self._process: subprocess.Popen[bytes] | None = None
         self._log_file = None
         self.address = address
@@ -487,6 +494,10 @@ class TritonServer:
             self._log_file.close()
             self._log_file = None
         shutil.rmtree(self._workdir / "model_repository", ignore_errors=True)
+        if code == 0 and not self._keep_log:
+            shutil.rmtree(self._workdir, ignore_errors=True)  # a clean exit: nothing to look at
+        elif process is not None and self.log_path.exists():
+            LOG.warning("tritonserver exited with code %s; its log: %s", code, self.log_path)
         return code
 
     def __enter__(self) -> TritonServer:

@@ -329,6 +329,7 @@ def test_server_stops_cleanly_after_serving():
     assert process.poll() == 0
     assert not server.is_ready()
     assert _python_backend_shm() <= before
+    assert not server.log_path.parent.exists()  # a clean stop leaves no temporary folder
 
 
 @pytest.mark.parametrize("shared_memory", ["system", pytest.param("cuda", marks=pytest.mark.gpu)])
