@@ -4,12 +4,21 @@ its parts add up to no more than the whole request."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
 from bgblur_client.transport import BlurClient
 
 STAGES = ("preprocess", "segmentation", "postprocess")
+
+
+def all_counted(split: dict, requests: int) -> bool:
+    """Whether the ensemble and every stage have counted at least ``requests`` requests."""
+    return all(
+        split.get(m, {}).get("requests", 0) >= requests for m in ("background_blur", *STAGES)
+    )
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
@@ -21,7 +30,13 @@ def test_split_counts_every_stage_and_adds_up(
         before = client.statistics()
         for _ in range(3):
             client.blur(astronaut_frames)  # 2 frames per request
+        # Triton records a request's statistics as it releases it, which can come a moment after
+        # the client has its response: wait (briefly) for the last one to be counted.
+        deadline = time.monotonic() + 5.0
         split = client.statistics().since(before)
+        while not all_counted(split, 3) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            split = client.statistics().since(before)
 
     assert split["background_blur"]["requests"] == 3
     assert split["background_blur"]["frames"] == 6
