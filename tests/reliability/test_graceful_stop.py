@@ -17,7 +17,9 @@ def test_stop_under_load_finishes_in_flight_and_refuses_new(rel) -> None:
     server = TritonServer(device="cpu", segmentation_model="fixed_ellipse").start()
     own = {s.shm_region for s in stub_processes(server.server_pid())}
     process = server._process
-    array = rel.frames(2, 720, 1280)  # ~1 s each on this CPU: several stay in flight
+    # 8 frames of 1080p: ~1 s of postprocess per request on the 2-core CPU machine, so that the
+    # 4 requests (one execution each at most: max batch 8) stay in flight for seconds.
+    array = rel.frames(8, 1080, 1920)
 
     def send(index: int) -> str:
         client = rel.make_client(server, "grpc" if index % 2 else "http")
