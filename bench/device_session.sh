@@ -23,9 +23,11 @@
 #                  (BGBLUR_PROFILE_DIR), ncu on the fused postprocess kernels
 #   bench-video    decode + blur with frames back in client memory (16 streams, NVDEC/DALI),
 #                  server side with BLS vs in-process blur, file to file vs the CPU pipeline
-#   soak-start     the 10-minute soak at concurrency 16 (bench/soak.py) in its own session;
-#                  returns after ~9.6 min while it finishes
-#   soak-collect   waits for that soak (call it right after soak-start) and copies its JSON
+#   soak-start     the 10-minute soak at concurrency 16 (bench/soak.py) in its own session,
+#                  then tests-kernels beside it (correctness only, so the two can share the
+#                  machine; the soak samples its server's own GPU memory, not the device's)
+#   soak-collect   tests-serving beside the soak (less the real GPU OOM test, which fills the
+#                  GPU), then waits for the soak, copies its JSON and runs the OOM test alone
 set -uo pipefail
 cd "$(dirname "$0")/.."
 phase="${1:-}"
@@ -79,7 +81,7 @@ case "$phase" in
       tests/functional tests/reliability tests/video tests/client tests/serving tests/bench \
       --junitxml="$OUT/junit-serving.xml"
     ;;
-  bench-e2e)
+  bench-e2e)  # most wanted first: a call cut at its limit keeps what ran
     gpu="$(gpu_label)"
     "$PY" -c 'import cv2; cv2.ximgproc' 2>/dev/null \
       || echo "WARNING: no cv2.ximgproc: the CPU baseline runs the slow NumPy joint bilateral" \
@@ -87,26 +89,28 @@ case "$phase" in
     run 200 bench-e2e.log "$PY" bench/e2e.py --device gpu --model fcn_resnet101 --sizes 1080p \
       --batches 1,8 --concurrency 1,16 --seconds 3 --shared-memory cuda \
       --cpu-baseline 1,16 --cpu-baseline-frames 60 --out "$OUT/e2e-$gpu-$day-fcn.json"
-    run 150 bench-e2e.log "$PY" bench/e2e.py --device gpu --sizes 1080p --batches 1,8 \
-      --concurrency 1,8 --seconds 3 --shared-memory none,cuda --out "$OUT/e2e-$gpu-$day-selfie.json"
-    run 90 bench-e2e.log "$PY" bench/e2e.py --device gpu --instances postprocess=2 \
-      --sizes 1080p --batches 8 --concurrency 8,16 --seconds 3 --shared-memory cuda \
-      --out "$OUT/e2e-$gpu-$day-selfie-post2.json"
-    run 90 bench-e2e.log "$PY" bench/e2e.py --device gpu --model-param resize_interpolation=area \
-      --sizes 1080p,4k --batches 1,8 --concurrency 1,8 --seconds 3 --shared-memory cuda \
-      --out "$OUT/e2e-$gpu-$day-selfie-area.json"
-    run 90 bench-e2e.log "$PY" bench/e2e.py --device gpu --protocol http --sizes 1080p \
-      --batches 1,8 --concurrency 1,8 --seconds 3 --shared-memory none \
-      --out "$OUT/e2e-$gpu-$day-selfie-http.json"
     run 90 bench-e2e.log "$PY" bench/e2e.py --device gpu --sizes 1080p --batches 1,8 \
       --concurrency 1,8 --seconds 3 --shared-memory cuda --profile-dir "$OUT/profile" \
       --out "$OUT/e2e-$gpu-$day-selfie-profiled.json"
     tar -czf "$OUT/profile.tar.gz" -C "$OUT" profile && rm -rf "$OUT/profile"
+    run 100 bench-e2e.log "$PY" bench/ops.py --sizes 1080p,4k --batches 1,32 --no-cpu \
+      --budget-s 80 --out "$OUT/ops-$gpu-$day.json"
     ncu="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)"
     run 120 ncu-postprocess.txt "${ncu:-ncu}" --target-processes all -k regex:fused --launch-count 4 \
       --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
       "$PY" bench/ops.py --sizes 1080p --batches 8 --reps 1 --warmup 0 --no-cpu --budget-s 30 \
       --out /tmp/ops-ncu.json
+    run 90 bench-e2e.log "$PY" bench/e2e.py --device gpu --sizes 1080p --batches 1,8 \
+      --concurrency 1,8 --seconds 3 --shared-memory none,cuda --out "$OUT/e2e-$gpu-$day-selfie.json"
+    run 90 bench-e2e.log "$PY" bench/e2e.py --device gpu --protocol http --sizes 1080p \
+      --batches 1,8 --concurrency 1,8 --seconds 3 --shared-memory none \
+      --out "$OUT/e2e-$gpu-$day-selfie-http.json"
+    run 90 bench-e2e.log "$PY" bench/e2e.py --device gpu --model-param resize_interpolation=area \
+      --sizes 1080p,4k --batches 1,8 --concurrency 1,8 --seconds 3 --shared-memory cuda \
+      --out "$OUT/e2e-$gpu-$day-selfie-area.json"
+    run 90 bench-e2e.log "$PY" bench/e2e.py --device gpu --instances postprocess=2 \
+      --sizes 1080p --batches 8 --concurrency 8,16 --seconds 3 --shared-memory cuda \
+      --out "$OUT/e2e-$gpu-$day-selfie-post2.json"
     ;;
   bench-video)
     gpu="$(gpu_label)"
@@ -120,18 +124,27 @@ case "$phase" in
     ;;
   soak-start)
     gpu="$(gpu_label)"
+    nvidia-smi -L | tee "$OUT/device.txt"
     rm -f /tmp/soak.json /tmp/soak.done
     setsid bash -c "$PY bench/soak.py --minutes 10 --concurrency 16 --device gpu \
       --shared-memory cuda --out /tmp/soak.json > /tmp/soak.log 2>&1; touch /tmp/soak.done" \
       < /dev/null &
-    sleep 575
+    sleep 60  # the soak's server up and warm before the tests add their load
+    run 480 tests-kernels.log "$PY" -m pytest -q -m gpu -p no:cacheprovider \
+      tests/ops tests/stages tests/models tests/runtimes tests/test_pipeline.py tests/test_nvml.py \
+      --junitxml="$OUT/junit-kernels.xml"
     cp /tmp/soak.log "$OUT/soak-$gpu-$day.log"
     ;;
   soak-collect)
     gpu="$(gpu_label)"
-    for _ in $(seq 240); do [ -e /tmp/soak.done ] && break; sleep 1; done
+    run 420 tests-serving.log "$PY" -m pytest -q -m gpu -p no:cacheprovider \
+      tests/functional tests/reliability tests/video tests/client tests/serving tests/bench \
+      -k "not real_gpu_oom" --junitxml="$OUT/junit-serving.xml"
+    for _ in $(seq 300); do [ -e /tmp/soak.done ] && break; sleep 1; done
     cp /tmp/soak.log "$OUT/soak-$gpu-$day.log"
     cp /tmp/soak.json "$OUT/soak-$gpu-$day.json" || echo "no soak JSON (see the log)"
+    run 120 tests-serving.log "$PY" -m pytest -q -m gpu -p no:cacheprovider \
+      tests/reliability/test_gpu_oom.py --junitxml="$OUT/junit-oom.xml"
     ;;
   *)
     awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"

@@ -3,8 +3,9 @@
 Figures, not a test. Starts the embedded Triton server (``bgblur.launcher``, GPU when usable),
 runs C client threads sending the same frames back to back, and every few seconds samples the
 RSS of the server and its Python stubs, the server's ``/dev/shm`` regions (and all of /dev/shm),
-and GPU memory when ``nvidia-smi`` is present. Reports failed requests, throughput and the RSS
-slope (least squares) after the warm-up; writes ``bench/results/soak-<device>.json``.
+and GPU memory when ``nvidia-smi`` is present (the whole device, and the server's own processes).
+Reports failed requests, throughput and the memory slopes (least squares) after the warm-up;
+writes ``bench/results/soak-<device>.json``.
 
     python bench/soak.py --minutes 10 --concurrency 16              # the H100 run
     python bench/soak.py --minutes 2.5 --concurrency 4 --size 640x360  # the CPU run
@@ -49,6 +50,36 @@ def gpu_memory_mib() -> list[int] | None:
     except (subprocess.SubprocessError, OSError):
         return None
     return [int(v) for v in out.split()]
+
+
+def process_gpu_memory_mib() -> dict[int, int] | None:
+    """GPU memory (MiB) each compute process holds, by PID, from nvidia-smi; None without one.
+
+    The soak's server share: the device-wide figure also counts anything else on the GPU (the
+    client's CUDA shared-memory buffers, other jobs), which would hide or fake a leak.
+    """
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(
+            [
+                "nvidia-smi",
+                "--query-compute-apps=pid,used_memory",
+                "--format=csv,noheader,nounits",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (subprocess.SubprocessError, OSError):
+        return None
+    used: dict[int, int] = {}
+    for line in out.splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) == 2 and fields[0].isdigit() and fields[1].isdigit():
+            used[int(fields[0])] = used.get(int(fields[0]), 0) + int(fields[1])
+    return used
 
 
 def slope_per_minute(samples: list[dict[str, Any]], key: str, after_s: float) -> float | None:
@@ -117,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             own = {s.shm_region for s in stub_processes(pid)} if pid else set()
             regions = shm_regions()
             gpu = gpu_memory_mib()
+            per_process = process_gpu_memory_mib()
+            tree = {pid, *(s.pid for s in stub_processes(pid))} if pid else set()
             with lock:
                 done = counts["ok"]
             samples.append(
@@ -131,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
                         sum(e.stat().st_blocks * 512 for e in os.scandir("/dev/shm")) / 2**20, 1
                     ),
                     "gpu_used_mib": sum(gpu) if gpu else None,
+                    "server_gpu_mib": sum(v for p, v in per_process.items() if p in tree)
+                    if per_process is not None and gpu
+                    else None,
                 }
             )
             print(json.dumps(samples[-1]), flush=True)
@@ -170,7 +206,13 @@ def main(argv: list[str] | None = None) -> int:
         "warmup_s": warm,
         "slope_after_warmup_mib_per_min": {
             key: slope_per_minute(samples, key, warm)
-            for key in ("server_rss_mib", "server_shm_mib", "dev_shm_total_mib", "gpu_used_mib")
+            for key in (
+                "server_rss_mib",
+                "server_shm_mib",
+                "dev_shm_total_mib",
+                "gpu_used_mib",
+                "server_gpu_mib",
+            )
         },
         "samples": samples,
     }
