@@ -189,6 +189,6 @@ class TestWarmUp:
 
         from bgblur import kernels
 
-        kernels._modules.pop(("resize", int(cupy.cuda.runtime.getDevice())), None)
+        kernels.forget_compiled()
         Preprocess(get_model_spec("selfie_general"), Device("gpu", 0)).warm_up()
-        assert ("resize", int(cupy.cuda.runtime.getDevice())) in kernels._modules
+        assert ("resize", int(cupy.cuda.runtime.getDevice())) in kernels.compiled_modules()

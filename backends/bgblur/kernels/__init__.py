@@ -81,6 +81,19 @@ def get_kernel(module_name: str, kernel_name: str) -> Any:
     return _kernel(module_name, kernel_name, int(cupy.cuda.runtime.getDevice()))
 
 
+def compiled_modules() -> set[tuple[str, int]]:
+    """``(module name, device)`` of every module built so far in this process."""
+    return set(_modules)
+
+
+def forget_compiled() -> None:
+    """Drop every built module and kernel handle (the next use builds them again; CuPy's disk
+    cache may still make that fast). For tests of what builds them, such as the warm-up."""
+    with _lock:
+        _modules.clear()
+        _kernel.cache_clear()
+
+
 # ---- launch helpers ---------------------------------------------------------------------------
 
 # CUDA's limit on gridDim.y and gridDim.z.

@@ -14,16 +14,24 @@ class StageStream:
 
     On the CPU it is a no-op context. ``synchronize()`` is the hand-off point: the only host
     synchronisation a stage performs.
+
+    Entering orders the stage's stream after the work the caller has queued on its own current
+    stream (an event, no host wait): inputs the caller produced there, e.g. the asynchronous
+    host-to-device copy of ``cupy.asarray(numpy_frames)`` on the legacy default stream, are
+    complete before the stage's kernels read them. The stage's stream is non-blocking, so
+    without this nothing would order the two (seen on an H200 under load: stale input read).
     """
 
     def __init__(self, device: Device) -> None:
         self.device = device
         self._stream: Any = None
+        self._caller_done: Any = None
         if device.is_gpu:
             import cupy
 
             with cupy.cuda.Device(device.index):
                 self._stream = cupy.cuda.Stream(non_blocking=True)
+                self._caller_done = cupy.cuda.Event(block=False, disable_timing=True)
 
     @contextlib.contextmanager
     def activate(self) -> Iterator[None]:
@@ -32,8 +40,13 @@ class StageStream:
             return
         import cupy
 
-        with cupy.cuda.Device(self.device.index), self._stream:
-            yield
+        with cupy.cuda.Device(self.device.index):
+            caller = cupy.cuda.get_current_stream()
+            if caller.ptr != self._stream.ptr:
+                self._caller_done.record(caller)
+                self._stream.wait_event(self._caller_done)
+            with self._stream:
+                yield
 
     def to_device(self, array: Any) -> Any:
         """``array`` (NumPy or CuPy) on this stage's device; call inside ``activate()``."""
