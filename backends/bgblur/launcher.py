@@ -95,6 +95,13 @@ def prepare_backends(home: Path) -> Path:
     return home / "backends"
 
 
+# Instances per GPU where none is asked for. postprocess is the busiest stage at batch 8: a
+# second instance took selfie_general at 1080p, batch 8 from 1,753 to 1,944 frames/s with 8
+# clients and 1,787 -> 1,957 with 16 (H200, CUDA shm, same session: bench/results/
+# e2e-h200-2026-12-02-selfie{,-post2}.json); batch-1 latency does not depend on it.
+GPU_INSTANCE_COUNTS = {"postprocess": 2}
+
+
 def render_model_repository(
     destination: Path,
     *,
@@ -108,12 +115,13 @@ def render_model_repository(
 ) -> Path:
     """Copy ``source`` to ``destination`` with instance groups for ``device`` ("cpu"/"gpu").
 
-    Each Python-backend model gets one instance per GPU (KIND_GPU) or one KIND_CPU instance,
-    or ``instance_counts[model]`` of them (per GPU); ``segmentation_model`` replaces the network
-    named in preprocess and segmentation; ``queue_delay_us`` replaces their dynamic batchers'
-    ``max_queue_delay_microseconds`` (tuning); ``model_parameters`` replaces the value of each
-    named config ``parameters`` key in every model that has it (e.g. ``{"resize_interpolation":
-    "area"}``; a key no model has is a ValueError).
+    Each Python-backend model gets one KIND_CPU instance, or on GPUs ``GPU_INSTANCE_COUNTS``
+    (else one) KIND_GPU instances per GPU; ``instance_counts[model]`` overrides either.
+    ``segmentation_model`` replaces the network named in preprocess and segmentation;
+    ``queue_delay_us`` replaces their dynamic batchers' ``max_queue_delay_microseconds``
+    (tuning); ``model_parameters`` replaces the value of each named config ``parameters`` key
+    in every model that has it (e.g. ``{"resize_interpolation": "area"}``; a key no model has
+    is a ValueError).
     """
     overrides = dict(model_parameters or {})
     if segmentation_model is not None:
@@ -122,6 +130,7 @@ def render_model_repository(
         raise ValueError(f"queue_delay_us must be >= 0, got {queue_delay_us}")
     counts = dict(instance_counts or {})
     unknown = set(counts) - set(PYTHON_MODELS)
+    defaults = GPU_INSTANCE_COUNTS if device == "gpu" else {}
     if unknown or any(int(n) < 1 for n in counts.values()):
         raise ValueError(
             f"instance_counts takes counts >= 1 for {', '.join(PYTHON_MODELS)}; got {counts}"
@@ -142,7 +151,7 @@ def render_model_repository(
     for model in (*PYTHON_MODELS, *VIDEO_MODELS):
         if model in VIDEO_MODELS and not (destination / model).is_dir():
             continue
-        count = int(counts.get(model, 1))
+        count = int(counts.get(model, defaults.get(model, 1)))
         if device == "gpu":
             group = f"instance_group [ {{ kind: KIND_GPU, count: {count}, gpus: {gpus} }} ]\n"
         else:

@@ -33,6 +33,11 @@ class StageStream:
                 self._stream = cupy.cuda.Stream(non_blocking=True)
                 self._caller_done = cupy.cuda.Event(block=False, disable_timing=True)
 
+    @property
+    def cuda_stream(self) -> Any:
+        """The stage's ``cupy.cuda.Stream`` (None on the CPU)."""
+        return self._stream
+
     @contextlib.contextmanager
     def activate(self) -> Iterator[None]:
         if self._stream is None:
