@@ -118,7 +118,7 @@ class TestRenderModelRepository:
             model_parameters={"resize_interpolation": "area", "blur_working_size": "320x180"},
         )
         assert parameter(read_config(MODEL_REPOSITORY, "preprocess"), "resize_interpolation") == (
-            "linear"
+            "auto"
         )
         assert parameter(read_config(repository, "preprocess"), "resize_interpolation") == "area"
         assert parameter(read_config(repository, "postprocess"), "blur_working_size") == "320x180"

@@ -35,7 +35,7 @@ class BackgroundBlurPipeline:
         cache_dir: Path | None = None,
         blur_working_hw: tuple[int, int] = (224, 224),
         mask_interpolation: str = "nearest",
-        resize_interpolation: str = "linear",
+        resize_interpolation: str = "auto",
     ) -> None:
         self.device = device or Device()
         self.spec = get_model_spec(model)

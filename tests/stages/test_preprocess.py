@@ -10,7 +10,7 @@ import skimage.data
 
 from bgblur.device import Device
 from bgblur.models.registry import SegmentationModelSpec, get_model_spec
-from bgblur.stages.preprocess import Preprocess
+from bgblur.stages.preprocess import Preprocess, resolve_interpolation
 
 
 @pytest.fixture
@@ -128,6 +128,54 @@ class TestDeviceFrames:
         )
 
 
+class TestInterpolationChoice:
+    """``auto`` (the config default): area where it is cheap (GPU), linear where it is not."""
+
+    @pytest.mark.parametrize(
+        ("choice", "device", "resolved"),
+        [
+            ("auto", Device("cpu"), "linear"),
+            ("auto", Device("gpu", 0), "area"),
+            ("linear", Device("gpu", 0), "linear"),
+            ("area", Device("cpu"), "area"),
+        ],
+    )
+    def test_resolves_per_device(self, choice: str, device: Device, resolved: str) -> None:
+        assert resolve_interpolation(choice, device) == resolved
+
+    def test_a_cpu_stage_by_default_is_opencv_inter_linear(
+        self, astronaut_frames: np.ndarray
+    ) -> None:
+        spec = get_model_spec("selfie_general")
+        stage = Preprocess(spec, Device("cpu"))
+        assert stage.interpolation == "linear"
+        np.testing.assert_array_equal(
+            stage(astronaut_frames),
+            Preprocess(spec, Device("cpu"), interpolation="linear")(astronaut_frames),
+        )
+
+    @pytest.mark.parametrize("bad", ["bilinear", "", "AREA", "nearest"])
+    def test_unknown_choices_are_refused(self, bad: str) -> None:
+        with pytest.raises(ValueError, match="resize_interpolation must be one of"):
+            Preprocess(get_model_spec("selfie_general"), Device("cpu"), interpolation=bad)
+
+    @pytest.mark.gpu
+    def test_a_gpu_stage_by_default_is_area(self, astronaut_frames: np.ndarray) -> None:
+        import cupy
+
+        spec = get_model_spec("selfie_general")
+        stage = Preprocess(spec, Device("gpu", 0))
+        assert stage.interpolation == "area"
+        np.testing.assert_allclose(
+            cupy.asnumpy(stage(astronaut_frames)).astype(np.float32),
+            Preprocess(spec, Device("cpu"), interpolation="area")(astronaut_frames).astype(
+                np.float32
+            ),
+            rtol=2**-10,
+            atol=2**-14,
+        )
+
+
 class TestVarshape:
     def test_batches_of_different_sizes_equal_each_alone(
         self, preprocess: Preprocess, rng: np.random.Generator
@@ -144,7 +192,10 @@ class TestVarshape:
         )
 
     @pytest.mark.gpu
-    def test_gpu_batches_of_different_sizes_equal_the_cpu(self, rng: np.random.Generator) -> None:
+    @pytest.mark.parametrize("interpolation", ["linear", "area"])
+    def test_gpu_batches_of_different_sizes_equal_the_cpu(
+        self, rng: np.random.Generator, interpolation: str
+    ) -> None:
         import cupy
 
         spec = get_model_spec("selfie_general")
@@ -152,8 +203,10 @@ class TestVarshape:
             rng.integers(0, 256, (2, 1080, 1920, 3), dtype=np.uint8),
             rng.integers(0, 256, (1, 720, 1280, 3), dtype=np.uint8),
         ]
-        gpu_input, frames = Preprocess(spec, Device("gpu", 0)).with_device_frames_varshape(batches)
-        cpu_input, _ = Preprocess(spec, Device("cpu")).with_device_frames_varshape(batches)
+        gpu = Preprocess(spec, Device("gpu", 0), interpolation=interpolation)
+        gpu_input, frames = gpu.with_device_frames_varshape(batches)
+        cpu = Preprocess(spec, Device("cpu"), interpolation=interpolation)
+        cpu_input, _ = cpu.with_device_frames_varshape(batches)
         assert all(isinstance(f, cupy.ndarray) for f in frames)
         # The same float32 arithmetic, rounded once to float16 (tests/ops: identical).
         np.testing.assert_allclose(

@@ -10,8 +10,24 @@ import numpy as np
 from bgblur.device import Device
 from bgblur.models.registry import SegmentationModelSpec
 from bgblur.ops import resize_normalize_nchw, resize_normalize_nchw_varshape
-from bgblur.ops.resize import check_normalize_interpolation
 from bgblur.stages.stream import StageStream
+
+STAGE_INTERPOLATIONS = ("auto", "linear", "area")
+
+
+def resolve_interpolation(choice: str, device: Device) -> str:
+    """The downscale a preprocess stage runs: ``"linear"`` or ``"area"`` as asked; ``"auto"``
+    (the default) is ``"area"`` on the GPU, where it costs ~5-9 us a 1080p frame (H200:
+    13.5 vs 4.9 us at batch 1, 6.2 vs 0.8 us at batch 32; no difference end to end) for
+    steadier masks, and ``"linear"`` on the CPU, where area costs ~6 ms a 1080p frame a core
+    (README "Model input")."""
+    if choice not in STAGE_INTERPOLATIONS:
+        raise ValueError(
+            f"resize_interpolation must be one of {', '.join(STAGE_INTERPOLATIONS)}, got {choice!r}"
+        )
+    if choice == "auto":
+        return "area" if device.is_gpu else "linear"
+    return choice
 
 
 class Preprocess:
@@ -20,20 +36,21 @@ class Preprocess:
     Args:
         spec: the network whose input size and normalization to produce.
         device: CPU (NumPy/OpenCV) or GPU (CuPy kernels on this stage's own stream).
-        interpolation: ``"linear"`` (OpenCV INTER_LINEAR, CV-CUDA's sample) or ``"area"``
+        interpolation: ``"linear"`` (OpenCV INTER_LINEAR, CV-CUDA's sample), ``"area"``
             (INTER_AREA for frames that shrink on both axes: steadier masks, README "Model
-            input"), ``bgblur.ops.resize_normalize_nchw``.
+            input"; ``bgblur.ops.resize_normalize_nchw``) or ``"auto"``: area on the GPU,
+            linear on the CPU (``resolve_interpolation``). ``self.interpolation`` is the
+            resolved one.
     """
 
     out_dtype = np.float16
 
     def __init__(
-        self, spec: SegmentationModelSpec, device: Device, *, interpolation: str = "linear"
+        self, spec: SegmentationModelSpec, device: Device, *, interpolation: str = "auto"
     ) -> None:
-        check_normalize_interpolation(interpolation)
         self.spec = spec
         self.device = device
-        self.interpolation = interpolation
+        self.interpolation = resolve_interpolation(interpolation, device)
         self.stream = StageStream(device)
 
     def warm_up(self) -> None:

@@ -26,7 +26,7 @@ class TritonPythonModel:
         self.stage = Preprocess(
             get_model_spec(parameters["segmentation_model"]),
             self.device,
-            interpolation=parameters.get("resize_interpolation", "linear"),
+            interpolation=parameters.get("resize_interpolation", "auto"),
         )
         self.stage.warm_up()  # kernels compiled at load, not in the first request
         self.metrics = StageMetrics.for_model(pb_utils, args, stage="preprocess")
