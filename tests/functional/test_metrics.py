@@ -78,14 +78,22 @@ def traffic(triton_server: TritonServer) -> tuple[Samples, Samples]:
     finally:
         client.close()
     # Triton's own statistics are updated when a request is released, possibly just after its
-    # response reached the client: wait until they show the whole ensemble's count.
+    # response reached the client: wait until they show the ensemble's count and preprocess's
+    # (which also counts the frames of the requests it rejected).
+    expected = {
+        "background_blur": sum(VALID_BATCHES),
+        "preprocess": sum(VALID_BATCHES) + sum(f.shape[0] for f, _, _ in INVALID),
+    }
     deadline = time.monotonic() + 10
     while True:
         after = scrape(triton_server)
-        delta = value(after, "nv_inference_count", model="background_blur", version="1") - value(
-            before, "nv_inference_count", model="background_blur", version="1"
+        counted = all(
+            value(after, "nv_inference_count", model=model, version="1")
+            - value(before, "nv_inference_count", model=model, version="1")
+            >= count
+            for model, count in expected.items()
         )
-        if delta >= sum(VALID_BATCHES) or time.monotonic() > deadline:
+        if counted or time.monotonic() > deadline:
             return before, after
 
 
