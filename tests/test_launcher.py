@@ -23,6 +23,7 @@ from bgblur.launcher import (
     ServerStartError,
     TritonServer,
     free_port,
+    instance_counts_for,
     parse_key_values,
     prepare_backends,
     render_model_repository,
@@ -72,23 +73,16 @@ class TestRenderModelRepository:
             assert list(groups[0].gpus) == []
 
     @pytest.mark.parametrize("gpus", [[0], [0, 2], [0, 1, 2, 3, 4, 5, 6, 7]])
-    def test_gpu_gives_each_python_model_kind_gpu_instances_per_listed_gpu(
+    def test_gpu_gives_each_python_model_one_kind_gpu_instance_per_listed_gpu(
         self, tmp_path: Path, gpus: list[int]
     ) -> None:
-        """One per GPU, two of postprocess (the busiest stage: measured, GPU_INSTANCE_COUNTS)."""
         repository = render_model_repository(tmp_path / "repo", device="gpu", gpus=gpus)
         for model in PYTHON_MODELS:
             groups = read_config(repository, model).instance_group
             assert len(groups) == 1, model
             assert groups[0].kind == KIND_GPU
-            assert groups[0].count == (2 if model == "postprocess" else 1), model
+            assert groups[0].count == 1
             assert list(groups[0].gpus) == gpus
-
-    def test_gpu_default_counts_give_way_to_asked_counts(self, tmp_path: Path) -> None:
-        repository = render_model_repository(
-            tmp_path / "repo", device="gpu", gpus=[0], instance_counts={"postprocess": 1}
-        )
-        assert read_config(repository, "postprocess").instance_group[0].count == 1
 
     @pytest.mark.parametrize("device", ["cpu", "gpu"], ids=["render_cpu", "render_gpu"])
     def test_instance_counts_per_model(self, tmp_path: Path, device: str) -> None:
@@ -332,6 +326,20 @@ class TestPrepareBackends:
 
 
 class TestTritonServerArguments:
+    @pytest.mark.parametrize(
+        ("device", "asked", "counts"),
+        [
+            ("cpu", None, {}),
+            ("cpu", {"postprocess": 2}, {"postprocess": 2}),
+            ("gpu", None, {"postprocess": 2}),
+            ("gpu", {"postprocess": 1, "preprocess": 2}, {"postprocess": 1, "preprocess": 2}),
+        ],
+    )
+    def test_instance_counts_two_postprocess_on_a_gpu_unless_asked(
+        self, device: str, asked: dict[str, int] | None, counts: dict[str, int]
+    ) -> None:
+        assert instance_counts_for(device, asked) == counts
+
     @pytest.mark.parametrize("device", ["GPU", "cuda", ""])
     def test_raises_value_error_for_an_unknown_device(self, device: str) -> None:
         with pytest.raises(ValueError, match=f"device must be auto, cpu or gpu, got '{device}'"):

@@ -95,11 +95,20 @@ def prepare_backends(home: Path) -> Path:
     return home / "backends"
 
 
-# Instances per GPU where none is asked for. postprocess is the busiest stage at batch 8: a
-# second instance took selfie_general at 1080p, batch 8 from 1,753 to 1,944 frames/s with 8
-# clients and 1,787 -> 1,957 with 16 (H200, CUDA shm, same session: bench/results/
-# e2e-h200-2026-12-02-selfie{,-post2}.json); batch-1 latency does not depend on it.
+# Instances per GPU the embedded server (``TritonServer``) runs where none is asked for.
+# postprocess is the busiest stage at batch 8: a second instance took selfie_general at 1080p,
+# batch 8 from 1,753 to 1,944 frames/s with 8 clients and 1,787 -> 1,957 with 16 (H200, CUDA
+# shm, same session: bench/results/e2e-h200-2026-12-02-selfie{,-post2}.json); batch-1 latency
+# does not depend on it. The container keeps one of each (render_model_repository's default):
+# its /dev/shm size is computed for that (docker/README.md).
 GPU_INSTANCE_COUNTS = {"postprocess": 2}
+
+
+def instance_counts_for(device: str, asked: dict[str, int] | None = None) -> dict[str, int]:
+    """Instances per GPU the embedded server runs on ``device`` ("cpu"/"gpu"): ``asked`` on top
+    of ``GPU_INSTANCE_COUNTS`` on a GPU (models named in neither run one)."""
+    defaults = GPU_INSTANCE_COUNTS if device == "gpu" else {}
+    return {**defaults, **(asked or {})}
 
 
 def render_model_repository(
@@ -115,8 +124,8 @@ def render_model_repository(
 ) -> Path:
     """Copy ``source`` to ``destination`` with instance groups for ``device`` ("cpu"/"gpu").
 
-    Each Python-backend model gets one KIND_CPU instance, or on GPUs ``GPU_INSTANCE_COUNTS``
-    (else one) KIND_GPU instances per GPU; ``instance_counts[model]`` overrides either.
+    Each Python-backend model gets one KIND_CPU instance or one KIND_GPU instance per GPU, or
+    ``instance_counts[model]`` of them (per GPU).
     ``segmentation_model`` replaces the network named in preprocess and segmentation;
     ``queue_delay_us`` replaces their dynamic batchers' ``max_queue_delay_microseconds``
     (tuning); ``model_parameters`` replaces the value of each named config ``parameters`` key
@@ -130,7 +139,6 @@ def render_model_repository(
         raise ValueError(f"queue_delay_us must be >= 0, got {queue_delay_us}")
     counts = dict(instance_counts or {})
     unknown = set(counts) - set(PYTHON_MODELS)
-    defaults = GPU_INSTANCE_COUNTS if device == "gpu" else {}
     if unknown or any(int(n) < 1 for n in counts.values()):
         raise ValueError(
             f"instance_counts takes counts >= 1 for {', '.join(PYTHON_MODELS)}; got {counts}"
@@ -151,7 +159,7 @@ def render_model_repository(
     for model in (*PYTHON_MODELS, *VIDEO_MODELS):
         if model in VIDEO_MODELS and not (destination / model).is_dir():
             continue
-        count = int(counts.get(model, defaults.get(model, 1)))
+        count = int(counts.get(model, 1))
         if device == "gpu":
             group = f"instance_group [ {{ kind: KIND_GPU, count: {count}, gpus: {gpus} }} ]\n"
         else:
@@ -187,8 +195,9 @@ class TritonServer:
         log_path: where the server log goes (when None: a temporary file, removed when the
             server stops with exit code 0 and kept, with a warning naming it, otherwise).
         verbose: also echo the server log to stderr.
-        instance_counts: instances per GPU of a Python model, e.g. ``{"postprocess": 2}``
-            (default 1 each).
+        instance_counts: instances per GPU of a Python model, e.g. ``{"postprocess": 1}``
+            (default: ``GPU_INSTANCE_COUNTS`` on GPUs, else 1 each; the counts given replace
+            those of the models they name).
         queue_delay_us: the Python models' ``max_queue_delay_microseconds`` (default: the
             repository's).
         model_parameters: config ``parameters`` values to replace, by key, in every model that
@@ -235,7 +244,7 @@ class TritonServer:
         self.segmentation_model = segmentation_model
         self.startup_timeout_s = startup_timeout_s
         self.model_repository = model_repository
-        self.instance_counts = dict(instance_counts or {})
+        self.instance_counts = instance_counts_for(self.device, instance_counts)
         self.queue_delay_us = queue_delay_us
         self.model_parameters = dict(model_parameters or {})
         self.verbose = verbose
