@@ -35,13 +35,14 @@ from bgblur_client.transport import BlurClient
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def gpu_memory_mib() -> list[int] | None:
-    """Used memory per GPU (MiB) from nvidia-smi, None without one."""
+def nvidia_smi_csv(query: str) -> str | None:
+    """``nvidia-smi <query> --format=csv,noheader,nounits`` output; None without nvidia-smi or
+    when it fails."""
     if shutil.which("nvidia-smi") is None:
         return None
     try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+        return subprocess.run(
+            ["nvidia-smi", query, "--format=csv,noheader,nounits"],
             capture_output=True,
             text=True,
             timeout=10,
@@ -49,7 +50,12 @@ def gpu_memory_mib() -> list[int] | None:
         ).stdout
     except (subprocess.SubprocessError, OSError):
         return None
-    return [int(v) for v in out.split()]
+
+
+def gpu_memory_mib() -> list[int] | None:
+    """Used memory per GPU (MiB) from nvidia-smi, None without one."""
+    out = nvidia_smi_csv("--query-gpu=memory.used")
+    return None if out is None else [int(v) for v in out.split()]
 
 
 def process_gpu_memory_mib() -> dict[int, int] | None:
@@ -58,21 +64,8 @@ def process_gpu_memory_mib() -> dict[int, int] | None:
     The soak's server share: the device-wide figure also counts anything else on the GPU (the
     client's CUDA shared-memory buffers, other jobs), which would hide or fake a leak.
     """
-    if shutil.which("nvidia-smi") is None:
-        return None
-    try:
-        out = subprocess.run(
-            [
-                "nvidia-smi",
-                "--query-compute-apps=pid,used_memory",
-                "--format=csv,noheader,nounits",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout
-    except (subprocess.SubprocessError, OSError):
+    out = nvidia_smi_csv("--query-compute-apps=pid,used_memory")
+    if out is None:
         return None
     used: dict[int, int] = {}
     for line in out.splitlines():
