@@ -59,6 +59,12 @@ dev_install() {  # the project on every Python's path there, stubs included (an 
     || echo "WARNING: cannot write $site/bgblur-dev.pth: the Python stubs will not find bgblur"
 }
 
+pack_out() {  # the device tool brings back at most 8 files: more than that travel as one tarball
+  [ "$(find "$OUT" -type f | wc -l)" -le 8 ] && return 0
+  tar -czf "/tmp/$phase-out.tar.gz" -C "$OUT" . && find "$OUT" -mindepth 1 -delete \
+    && mv "/tmp/$phase-out.tar.gz" "$OUT/"
+}
+
 gpu_label() {
   "$PY" -c 'import cupy; print(cupy.cuda.runtime.getDeviceProperties(0)["name"].decode().lower().replace("nvidia ", "").split()[0])' 2>/dev/null || echo gpu
 }
@@ -173,3 +179,4 @@ case "$phase" in
     exit 2
     ;;
 esac
+[ "$phase" = bundle ] || pack_out

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import pstats
 import re
 from pathlib import Path
 
@@ -37,5 +38,7 @@ def test_each_stage_writes_its_profile(
             int(v) for v in re.match(r"(\d+) execute calls, (\d+) requests", text).groups()
         )
         assert calls >= 3 and requests >= 3, text
-        assert "_execute_grouped" in text and "_run_group" in text
-        assert summary.with_suffix(".pstats").stat().st_size > 0
+        # Every function the profile recorded, not only the summary's top 40 by cumulative
+        # time (Python 3.12's cProfile, the GPU machine's stubs, ordered them otherwise).
+        recorded = {name for _, _, name in pstats.Stats(str(summary.with_suffix(".pstats"))).stats}
+        assert {"_execute_grouped", "_run_group"} <= recorded, text
