@@ -144,8 +144,11 @@ case "$phase" in
     gpu="$(gpu_label)"
     paths=decode-nvdec,decode-pyav
     "$PY" -c 'import nvidia.dali' 2>/dev/null && paths="$paths,client-dali"
-    run 250 bench-video.log "$PY" bench/video.py --size 1080p --frames 120 --streams 1,16 \
+    run 220 bench-video.log "$PY" bench/video.py --size 1080p --frames 120 --streams 1,16 \
       --model fcn_resnet101 --shared-memory cuda --paths "$paths" --out "$OUT/video-$gpu-$day.json"
+    run 80 bench-video.log "$PY" bench/video.py --size 1080p --frames 120 --streams 16 \
+      --model fcn_resnet101 --shared-memory cuda --paths decode-nvdec --client-processes 4 \
+      --merge --out "$OUT/video-$gpu-$day.json"
     run 280 bench-video.log "$PY" bench/video.py --size 1080p --frames 120 --streams 1,4 \
       --model fcn_resnet101 --shared-memory cuda --paths server,server-inprocess,cpu-baseline \
       --merge --out "$OUT/video-$gpu-$day.json"

@@ -24,7 +24,7 @@ Each path runs once unmeasured first (``--no-warmup`` skips it: first-request co
 in-process pipeline's construction). Paths whose decoder is missing are reported as skipped.
 Writes bench/results/video-<device>.json after every row, so a run cut short keeps the rows it
 finished; ``--merge`` keeps the rows of an existing file and replaces those measured again
-(same path and streams).
+(same path, streams and client processes).
 
     python bench/video.py --size 1080p --frames 240 --streams 1,4,16 --shared-memory cuda
     python bench/video.py --paths decode-pyav,decode-nvdec --streams 16 --merge
@@ -108,18 +108,61 @@ def one_stream(path_name: str, url: str, clip: Path, out: Path, args: argparse.N
         ).frames
 
 
-def run_streams(
-    path_name: str, url: str, clip: Path, streams: int, args: argparse.Namespace, work: Path
-) -> dict[str, Any]:
-    started = time.perf_counter()
+def timed_streams(
+    path_name: str,
+    url: str,
+    clip: Path,
+    streams: int,
+    args: argparse.Namespace,
+    work: Path,
+    first: int = 0,
+    barrier: Any = None,
+) -> tuple[int, float, float]:
+    """``streams`` streams at once in threads of this process: ``(frames, start, end)`` with
+    ``time.monotonic`` (one clock for every process of the host); after ``barrier`` if given."""
+    if barrier is not None:
+        barrier.wait()
+    started = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(max_workers=streams) as pool:
         futures = [
             pool.submit(one_stream, path_name, url, clip, work / f"{path_name}-{i}.mp4", args)
-            for i in range(streams)
+            for i in range(first, first + streams)
         ]
         frames = sum(f.result() for f in futures)
-    seconds = time.perf_counter() - started
-    return {"frames": frames, "seconds": round(seconds, 3), "frames_per_s": frames / seconds}
+    return frames, started, time.monotonic()
+
+
+def run_streams(
+    path_name: str, url: str, clip: Path, streams: int, args: argparse.Namespace, work: Path
+) -> dict[str, Any]:
+    """The streams in this process (threads), or spread over ``--client-processes`` processes
+    that start together (a barrier): whether one Python client process is what limits."""
+    processes = max(1, min(args.client_processes, streams))
+    if processes == 1:
+        frames, started, ended = timed_streams(path_name, url, clip, streams, args, work)
+    else:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        with context.Manager() as manager:
+            barrier = manager.Barrier(processes)
+            shares = [streams // processes + (i < streams % processes) for i in range(processes)]
+            firsts = [sum(shares[:i]) for i in range(processes)]
+            with concurrent.futures.ProcessPoolExecutor(processes, mp_context=context) as pool:
+                futures = [
+                    pool.submit(timed_streams, path_name, url, clip, n, args, work, first, barrier)
+                    for n, first in zip(shares, firsts, strict=True)
+                ]
+                results = [f.result() for f in futures]
+        frames = sum(r[0] for r in results)
+        started, ended = min(r[1] for r in results), max(r[2] for r in results)
+    seconds = ended - started
+    return {
+        "frames": frames,
+        "seconds": round(seconds, 3),
+        "frames_per_s": frames / seconds,
+        "client_processes": processes,
+    }
 
 
 def cpu_baseline(clip: Path, model: str, frames: int, work: Path) -> dict[str, Any]:
@@ -160,10 +203,11 @@ def start_server(model: str, video_blur: str | None = None) -> Any:
 
 
 def merged_rows(earlier: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``earlier`` with the rows measured again (same path and streams) replaced, then the rest."""
+    """``earlier`` with the rows measured again (same path, streams and client processes)
+    replaced, then the rest."""
 
-    def key(row: dict[str, Any]) -> tuple[Any, Any]:
-        return row["path"], row.get("streams")
+    def key(row: dict[str, Any]) -> tuple[Any, Any, Any]:
+        return row["path"], row.get("streams"), row.get("client_processes", 1)
 
     fresh = {key(row): row for row in rows}
     kept = [fresh.pop(key(row), row) for row in earlier]
@@ -179,6 +223,12 @@ def main() -> None:
     parser.add_argument("--paths", default=",".join(PATHS), help=f"comma list of {PATHS}")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--in-flight", type=int, default=2)
+    parser.add_argument(
+        "--client-processes",
+        type=int,
+        default=1,
+        help="spread each row's streams over this many client processes (default: threads of one)",
+    )
     parser.add_argument("--shared-memory", choices=("none", "system", "cuda"), default="none")
     parser.add_argument("--model", default="selfie_general", help="segmentation network")
     parser.add_argument("--url", help="gRPC host:port of a running server (default: start one)")
