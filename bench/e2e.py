@@ -50,6 +50,7 @@ def run_served(
     seconds: float,
     shared_memory: str = "none",
     gpus: tuple[int, ...] = (0,),
+    served_model: str = "background_blur",
 ) -> dict:
     """``concurrency`` threads, each with its own connection, sending ``frames`` back to back.
 
@@ -79,7 +80,11 @@ def run_served(
         gpu = gpus[index % len(gpus)]
         frames = frames_on[gpu]
         with BlurClient(
-            url, protocol=protocol, shared_memory=shared_memory, cuda_device=gpu
+            url,
+            protocol=protocol,
+            model=served_model,
+            shared_memory=shared_memory,
+            cuda_device=gpu,
         ) as client:
             client.blur(frames)  # warm-up, region registration
             warmed.wait()
@@ -169,6 +174,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="a running server (default: start the embedded one)")
     parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    parser.add_argument(
+        "--served-model",
+        choices=("background_blur", "background_blur_direct"),
+        default="background_blur",
+        help="the ensemble (three Python-backend hops) or the same service in one model",
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     parser.add_argument("--model", default=None, help="segmentation network")
     parser.add_argument("--sizes", default="720p,1080p")
@@ -226,6 +237,7 @@ def main() -> None:
             instance_counts=instances,
             queue_delay_us=args.queue_delay_us,
             model_parameters=parse_key_values(args.model_param),
+            direct_model=args.served_model == "background_blur_direct",
         ).start()
         url = server.grpc_url if args.protocol == "grpc" else server.http_url
     device = server.device if server else args.device
@@ -240,6 +252,7 @@ def main() -> None:
         "device": device,
         "model": model,
         "protocol": args.protocol,
+        "served_model": args.served_model,
         "instances": args.instances or "1 per model",
         "queue_delay_us": args.queue_delay_us,
         "model_parameters": parse_key_values(args.model_param),
@@ -271,6 +284,7 @@ def main() -> None:
                             args.seconds,
                             transport,
                             client_gpus,
+                            args.served_model,
                         )
                         report["served"].append(row)
                         print(json.dumps(row), flush=True)

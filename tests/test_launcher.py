@@ -17,6 +17,7 @@ from tritonclient.grpc import model_config_pb2
 
 from bgblur.device import cuda_device_count
 from bgblur.launcher import (
+    DIRECT_MODELS,
     MODEL_REPOSITORY,
     PYTHON_MODELS,
     VIDEO_MODELS,
@@ -60,7 +61,9 @@ class TestRenderModelRepository:
         result = render_model_repository(destination, device="cpu", gpus=[])
         assert result == destination
         assert {p.name for p in destination.iterdir()} == {
-            p.name for p in MODEL_REPOSITORY.iterdir() if p.name != "__pycache__"
+            p.name
+            for p in MODEL_REPOSITORY.iterdir()
+            if p.name != "__pycache__" and p.name not in DIRECT_MODELS  # opt-in
         }
 
     def test_cpu_gives_each_python_model_one_kind_cpu_instance(self, tmp_path: Path) -> None:
@@ -215,13 +218,27 @@ class TestRenderModelRepository:
             copied = repository / model / "1" / "model.py"
             assert copied.read_bytes() == (MODEL_REPOSITORY / model / "1" / "model.py").read_bytes()
         source, rendered = tree_digest(MODEL_REPOSITORY), tree_digest(repository)
-        assert set(rendered) == set(source)
-        changed = {path for path in source if source[path] != rendered[path]}
+        direct = {path for path in source if path.split("/")[0] in DIRECT_MODELS}
+        assert direct, "the direct model is in the repository"
+        assert set(rendered) == set(source) - direct  # opt-in: left out by default
+        changed = {path for path in rendered if source[path] != rendered[path]}
         assert changed == {f"{model}/config.pbtxt" for model in (*PYTHON_MODELS, *VIDEO_MODELS)}
 
-    def test_the_video_model_gets_an_instance_group(self, tmp_path: Path) -> None:
-        repository = render_model_repository(tmp_path / "repo", device="gpu", gpus=[0, 1])
-        for model in VIDEO_MODELS:
+    def test_the_direct_model_is_rendered_when_asked_for(self, tmp_path: Path) -> None:
+        repository = render_model_repository(
+            tmp_path / "repo", device="cpu", gpus=[], direct_model=True
+        )
+        source, rendered = tree_digest(MODEL_REPOSITORY), tree_digest(repository)
+        assert set(rendered) == set(source)
+        for model in DIRECT_MODELS:
+            (group,) = read_config(repository, model).instance_group
+            assert group.kind == KIND_CPU and group.count == 1
+
+    def test_the_video_and_direct_models_get_an_instance_group(self, tmp_path: Path) -> None:
+        repository = render_model_repository(
+            tmp_path / "repo", device="gpu", gpus=[0, 1], direct_model=True
+        )
+        for model in (*VIDEO_MODELS, *DIRECT_MODELS):
             groups = read_config(repository, model).instance_group
             assert len(groups) == 1 and groups[0].count == 1 and list(groups[0].gpus) == [0, 1]
 

@@ -50,6 +50,9 @@ MODEL_REPOSITORY = PROJECT_ROOT / "model_repository"
 PYTHON_MODELS = ("preprocess", "segmentation", "postprocess")
 # Decoupled Python models, rendered like PYTHON_MODELS (one instance each) when present.
 VIDEO_MODELS = ("background_blur_video",)
+# The whole service in one Python model (one backend hop; same interface as the ensemble).
+# Opt-in (``direct_model=True``, ``--direct-model``): it holds a second copy of the network.
+DIRECT_MODELS = ("background_blur_direct",)
 EXIT_TIMEOUT_S = 10
 # Locked-down defaults (README "Reliability"): the header that unlocks the restricted APIs (model
 # repository, and shared memory where it is not opened); its value is a per-launch secret.
@@ -121,6 +124,7 @@ def render_model_repository(
     instance_counts: dict[str, int] | None = None,
     queue_delay_us: int | None = None,
     model_parameters: dict[str, str] | None = None,
+    direct_model: bool = False,
 ) -> Path:
     """Copy ``source`` to ``destination`` with instance groups for ``device`` ("cpu"/"gpu").
 
@@ -130,7 +134,7 @@ def render_model_repository(
     ``queue_delay_us`` replaces their dynamic batchers' ``max_queue_delay_microseconds``
     (tuning); ``model_parameters`` replaces the value of each named config ``parameters`` key
     in every model that has it (e.g. ``{"resize_interpolation": "area"}``; a key no model has
-    is a ValueError).
+    is a ValueError). ``DIRECT_MODELS`` are left out unless ``direct_model``.
     """
     overrides = dict(model_parameters or {})
     if segmentation_model is not None:
@@ -155,9 +159,10 @@ def render_model_repository(
             raise ValueError(f"model parameter {key}={value!r}: letters, digits and _.,:- only")
         if not any(_parameter_pattern(key).search(text) for text in configs):
             raise ValueError(f"no model has a config parameter {key!r}")
-    shutil.copytree(source, destination, ignore=shutil.ignore_patterns("__pycache__"))
-    for model in (*PYTHON_MODELS, *VIDEO_MODELS):
-        if model in VIDEO_MODELS and not (destination / model).is_dir():
+    left_out = () if direct_model else DIRECT_MODELS
+    shutil.copytree(source, destination, ignore=shutil.ignore_patterns("__pycache__", *left_out))
+    for model in (*PYTHON_MODELS, *VIDEO_MODELS, *DIRECT_MODELS):
+        if model not in PYTHON_MODELS and not (destination / model).is_dir():
             continue
         count = int(counts.get(model, 1))
         if device == "gpu":
@@ -208,6 +213,8 @@ class TritonServer:
             when ``address`` is loopback (clients on this host only) and restricts it to holders
             of the admin key otherwise; ``"on"`` opens it; ``"off"`` restricts it.
         supervise: restart the server when a Python stub or the server dies (bgblur.supervisor).
+        direct_model: also serve ``background_blur_direct`` (the service in one Python model:
+            one backend hop instead of three, a second copy of the network in memory).
     """
 
     def __init__(
@@ -228,6 +235,7 @@ class TritonServer:
         address: str = "127.0.0.1",
         shared_memory: str = "auto",
         supervise: bool = True,
+        direct_model: bool = False,
     ) -> None:
         if shared_memory not in ("auto", "on", "off"):
             raise ValueError(f"shared_memory must be auto, on or off, got {shared_memory!r}")
@@ -246,6 +254,7 @@ class TritonServer:
         self.model_repository = model_repository
         self.instance_counts = instance_counts_for(self.device, instance_counts)
         self.queue_delay_us = queue_delay_us
+        self.direct_model = direct_model
         self.model_parameters = dict(model_parameters or {})
         self.verbose = verbose
         self._workdir = Path(tempfile.mkdtemp(prefix="bgblur-triton-"))
@@ -347,6 +356,7 @@ class TritonServer:
             instance_counts=self.instance_counts,
             queue_delay_us=self.queue_delay_us,
             model_parameters=self.model_parameters,
+            direct_model=self.direct_model,
         )
         self._repository = repository
         self._stopping = False
@@ -577,6 +587,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-supervisor", action="store_true", help="do not restart a dead stub or server"
     )
+    parser.add_argument(
+        "--direct-model",
+        action="store_true",
+        help="also serve background_blur_direct: the service in one model (one backend hop)",
+    )
     add_model_param_argument(parser)
     args = parser.parse_args(argv)
     try:
@@ -596,6 +611,7 @@ def main(argv: list[str] | None = None) -> int:
         shared_memory=args.shared_memory,
         supervise=not args.no_supervisor,
         model_parameters=model_parameters,
+        direct_model=args.direct_model,
     )
     stop_requested = False
 

@@ -25,6 +25,8 @@ class BackgroundBlurPipeline:
         cache_dir: weights cache.
         blur_working_hw, mask_interpolation: see ``Postprocess``.
         resize_interpolation: see ``Preprocess`` (``interpolation``).
+        runtime_options: ``build_runtime`` keyword arguments (``runtime_options`` of
+            ``bgblur.runtimes.select``: the runtime choice, CUDA graph sizes, torch.compile).
     """
 
     def __init__(
@@ -36,16 +38,26 @@ class BackgroundBlurPipeline:
         blur_working_hw: tuple[int, int] = (224, 224),
         mask_interpolation: str = "nearest",
         resize_interpolation: str = "auto",
+        runtime_options: dict[str, Any] | None = None,
     ) -> None:
         self.device = device or Device()
         self.spec = get_model_spec(model)
         self.preprocess = Preprocess(self.spec, self.device, interpolation=resize_interpolation)
-        self.runtime = build_runtime(self.spec, self.device, cache_dir=cache_dir)
+        self.runtime = build_runtime(
+            self.spec, self.device, cache_dir=cache_dir, **(runtime_options or {})
+        )
         self.postprocess = Postprocess(
             self.device, blur_working_hw=blur_working_hw, mask_interpolation=mask_interpolation
         )
 
+    def warm_up(self) -> None:
+        """Compile and touch every stage once (the network is warmed when it is built)."""
+        self.preprocess.warm_up()
+        self.postprocess.warm_up()
+
     def __call__(self, frames_nhwc_u8: Any, params: BlurParams | None = None) -> tuple[Any, Any]:
+        """``[B, H, W, 3]`` uint8 frames (NumPy, or CuPy on a GPU pipeline) -> ``(blurred
+        [B, H, W, 3] uint8, mask [B, H, W] uint8)`` on the pipeline's device."""
         inputs, frames_on_device = self.preprocess.with_device_frames(frames_nhwc_u8)
         probability = self.runtime(inputs)
         if self.device.is_gpu:
