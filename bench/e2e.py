@@ -253,7 +253,7 @@ def main() -> None:
         "model": model,
         "protocol": args.protocol,
         "served_model": args.served_model,
-        "instances": args.instances or "1 per model",
+        "instances": server.instance_counts if server else args.instances or None,
         "queue_delay_us": args.queue_delay_us,
         "model_parameters": parse_key_values(args.model_param),
         "server_gpus": server.gpus if server else None,

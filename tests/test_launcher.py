@@ -346,13 +346,21 @@ class TestTritonServerArguments:
     @pytest.mark.parametrize(
         ("device", "asked", "counts"),
         [
-            ("cpu", None, {}),
-            ("cpu", {"postprocess": 2}, {"postprocess": 2}),
-            ("gpu", None, {"postprocess": 2}),
-            ("gpu", {"postprocess": 1, "preprocess": 2}, {"postprocess": 1, "preprocess": 2}),
+            ("cpu", None, {"background_blur_direct": 2}),
+            (
+                "cpu",
+                {"postprocess": 2, "background_blur_direct": 1},
+                {"postprocess": 2, "background_blur_direct": 1},
+            ),
+            ("gpu", None, {"postprocess": 2, "background_blur_direct": 2}),
+            (
+                "gpu",
+                {"postprocess": 1, "preprocess": 2},
+                {"postprocess": 1, "preprocess": 2, "background_blur_direct": 2},
+            ),
         ],
     )
-    def test_instance_counts_two_postprocess_on_a_gpu_unless_asked(
+    def test_instance_counts_default_and_asked(
         self, device: str, asked: dict[str, int] | None, counts: dict[str, int]
     ) -> None:
         assert instance_counts_for(device, asked) == counts

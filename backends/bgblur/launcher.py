@@ -105,12 +105,17 @@ def prepare_backends(home: Path) -> Path:
 # does not depend on it. The container keeps one of each (render_model_repository's default):
 # its /dev/shm size is computed for that (docker/README.md).
 GPU_INSTANCE_COUNTS = {"postprocess": 2}
+# The direct model (when served) runs two instances on any device: with one, a client sending
+# requests back to back met Triton 2.51's dynamic batcher holding about 1 request in 15 in the
+# queue for ~500 ms (CPU, 360p: 69 ms mean queue a request; none without dynamic batching,
+# none with a second instance; the ensemble's stages showed none).
+DIRECT_INSTANCE_COUNTS = {"background_blur_direct": 2}
 
 
 def instance_counts_for(device: str, asked: dict[str, int] | None = None) -> dict[str, int]:
-    """Instances per GPU the embedded server runs on ``device`` ("cpu"/"gpu"): ``asked`` on top
-    of ``GPU_INSTANCE_COUNTS`` on a GPU (models named in neither run one)."""
-    defaults = GPU_INSTANCE_COUNTS if device == "gpu" else {}
+    """Instances per device the embedded server runs: ``asked`` on top of
+    ``DIRECT_INSTANCE_COUNTS`` and, on a GPU, ``GPU_INSTANCE_COUNTS`` (others run one)."""
+    defaults = {**DIRECT_INSTANCE_COUNTS, **(GPU_INSTANCE_COUNTS if device == "gpu" else {})}
     return {**defaults, **(asked or {})}
 
 
@@ -142,10 +147,11 @@ def render_model_repository(
     if queue_delay_us is not None and queue_delay_us < 0:
         raise ValueError(f"queue_delay_us must be >= 0, got {queue_delay_us}")
     counts = dict(instance_counts or {})
-    unknown = set(counts) - set(PYTHON_MODELS)
+    countable = (*PYTHON_MODELS, *DIRECT_MODELS)
+    unknown = set(counts) - set(countable)
     if unknown or any(int(n) < 1 for n in counts.values()):
         raise ValueError(
-            f"instance_counts takes counts >= 1 for {', '.join(PYTHON_MODELS)}; got {counts}"
+            f"instance_counts takes counts >= 1 for {', '.join(countable)}; got {counts}"
         )
     if device not in ("cpu", "gpu"):
         raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
