@@ -19,7 +19,8 @@
 #   tests-serving  pytest -m gpu: functional (KIND_GPU ensemble, selfie and fcn_resnet101),
 #                  reliability (GPU OOM, kill -9 recovery), video (NVDEC, DALI), client, serving
 #   bench-e2e      fcn_resnet101 and selfie at 1080p through CUDA shm with the seed's CPU pipeline
-#                  in the same run (ratios), HTTP and raw gRPC rows, a profiled run of every stage
+#                  in the same run (ratios), the one-hop direct model, HTTP and raw gRPC rows,
+#                  a profiled run of every stage
 #                  (BGBLUR_PROFILE_DIR), ncu on the fused postprocess kernels
 #   bench-video    decode + blur with frames back in client memory (16 streams, NVDEC/DALI),
 #                  server side with BLS vs in-process blur, file to file vs the CPU pipeline
@@ -117,6 +118,9 @@ case "$phase" in
     run 200 bench-e2e.log "$PY" bench/e2e.py --device gpu --model fcn_resnet101 --sizes 1080p \
       --batches 1,8 --concurrency 1,16 --seconds 3 --shared-memory cuda \
       --cpu-baseline 1,16 --cpu-baseline-frames 60 --out "$OUT/e2e-$gpu-$day-fcn.json"
+    run 90 bench-e2e.log "$PY" bench/e2e.py --device gpu --served-model background_blur_direct \
+      --sizes 1080p --batches 1,8 --concurrency 1,8 --seconds 3 --shared-memory cuda \
+      --out "$OUT/e2e-$gpu-$day-selfie-direct.json"
     run 90 bench-e2e.log "$PY" bench/e2e.py --device gpu --sizes 1080p --batches 1,8 \
       --concurrency 1,8 --seconds 3 --shared-memory cuda --profile-dir "$OUT/profile" \
       --out "$OUT/e2e-$gpu-$day-selfie-profiled.json"
