@@ -344,26 +344,29 @@ class TestPrepareBackends:
 
 class TestTritonServerArguments:
     @pytest.mark.parametrize(
-        ("device", "asked", "counts"),
+        ("device", "asked", "direct", "counts"),
         [
-            ("cpu", None, {"background_blur_direct": 2}),
-            (
-                "cpu",
-                {"postprocess": 2, "background_blur_direct": 1},
-                {"postprocess": 2, "background_blur_direct": 1},
-            ),
-            ("gpu", None, {"postprocess": 2, "background_blur_direct": 2}),
+            ("cpu", None, False, {}),
+            ("cpu", {"postprocess": 2}, False, {"postprocess": 2}),
+            ("cpu", None, True, {"background_blur_direct": 2}),
+            ("gpu", None, False, {"postprocess": 2}),
+            ("gpu", None, True, {"postprocess": 2, "background_blur_direct": 2}),
             (
                 "gpu",
-                {"postprocess": 1, "preprocess": 2},
-                {"postprocess": 1, "preprocess": 2, "background_blur_direct": 2},
+                {"postprocess": 1, "background_blur_direct": 1},
+                True,
+                {"postprocess": 1, "background_blur_direct": 1},
             ),
         ],
     )
     def test_instance_counts_default_and_asked(
-        self, device: str, asked: dict[str, int] | None, counts: dict[str, int]
+        self,
+        device: str,
+        asked: dict[str, int] | None,
+        direct: bool,
+        counts: dict[str, int],
     ) -> None:
-        assert instance_counts_for(device, asked) == counts
+        assert instance_counts_for(device, asked, direct_model=direct) == counts
 
     @pytest.mark.parametrize("device", ["GPU", "cuda", ""])
     def test_raises_value_error_for_an_unknown_device(self, device: str) -> None:

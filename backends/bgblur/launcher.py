@@ -112,10 +112,16 @@ GPU_INSTANCE_COUNTS = {"postprocess": 2}
 DIRECT_INSTANCE_COUNTS = {"background_blur_direct": 2}
 
 
-def instance_counts_for(device: str, asked: dict[str, int] | None = None) -> dict[str, int]:
-    """Instances per device the embedded server runs: ``asked`` on top of
-    ``DIRECT_INSTANCE_COUNTS`` and, on a GPU, ``GPU_INSTANCE_COUNTS`` (others run one)."""
-    defaults = {**DIRECT_INSTANCE_COUNTS, **(GPU_INSTANCE_COUNTS if device == "gpu" else {})}
+def instance_counts_for(
+    device: str, asked: dict[str, int] | None = None, *, direct_model: bool = False
+) -> dict[str, int]:
+    """Instances per device the embedded server runs: ``asked`` on top of, on a GPU,
+    ``GPU_INSTANCE_COUNTS`` and, when the direct model is served, ``DIRECT_INSTANCE_COUNTS``
+    (others run one)."""
+    defaults = {
+        **(GPU_INSTANCE_COUNTS if device == "gpu" else {}),
+        **(DIRECT_INSTANCE_COUNTS if direct_model else {}),
+    }
     return {**defaults, **(asked or {})}
 
 
@@ -258,7 +264,9 @@ class TritonServer:
         self.segmentation_model = segmentation_model
         self.startup_timeout_s = startup_timeout_s
         self.model_repository = model_repository
-        self.instance_counts = instance_counts_for(self.device, instance_counts)
+        self.instance_counts = instance_counts_for(
+            self.device, instance_counts, direct_model=direct_model
+        )
         self.queue_delay_us = queue_delay_us
         self.direct_model = direct_model
         self.model_parameters = dict(model_parameters or {})
