@@ -18,10 +18,14 @@
 #   tests-kernels  pytest -m gpu: ops, stages, models, runtimes, pipeline, NVML
 #   tests-serving  pytest -m gpu: functional (KIND_GPU ensemble, selfie and fcn_resnet101),
 #                  reliability (GPU OOM, kill -9 recovery), video (NVDEC, DALI), client, serving
+#   tests-video    pytest -m gpu: tests/video (NVDEC, DALI, the video model on a GPU server) and
+#                  the profiler test (a shorter tests-serving, after a fix there)
 #   bench-e2e      fcn_resnet101 and selfie at 1080p through CUDA shm with the seed's CPU pipeline
 #                  in the same run (ratios), the one-hop direct model, HTTP and raw gRPC rows,
 #                  a profiled run of every stage
 #                  (BGBLUR_PROFILE_DIR), ncu on the fused postprocess kernels
+#   bench-e2e-defaults  the fcn_resnet101 row with the CPU baseline, the direct model and selfie
+#                  at the defaults (a shorter bench-e2e, after a change of GPU defaults)
 #   bench-video    decode + blur with frames back in client memory (16 streams, NVDEC/DALI),
 #                  server side with BLS vs in-process blur, file to file vs the CPU pipeline
 #   soak-start     the 10-minute soak at concurrency 16 (bench/soak.py) in its own session,
@@ -56,7 +60,9 @@ dev_install() {  # the project on every Python's path there, stubs included (an 
       /tmp/gpu-bundle/deps/*.whl && touch /tmp/gpu-bundle/deps/.done
   fi
   site="$("$PY" -c 'import site; print(site.getsitepackages()[0])')"
-  printf '%s\n' "$PWD/backends" "$PWD/client" > "$site/bgblur-dev.pth" 2>/dev/null \
+  # The bundle's packages too (PyAV for the video model's stub), should a stub not take
+  # $PYTHONPATH from the server's environment.
+  printf '%s\n' "$PWD/backends" "$PWD/client" /tmp/gpu-bundle/site > "$site/bgblur-dev.pth" 2>/dev/null \
     || echo "WARNING: cannot write $site/bgblur-dev.pth: the Python stubs will not find bgblur"
 }
 
@@ -105,6 +111,11 @@ case "$phase" in
       tests/ops tests/stages tests/models tests/runtimes tests/test_pipeline.py tests/test_nvml.py \
       --junitxml="$OUT/junit-kernels.xml"
     ;;
+  tests-video)  # the video, DALI and profiler tests alone (after a fix there)
+    "$PY" -c 'import av; print("PyAV", av.__version__)' 2>&1 | tee "$OUT/tests-video.log"
+    run 400 tests-video.log "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/video \
+      tests/functional/test_profiling.py --junitxml="$OUT/junit-video.xml"
+    ;;
   tests-serving)
     run 560 tests-serving.log "$PY" -m pytest -q -m gpu -p no:cacheprovider \
       tests/functional tests/reliability tests/video tests/client tests/serving tests/bench \
@@ -143,6 +154,17 @@ case "$phase" in
     run 90 bench-e2e.log "$PY" bench/e2e.py --device gpu --instances postprocess=2 \
       --sizes 1080p --batches 8 --concurrency 8,16 --seconds 3 --shared-memory cuda \
       --out "$OUT/e2e-$gpu-$day-selfie-post2.json"
+    ;;
+  bench-e2e-defaults)  # after a change of GPU defaults: the headline rows only (no ops, ncu, HTTP)
+    gpu="$(gpu_label)"
+    run 200 bench-e2e.log "$PY" bench/e2e.py --device gpu --model fcn_resnet101 --sizes 1080p \
+      --batches 1,8 --concurrency 1,16 --seconds 3 --shared-memory cuda \
+      --cpu-baseline 1,16 --cpu-baseline-frames 60 --out "$OUT/e2e-$gpu-$day-fcn.json"
+    run 90 bench-e2e.log "$PY" bench/e2e.py --device gpu --served-model background_blur_direct \
+      --sizes 1080p --batches 1,8 --concurrency 1,8 --seconds 3 --shared-memory cuda \
+      --out "$OUT/e2e-$gpu-$day-selfie-direct.json"
+    run 90 bench-e2e.log "$PY" bench/e2e.py --device gpu --sizes 1080p --batches 1,8 \
+      --concurrency 1,8,16 --seconds 3 --shared-memory cuda --out "$OUT/e2e-$gpu-$day-selfie.json"
     ;;
   bench-video)
     gpu="$(gpu_label)"

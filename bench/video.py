@@ -42,6 +42,7 @@ import platform
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -295,16 +296,22 @@ def main() -> None:
             if url is None:
                 add({"path": path_name, "skipped": "needs the embedded server (not --url)"})
                 continue
-            if not args.no_warmup:
-                run_streams(path_name, url, clip, 1, args, work)
-            for streams in (int(s) for s in args.streams.split(",")):
-                row = {"path": path_name, "streams": streams}
-                if path_name.startswith("decode-"):
-                    gpu_frames = path_name == "decode-nvdec" and args.shared_memory == "cuda"
-                    row["frames_in"] = "client GPU memory" if gpu_frames else "client host memory"
-                row |= run_streams(path_name, url, clip, streams, args, work)
-                row["warmup"] = not args.no_warmup
-                add(row)
+            try:  # a path that fails is recorded as such; the other paths still run
+                if not args.no_warmup:
+                    run_streams(path_name, url, clip, 1, args, work)
+                for streams in (int(s) for s in args.streams.split(",")):
+                    row = {"path": path_name, "streams": streams}
+                    if path_name.startswith("decode-"):
+                        gpu_frames = path_name == "decode-nvdec" and args.shared_memory == "cuda"
+                        row["frames_in"] = (
+                            "client GPU memory" if gpu_frames else "client host memory"
+                        )
+                    row |= run_streams(path_name, url, clip, streams, args, work)
+                    row["warmup"] = not args.no_warmup
+                    add(row)
+            except Exception as exc:  # reported in the row and on stderr
+                traceback.print_exc()
+                add({"path": path_name, "error": f"{type(exc).__name__}: {exc}"})
             if path_name == "server-inprocess" and "in_process" in servers:
                 servers.pop("in_process").stop()  # free its memory and cores
     finally:

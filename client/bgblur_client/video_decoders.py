@@ -123,28 +123,28 @@ def _dali_batches(
 
     @pipeline_def(batch_size=1, num_threads=2, device_id=device, prefetch_queue_depth=2)
     def reader() -> Any:
-        frames, frame_numbers = fn.readers.video(
+        # No enable_frame_num: DALI 2.4 allows it only with labels or a file list, and the
+        # frames are taken in order (step = sequence length), so their numbers are known.
+        return fn.readers.video(
             device="gpu",
             filenames=[str(path)],
             sequence_length=batch_size,
             step=batch_size,
             stride=1,
             pad_sequences=True,
-            enable_frame_num=True,
             random_shuffle=False,
             skip_vfr_check=True,
             image_type=types.RGB,
             dtype=types.UINT8,
             name="reader",
         )
-        return frames, frame_numbers
 
     pipe = reader()
     pipe.build()
     sequences = int(pipe.epoch_size("reader"))
     first_frame = 0
     for _ in range(sequences):
-        frames, _numbers = pipe.run()
+        (frames,) = pipe.run()
         with cupy.cuda.Device(device):
             sequence = cupy.asarray(frames.as_tensor())[0]  # [F, H, W, 3]
             # pad_sequences zero-fills past the end; the frame count says how many are real.

@@ -154,3 +154,24 @@ def test_blurred_frames_come_back_in_memory_in_order(triton_server, ramp_clip: P
     assert pts[0] == 0 and pts == sorted(set(pts))
     frames_out = np.concatenate([frames for _, frames in batches])
     assert video.brightness_order_ok(frames_out, video.decode_rgb(ramp_clip)[0])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("blur_sigma", [8.0, 2.5], ids=["bls", "in_process"])
+def test_round_trip_on_the_gpu_server(
+    server_pool, ramp_clip_bytes, video, blur_sigma: float
+) -> None:
+    """The video model on a KIND_GPU server: PyAV loads in its stub, both blur paths (BLS to the
+    ensemble, in-process pipeline) answer every frame in order."""
+    server = server_pool.get("gpu")
+
+    out, done, error = video.stream_video(
+        server.grpc_url, ramp_clip_bytes, {"batch_size": 8, "blur_sigma": blur_sigma}
+    )
+
+    assert error is None, error
+    assert done[-1] == 24
+    frames_in, props_in = video.decode_rgb(ramp_clip_bytes)
+    frames_out, props_out = video.decode_rgb(out)
+    assert props_out == props_in
+    assert video.brightness_order_ok(frames_out, frames_in)

@@ -307,10 +307,10 @@ class _Batch:
 def _import_av() -> Any:
     try:
         import av
-    except ImportError:
+    except ImportError as exc:  # named in full: "not installed" and "fails to load" differ
         raise ModelUnavailableError(
             "PyAV (the av package) is not installed on the server: background_blur_video "
-            "cannot demux and encode"
+            f"cannot demux and encode ({type(exc).__name__}: {exc})"
         ) from None
     return av
 
