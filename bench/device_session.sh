@@ -26,6 +26,7 @@
 #                  (BGBLUR_PROFILE_DIR), ncu on the fused postprocess kernels
 #   bench-e2e-defaults  the fcn_resnet101 row with the CPU baseline, the direct model and selfie
 #                  at the defaults (a shorter bench-e2e, after a change of GPU defaults)
+#   bench-e2e-direct-fcn  fcn_resnet101 through background_blur_direct
 #   bench-video    decode + blur with frames back in client memory (16 streams, NVDEC/DALI),
 #                  server side with BLS vs in-process blur, file to file vs the CPU pipeline
 #   soak-start     the 10-minute soak at concurrency 16 (bench/soak.py) in its own session,
@@ -165,6 +166,12 @@ case "$phase" in
       --out "$OUT/e2e-$gpu-$day-selfie-direct.json"
     run 90 bench-e2e.log "$PY" bench/e2e.py --device gpu --sizes 1080p --batches 1,8 \
       --concurrency 1,8,16 --seconds 3 --shared-memory cuda --out "$OUT/e2e-$gpu-$day-selfie.json"
+    ;;
+  bench-e2e-direct-fcn)  # the seed's network through the one-hop model
+    gpu="$(gpu_label)"
+    run 120 bench-e2e.log "$PY" bench/e2e.py --device gpu --model fcn_resnet101 \
+      --served-model background_blur_direct --sizes 1080p --batches 1,8 --concurrency 1,8,16 \
+      --seconds 3 --shared-memory cuda --out "$OUT/e2e-$gpu-$day-fcn-direct.json"
     ;;
   bench-video)
     gpu="$(gpu_label)"
