@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-av = pytest.importorskip("av")  # the GPU machine has no PyAV
+av = pytest.importorskip("av")  # on the GPU machine PyAV comes with the bundle (part 1)
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from bgblur_client.cli import main  # noqa: E402
