@@ -27,8 +27,10 @@
 #   bench-e2e-defaults  the fcn_resnet101 row with the CPU baseline, the direct model and selfie
 #                  at the defaults (a shorter bench-e2e, after a change of GPU defaults)
 #   bench-e2e-direct-fcn  fcn_resnet101 through background_blur_direct
-#   bench-video    decode + blur with frames back in client memory (16 streams, NVDEC/DALI),
-#                  server side with BLS vs in-process blur, file to file vs the CPU pipeline
+#   bench-video    decode + blur with frames back in client memory (16 streams, NVDEC/DALI;
+#                  NVDEC alone beside it), server side with BLS vs in-process blur, file to
+#                  file vs the CPU pipeline
+#   bench-video-processes  the 16 NVDEC streams over 4 client processes
 #   soak-start     the 10-minute soak at concurrency 16 (bench/soak.py) in its own session,
 #                  then tests-kernels beside it (correctness only, so the two can share the
 #                  machine; the soak samples its server's own GPU memory, not the device's)
@@ -175,16 +177,19 @@ case "$phase" in
     ;;
   bench-video)
     gpu="$(gpu_label)"
-    paths=decode-nvdec,decode-pyav
+    paths=decode-nvdec,nvdec-only,decode-pyav
     "$PY" -c 'import nvidia.dali' 2>/dev/null && paths="$paths,client-dali"
     run 220 bench-video.log "$PY" bench/video.py --size 1080p --frames 120 --streams 1,16 \
       --model fcn_resnet101 --shared-memory cuda --paths "$paths" --out "$OUT/video-$gpu-$day.json"
-    run 80 bench-video.log "$PY" bench/video.py --size 1080p --frames 120 --streams 16 \
-      --model fcn_resnet101 --shared-memory cuda --paths decode-nvdec --client-processes 4 \
-      --merge --out "$OUT/video-$gpu-$day.json"
     run 280 bench-video.log "$PY" bench/video.py --size 1080p --frames 120 --streams 1,4 \
       --model fcn_resnet101 --shared-memory cuda --paths server,server-inprocess,cpu-baseline \
       --merge --out "$OUT/video-$gpu-$day.json"
+    ;;
+  bench-video-processes)  # the NVDEC streams spread over client processes
+    gpu="$(gpu_label)"
+    run 80 bench-video.log "$PY" bench/video.py --size 1080p --frames 120 --streams 16 \
+      --model fcn_resnet101 --shared-memory cuda --paths decode-nvdec --client-processes 4 \
+      --out "$OUT/video-$gpu-$day-processes.json"
     ;;
   soak-start)
     gpu="$(gpu_label)"

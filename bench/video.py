@@ -11,6 +11,8 @@ per stream at the same time and reports aggregate frames/s (frames of all stream
   process's memory and nothing encoded (``bgblur_client.video.blurred_frames``; NumPy on the
   host, or CuPy in the client's GPU memory for NVDEC with ``--shared-memory cuda``): the
   issue's ">= 1000 frames/s of 1080p over 16 streams" figure;
+- ``nvdec-only``: NVDEC + the NV12 -> RGB kernel alone, no blur and no server: the decode
+  ceiling of the streams in this process, beside which ``decode-nvdec`` is read;
 - ``server``: ``bgblur_client.server_video`` (the compressed file to ``background_blur_video``,
   decode + blur + encode on the server), the model blurring by BLS calls into the ensemble;
 - ``server-inprocess``: the same with the model's ``blur: in_process`` (its own pipeline, no
@@ -53,6 +55,7 @@ PATHS = (
     "client-dali",
     "decode-pyav",
     "decode-nvdec",
+    "nvdec-only",
     "server",
     "server-inprocess",
     "cpu-baseline",
@@ -78,6 +81,16 @@ def make_clip(path: Path, size: str, frames: int) -> Path:
 
 
 def one_stream(path_name: str, url: str, clip: Path, out: Path, args: argparse.Namespace) -> int:
+    if path_name == "nvdec-only":  # the decode ceiling: NVDEC + NV12 -> RGB, no blur, no server
+        import cupy
+
+        from bgblur.video.nvdec import nvdec_batches
+
+        frames = 0
+        for batch in nvdec_batches(clip, 0, args.batch, 0, "bt709", False):
+            frames += int(batch.frames_nhwc_u8.shape[0])
+        cupy.cuda.get_current_stream().synchronize()
+        return frames
     if path_name in ("server", "server-inprocess"):
         from bgblur_client.server_video import blur_video_server_side
 
@@ -180,10 +193,11 @@ def cpu_baseline(clip: Path, model: str, frames: int, work: Path) -> dict[str, A
 
 
 def available(path_name: str) -> bool:
-    if path_name in ("client-nvdec", "client-dali", "decode-nvdec"):
+    if path_name in ("client-nvdec", "client-dali", "decode-nvdec", "nvdec-only"):
         from bgblur_client.video_decoders import decoder_available
 
-        return decoder_available(path_name.split("-", 1)[1])
+        decoder = "nvdec" if path_name == "nvdec-only" else path_name.split("-", 1)[1]
+        return decoder_available(decoder)
     return True
 
 
@@ -292,7 +306,7 @@ def main() -> None:
             if not available(path_name):
                 add({"path": path_name, "skipped": "decoder not available here"})
                 continue
-            url = url_for(path_name)
+            url = "" if path_name == "nvdec-only" else url_for(path_name)
             if url is None:
                 add({"path": path_name, "skipped": "needs the embedded server (not --url)"})
                 continue
