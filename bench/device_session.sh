@@ -16,6 +16,7 @@
 #   carry [".gpu-bundle", ".cache"]  source .gpu-bundle/setup.sh && bash bench/device_session.sh PHASE
 # PHASE (each ends well inside 10 minutes):
 #   tests-kernels  pytest -m gpu: ops, stages, models, runtimes, pipeline, NVML
+#   video-check    the video GPU tests and the server-side rows alone (after a fix there)
 #   tests-serving  pytest -m gpu: functional (KIND_GPU ensemble, selfie and fcn_resnet101),
 #                  reliability (GPU OOM, kill -9 recovery), video (NVDEC, DALI), client, serving
 #   tests-video    pytest -m gpu: tests/video (NVDEC, DALI, the video model on a GPU server) and
@@ -118,6 +119,15 @@ case "$phase" in
     "$PY" -c 'import av; print("PyAV", av.__version__)' 2>&1 | tee "$OUT/tests-video.log"
     run 400 tests-video.log "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/video \
       tests/functional/test_profiling.py --junitxml="$OUT/junit-video.xml"
+    ;;
+  video-check)  # after a fix in the video paths: their GPU tests, then the server-side rows
+    gpu="$(gpu_label)"
+    run 120 tests-video.log "$PY" -m pytest -q -m gpu -p no:cacheprovider \
+      tests/video/test_served_video.py tests/video/test_gpu_decoders.py \
+      tests/functional/test_profiling.py --junitxml="$OUT/junit-video.xml"
+    run 150 bench-video.log "$PY" bench/video.py --size 1080p --frames 120 --streams 1,4 \
+      --model fcn_resnet101 --paths server-inprocess,server --server-log-dir "$OUT/logs" \
+      --out "$OUT/video-$gpu-$day-server.json"
     ;;
   tests-serving)
     run 560 tests-serving.log "$PY" -m pytest -q -m gpu -p no:cacheprovider \

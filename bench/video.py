@@ -201,15 +201,16 @@ def available(path_name: str) -> bool:
     return True
 
 
-def start_server(model: str, video_blur: str | None = None) -> Any:
-    """The embedded server; ``video_blur`` sets ``background_blur_video``'s ``blur``."""
+def start_server(model: str, video_blur: str | None = None, log_path: Path | None = None) -> Any:
+    """The embedded server; ``video_blur`` sets ``background_blur_video``'s ``blur``; its log
+    is kept at ``log_path`` when given."""
     from bgblur.launcher import TritonServer
 
     saved = os.environ.get("BGBLUR_VIDEO_BLUR")
     if video_blur is not None:
         os.environ["BGBLUR_VIDEO_BLUR"] = video_blur  # the server's environment is copied
     try:
-        return TritonServer(segmentation_model=model).start()
+        return TritonServer(segmentation_model=model, log_path=log_path).start()
     finally:
         if saved is None:
             os.environ.pop("BGBLUR_VIDEO_BLUR", None)
@@ -232,6 +233,9 @@ def merged_rows(earlier: list[dict[str, Any]], rows: list[dict[str, Any]]) -> li
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clip", type=Path, help="input file (default: a generated sample)")
+    parser.add_argument(
+        "--server-log-dir", type=Path, help="keep the embedded servers' logs in this folder"
+    )
     parser.add_argument("--size", choices=tuple(SIZES), default="1080p")
     parser.add_argument("--frames", type=int, default=240)
     parser.add_argument("--streams", default="1,4,16", help="comma list of concurrent streams")
@@ -294,7 +298,13 @@ def main() -> None:
         if args.url is not None:
             return None if blur == "in_process" else args.url
         if blur not in servers:
-            servers[blur] = start_server(args.model, "in_process" if blur == "in_process" else None)
+            log_path = None
+            if args.server_log_dir is not None:
+                args.server_log_dir.mkdir(parents=True, exist_ok=True)
+                log_path = args.server_log_dir / f"tritonserver-{blur}.log"
+            servers[blur] = start_server(
+                args.model, "in_process" if blur == "in_process" else None, log_path
+            )
         return servers[blur].grpc_url
 
     try:

@@ -81,14 +81,25 @@ def _frame_pts(frame: Any) -> int | None:
     return None
 
 
+def _current_context(cupy: Any) -> int:
+    """The CUDA context current on this thread after the runtime is initialised there (the
+    device's primary context, CuPy's and torch's), or 0 where CuPy cannot say."""
+    cupy.cuda.runtime.free(0)  # binds the device's primary context to this thread
+    get_current = getattr(cupy.cuda.driver, "ctxGetCurrent", None)
+    return int(get_current()) if callable(get_current) else 0
+
+
 def nvdec_decode_nv12(
-    source: bytes | memoryview | Path, gpu_index: int = 0
+    source: bytes | memoryview | Path, gpu_index: int = 0, stream: Any = None
 ) -> Iterator[tuple[Any, int | None]]:
     """``(nv12 CuPy [H * 3 // 2, W] uint8 view, pts)`` per frame, in display order.
 
     ``source`` is a file path or the file's bytes (demuxed from memory). The view is valid
     until the next frame is decoded (the decoder reuses its surfaces): copy or convert it
-    before asking for the next.
+    before asking for the next. The decoder works in the device's primary context (the one
+    CuPy, torch and Triton use: on a thread of its own PyNvVideoCodec would otherwise pick
+    a context itself) and on ``stream`` (a CuPy stream; default: the legacy default stream),
+    so work queued on that stream after a frame comes back is ordered after its decode.
     """
     nvc = _import_nvc()
     import cupy
@@ -99,7 +110,11 @@ def nvdec_decode_nv12(
         demuxer = nvc.CreateDemuxer(_BufferFeeder(source))
     with cupy.cuda.Device(gpu_index):
         decoder = nvc.CreateDecoder(
-            gpuid=gpu_index, codec=demuxer.GetNvCodecId(), usedevicememory=True
+            gpuid=gpu_index,
+            codec=demuxer.GetNvCodecId(),
+            cudacontext=_current_context(cupy),
+            cudastream=0 if stream is None else int(stream.ptr),
+            usedevicememory=True,
         )
         for packet in demuxer:
             for frame in decoder.Decode(packet):
@@ -120,7 +135,8 @@ def nvdec_batches(
 ) -> Iterator[Any]:
     """Upright RGB batches ``[B, H, W, 3]`` uint8 CuPy on GPU ``gpu_index`` with their pts.
 
-    Yields ``bgblur.video.transcode._Batch`` objects (the transcoder's type).
+    Yields ``bgblur.video.transcode._Batch`` objects (the transcoder's type), each complete on
+    the GPU when yielded (one host synchronisation per batch, on the decoding thread).
     """
     import cupy
 
@@ -136,6 +152,10 @@ def nvdec_batches(
             rgb = nv12_to_rgb(stacked, matrix=matrix, full_range=full_range)  # type: ignore[arg-type]
             if quarter_turns:
                 rgb = cupy.ascontiguousarray(cupy.rot90(rgb, quarter_turns, axes=(1, 2)))
+            # The hand-off: the batch is complete before it leaves this generator. Its reader
+            # may be another thread or process on a stream of its own (the video model's BLS
+            # request into the ensemble read frames still being converted: H200, 2026-12-02).
+            cupy.cuda.get_current_stream().synchronize()
             return _Batch(rgb, list(pts))
 
     for surface, frame_pts in nvdec_decode_nv12(data, gpu_index):
