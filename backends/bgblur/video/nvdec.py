@@ -108,6 +108,9 @@ def nvdec_decode_nv12(
         demuxer = nvc.CreateDemuxer(filename=str(source))
     else:
         demuxer = nvc.CreateDemuxer(_BufferFeeder(source))
+    # No device context held across a yield: a generator may be closed from another thread
+    # (the video model's session thread closing its decode thread's generator), where CuPy's
+    # thread-local device stack has nothing to pop (IndexError seen on the H200).
     with cupy.cuda.Device(gpu_index):
         decoder = nvc.CreateDecoder(
             gpuid=gpu_index,
@@ -116,13 +119,15 @@ def nvdec_decode_nv12(
             cudastream=0 if stream is None else int(stream.ptr),
             usedevicememory=True,
         )
-        for packet in demuxer:
-            for frame in decoder.Decode(packet):
-                yield _nv12_view(frame, cupy), _frame_pts(frame)
-        flush = getattr(decoder, "Flush", None) or getattr(decoder, "flush", None)
-        if callable(flush):
-            for frame in flush() or ():
-                yield _nv12_view(frame, cupy), _frame_pts(frame)
+    for packet in demuxer:
+        with cupy.cuda.Device(gpu_index):
+            views = [(_nv12_view(f, cupy), _frame_pts(f)) for f in decoder.Decode(packet)]
+        yield from views
+    flush = getattr(decoder, "Flush", None) or getattr(decoder, "flush", None)
+    if callable(flush):
+        with cupy.cuda.Device(gpu_index):
+            views = [(_nv12_view(f, cupy), _frame_pts(f)) for f in flush() or ()]
+        yield from views
 
 
 def nvdec_batches(
