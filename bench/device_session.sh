@@ -76,6 +76,15 @@ pack_out() {  # the device tool brings back at most 8 files: more than that trav
     && mv "/tmp/$phase-out.tar.gz" "$OUT/"
 }
 
+e2e_headline_rows() {  # fcn_resnet101 with the seed's CPU pipeline in the same run; the one-hop model
+  run 200 bench-e2e.log "$PY" bench/e2e.py --device gpu --model fcn_resnet101 --sizes 1080p \
+    --batches 1,8 --concurrency 1,16 --seconds 3 --shared-memory cuda \
+    --cpu-baseline 1,16 --cpu-baseline-frames 60 --out "$OUT/e2e-$gpu-$day-fcn.json"
+  run 90 bench-e2e.log "$PY" bench/e2e.py --device gpu --served-model background_blur_direct \
+    --sizes 1080p --batches 1,8 --concurrency 1,8 --seconds 3 --shared-memory cuda \
+    --out "$OUT/e2e-$gpu-$day-selfie-direct.json"
+}
+
 gpu_label() {
   "$PY" -c 'import cupy; print(cupy.cuda.runtime.getDeviceProperties(0)["name"].decode().lower().replace("nvidia ", "").split()[0])' 2>/dev/null || echo gpu
 }
@@ -139,12 +148,7 @@ case "$phase" in
     "$PY" -c 'import cv2; cv2.ximgproc' 2>/dev/null \
       || echo "WARNING: no cv2.ximgproc: the CPU baseline runs the slow NumPy joint bilateral" \
       | tee -a "$OUT/bench-e2e.log"
-    run 200 bench-e2e.log "$PY" bench/e2e.py --device gpu --model fcn_resnet101 --sizes 1080p \
-      --batches 1,8 --concurrency 1,16 --seconds 3 --shared-memory cuda \
-      --cpu-baseline 1,16 --cpu-baseline-frames 60 --out "$OUT/e2e-$gpu-$day-fcn.json"
-    run 90 bench-e2e.log "$PY" bench/e2e.py --device gpu --served-model background_blur_direct \
-      --sizes 1080p --batches 1,8 --concurrency 1,8 --seconds 3 --shared-memory cuda \
-      --out "$OUT/e2e-$gpu-$day-selfie-direct.json"
+    e2e_headline_rows
     run 90 bench-e2e.log "$PY" bench/e2e.py --device gpu --sizes 1080p --batches 1,8 \
       --concurrency 1,8 --seconds 3 --shared-memory cuda --profile-dir "$OUT/profile" \
       --out "$OUT/e2e-$gpu-$day-selfie-profiled.json"
@@ -170,12 +174,7 @@ case "$phase" in
     ;;
   bench-e2e-defaults)  # after a change of GPU defaults: the headline rows only (no ops, ncu, HTTP)
     gpu="$(gpu_label)"
-    run 200 bench-e2e.log "$PY" bench/e2e.py --device gpu --model fcn_resnet101 --sizes 1080p \
-      --batches 1,8 --concurrency 1,16 --seconds 3 --shared-memory cuda \
-      --cpu-baseline 1,16 --cpu-baseline-frames 60 --out "$OUT/e2e-$gpu-$day-fcn.json"
-    run 90 bench-e2e.log "$PY" bench/e2e.py --device gpu --served-model background_blur_direct \
-      --sizes 1080p --batches 1,8 --concurrency 1,8 --seconds 3 --shared-memory cuda \
-      --out "$OUT/e2e-$gpu-$day-selfie-direct.json"
+    e2e_headline_rows
     run 90 bench-e2e.log "$PY" bench/e2e.py --device gpu --sizes 1080p --batches 1,8 \
       --concurrency 1,8,16 --seconds 3 --shared-memory cuda --out "$OUT/e2e-$gpu-$day-selfie.json"
     ;;
