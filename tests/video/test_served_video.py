@@ -174,4 +174,28 @@ def test_round_trip_on_the_gpu_server(
     frames_in, props_in = video.decode_rgb(ramp_clip_bytes)
     frames_out, props_out = video.decode_rgb(out)
     assert props_out == props_in
-    assert video.brightness_order_ok(frames_out, frames_in)
+    # On failure: which input frame each output frame is nearest to (a shift by the batch
+    # size says buffers were reused too early; no pattern says the content is wrong).
+    nearest = np.abs(
+        frames_out.reshape(24, -1).mean(axis=1)[:, None]
+        - frames_in.reshape(24, -1).mean(axis=1)[None, :]
+    ).argmin(axis=1)
+    assert video.brightness_order_ok(frames_out, frames_in), nearest.tolist()
+
+
+@pytest.mark.gpu
+def test_in_process_blur_with_the_seed_network_on_the_gpu_server(
+    server_pool, ramp_clip_bytes, video
+) -> None:
+    """The in-process blur built with fcn_resnet101 (torch, CUDA graphs) inside a video session:
+    on the H200 its first batch failed with cudaErrorInvalidResourceHandle (2026-12-02)."""
+    server = server_pool.get("gpu", "fcn_resnet101")
+
+    # blur_sigma 2.5 cannot travel in a BLS request: the model blurs in process
+    out, done, error = video.stream_video(
+        server.grpc_url, ramp_clip_bytes, {"batch_size": 8, "blur_sigma": 2.5}
+    )
+
+    assert error is None, error
+    assert done[-1] == 24
+    assert video.decode_rgb(out)[1] == video.decode_rgb(ramp_clip_bytes)[1]
