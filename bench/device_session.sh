@@ -131,7 +131,7 @@ case "$phase" in
     ;;
   video-check)  # after a fix in the video paths: their GPU tests, then the server-side rows
     gpu="$(gpu_label)"
-    run 120 tests-video.log "$PY" -m pytest -q -m gpu -p no:cacheprovider \
+    run 240 tests-video.log "$PY" -m pytest -q -m gpu -p no:cacheprovider \
       tests/video/test_served_video.py tests/video/test_gpu_decoders.py \
       tests/functional/test_profiling.py --junitxml="$OUT/junit-video.xml"
     run 150 bench-video.log "$PY" bench/video.py --size 1080p --frames 120 --streams 1,4 \
