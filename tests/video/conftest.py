@@ -95,12 +95,17 @@ def decode_rgb(data_or_path: bytes | Path) -> tuple[np.ndarray, dict[str, object
     return np.stack(frames), props
 
 
-def brightness_order_ok(out_nhwc_u8: np.ndarray, in_nhwc_u8: np.ndarray) -> bool:
-    """Each output frame is nearest in mean brightness to the input frame of the same index."""
+def nearest_input_frames(out_nhwc_u8: np.ndarray, in_nhwc_u8: np.ndarray) -> np.ndarray:
+    """For each output frame, the index of the input frame nearest to it in mean brightness."""
     out_mean = out_nhwc_u8.reshape(len(out_nhwc_u8), -1).mean(axis=1)
     in_mean = in_nhwc_u8.reshape(len(in_nhwc_u8), -1).mean(axis=1)
-    nearest = np.abs(out_mean[:, None] - in_mean[None, :]).argmin(axis=1)
-    return bool((nearest == np.arange(len(in_mean))).all())
+    return np.abs(out_mean[:, None] - in_mean[None, :]).argmin(axis=1)
+
+
+def brightness_order_ok(out_nhwc_u8: np.ndarray, in_nhwc_u8: np.ndarray) -> bool:
+    """Each output frame is nearest in mean brightness to the input frame of the same index."""
+    nearest = nearest_input_frames(out_nhwc_u8, in_nhwc_u8)
+    return bool((nearest == np.arange(len(in_nhwc_u8))).all())
 
 
 def stream_video(url: str, data: bytes, parameters: dict[str, Any] | None = None):
@@ -155,6 +160,7 @@ class VideoHelpers:
     write_clip = staticmethod(write_clip)
     decode_rgb = staticmethod(decode_rgb)
     brightness_order_ok = staticmethod(brightness_order_ok)
+    nearest_input_frames = staticmethod(nearest_input_frames)
     stream_video = staticmethod(stream_video)
 
 

@@ -176,11 +176,9 @@ def test_round_trip_on_the_gpu_server(
     assert props_out == props_in
     # On failure: which input frame each output frame is nearest to (a shift by the batch
     # size says buffers were reused too early; no pattern says the content is wrong).
-    nearest = np.abs(
-        frames_out.reshape(24, -1).mean(axis=1)[:, None]
-        - frames_in.reshape(24, -1).mean(axis=1)[None, :]
-    ).argmin(axis=1)
-    assert video.brightness_order_ok(frames_out, frames_in), nearest.tolist()
+    assert video.brightness_order_ok(frames_out, frames_in), video.nearest_input_frames(
+        frames_out, frames_in
+    ).tolist()
 
 
 @pytest.mark.gpu

@@ -90,16 +90,15 @@ def _current_context(cupy: Any) -> int:
 
 
 def nvdec_decode_nv12(
-    source: bytes | memoryview | Path, gpu_index: int = 0, stream: Any = None
+    source: bytes | memoryview | Path, gpu_index: int = 0
 ) -> Iterator[tuple[Any, int | None]]:
     """``(nv12 CuPy [H * 3 // 2, W] uint8 view, pts)`` per frame, in display order.
 
     ``source`` is a file path or the file's bytes (demuxed from memory). The view is valid
     until the next frame is decoded (the decoder reuses its surfaces): copy or convert it
     before asking for the next. The decoder works in the device's primary context (the one
-    CuPy, torch and Triton use: on a thread of its own PyNvVideoCodec would otherwise pick
-    a context itself) and on ``stream`` (a CuPy stream; default: the legacy default stream),
-    so work queued on that stream after a frame comes back is ordered after its decode.
+    CuPy, torch and Triton use), named explicitly rather than left to PyNvVideoCodec on a
+    thread of its own.
     """
     nvc = _import_nvc()
     import cupy
@@ -116,7 +115,7 @@ def nvdec_decode_nv12(
             gpuid=gpu_index,
             codec=demuxer.GetNvCodecId(),
             cudacontext=_current_context(cupy),
-            cudastream=0 if stream is None else int(stream.ptr),
+            cudastream=0,
             usedevicememory=True,
         )
     for packet in demuxer:
@@ -157,9 +156,9 @@ def nvdec_batches(
             rgb = nv12_to_rgb(stacked, matrix=matrix, full_range=full_range)  # type: ignore[arg-type]
             if quarter_turns:
                 rgb = cupy.ascontiguousarray(cupy.rot90(rgb, quarter_turns, axes=(1, 2)))
-            # The hand-off: the batch is complete before it leaves this generator. Its reader
-            # may be another thread or process on a stream of its own (the video model's BLS
-            # request into the ensemble read frames still being converted: H200, 2026-12-02).
+            # The hand-off: the batch is complete before it leaves this generator, for a reader
+            # on another thread or in another process with a stream of its own (the video
+            # model's BLS request into the ensemble).
             cupy.cuda.get_current_stream().synchronize()
             return _Batch(rgb, list(pts))
 

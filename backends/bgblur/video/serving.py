@@ -271,14 +271,14 @@ class VideoModel:
         if response.has_error():
             raise RuntimeError(f"{ENSEMBLE} failed: {response.error().message()}")
         blurred = pb_utils.get_output_tensor_by_name(response, "BLURRED")
-        # Copied into memory this model owns while the response is alive: the output is a view
-        # of the server's response buffer, which goes back to Triton's pool with the response
-        # (suspected of the GPU round-trip test's out-of-order frames, H200 2026-12-02: the
-        # decode side was made complete per batch and the test still failed; not yet re-run).
         if blurred.is_cpu():
-            return np.array(np.from_dlpack(blurred), copy=True)
+            return np.from_dlpack(blurred)
         import cupy
 
+        # On the GPU, copied into memory this model owns while the response is alive: the
+        # output is a view of the server's response buffer (suspected of the GPU round-trip
+        # test's out-of-order frames, H200 2026-12-02, after the decode side was made complete
+        # per batch and the test still failed; this copy is not yet run on a GPU).
         owned = cupy.array(cupy.from_dlpack(blurred), copy=True)
         cupy.cuda.get_current_stream().synchronize()  # the copy is done before the release
         return owned
