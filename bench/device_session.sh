@@ -17,6 +17,7 @@
 # PHASE (each ends well inside 10 minutes):
 #   tests-kernels  pytest -m gpu: ops, stages, models, runtimes, pipeline, NVML
 #   video-check    the video GPU tests and the server-side rows alone (after a fix there)
+#   bench-video-direct  16 NVDEC streams, decode + blur, into the ensemble and the one-hop model
 #   tests-serving  pytest -m gpu: functional (KIND_GPU ensemble, selfie and fcn_resnet101),
 #                  reliability (GPU OOM, kill -9 recovery), video (NVDEC, DALI), client, serving
 #   tests-video    pytest -m gpu: tests/video (NVDEC, DALI, the video model on a GPU server) and
@@ -131,8 +132,25 @@ case "$phase" in
     ;;
   video-check)  # after a fix in the video paths: their GPU tests, then the server-side rows
     gpu="$(gpu_label)"
-    run 240 tests-video.log "$PY" -m pytest -q -m gpu -p no:cacheprovider \
-      tests/video/test_served_video.py tests/video/test_gpu_decoders.py \
+    # Evidence for the cause: PyNvVideoCodec's encoder without a context of ours, on a thread
+    # whose runtime is bound to the primary context: the thread's context before and after.
+    run 60 tests-video.log "$PY" - <<'PYEOF'
+import ctypes, cupy, PyNvVideoCodec as nvc
+lib = ctypes.CDLL("libcuda.so.1")
+def current():
+    c = ctypes.c_void_p(); lib.cuCtxGetCurrent(ctypes.byref(c)); return c.value
+cupy.cuda.runtime.free(0)
+before = current()
+try:
+    nvc.CreateEncoder(1920, 1080, "ABGR", True, codec="h264", gpu_id="0")
+    opened = "opened"
+except Exception as exc:
+    opened = f"failed: {str(exc).splitlines()[0]}"
+print(f"NVENC {opened}; thread context before {before:#x}, after {current() or 0:#x}")
+PYEOF
+    run 280 tests-video.log "$PY" -m pytest -q -m gpu -p no:cacheprovider \
+      tests/video/test_cuda_context.py tests/video/test_served_video.py \
+      tests/video/test_gpu_decoders.py tests/video/test_encoders.py \
       tests/functional/test_profiling.py --junitxml="$OUT/junit-video.xml"
     run 150 bench-video.log "$PY" bench/video.py --size 1080p --frames 120 --streams 1,4 \
       --model fcn_resnet101 --paths server-inprocess,server --server-log-dir "$OUT/logs" \
@@ -193,6 +211,14 @@ case "$phase" in
     run 280 bench-video.log "$PY" bench/video.py --size 1080p --frames 120 --streams 1,4 \
       --model fcn_resnet101 --shared-memory cuda --paths server,server-inprocess,cpu-baseline \
       --merge --out "$OUT/video-$gpu-$day.json"
+    ;;
+  bench-video-direct)  # 16 NVDEC streams into the ensemble and into the one-hop model, same run
+    gpu="$(gpu_label)"
+    for model in background_blur background_blur_direct; do
+      run 150 bench-video.log "$PY" bench/video.py --size 1080p --frames 120 --streams 16 \
+        --model fcn_resnet101 --shared-memory cuda --paths decode-nvdec --client-model "$model" \
+        --merge --out "$OUT/video-$gpu-$day-direct.json"
+    done
     ;;
   bench-video-processes)  # the NVDEC streams spread over client processes
     gpu="$(gpu_label)"

@@ -18,6 +18,10 @@ per stream at the same time and reports aggregate frames/s (frames of all stream
 - ``server-inprocess``: the same with the model's ``blur: in_process`` (its own pipeline, no
   BLS hops): a second embedded server started with ``$BGBLUR_VIDEO_BLUR=in_process`` (the
   setting is per model, not per request), so skipped with ``--url``;
+- ``--client-model background_blur_direct``: the client-* and decode-* paths call the one-hop
+  model (the whole service in one Python model) instead of the ensemble: one server-side CUDA
+  process per instance instead of three models' stubs time-slicing the GPU with the client's
+  decoder;
 - ``cpu-baseline``: the seed's CPU pipeline (``bench/cpu_baseline.py``: OpenCV decode, OpenCV
   pre/post on the CPU, the network with torch on the best device, OpenCV mp4v encode) on the
   same file, one process.
@@ -60,6 +64,7 @@ PATHS = (
     "server-inprocess",
     "cpu-baseline",
 )
+CLIENT_MODELS = ("background_blur", "background_blur_direct")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -97,7 +102,7 @@ def one_stream(path_name: str, url: str, clip: Path, out: Path, args: argparse.N
     from bgblur_client.video import blur_video, blurred_frames
 
     shared = args.shared_memory
-    with BlurClient(url, shared_memory=shared, timeout_s=600) as client:
+    with BlurClient(url, model=args.client_model, shared_memory=shared, timeout_s=600) as client:
         if path_name.startswith("decode-"):
             batches = blurred_frames(
                 client,
@@ -197,16 +202,23 @@ def available(path_name: str) -> bool:
     return True
 
 
-def start_server(model: str, video_blur: str | None = None, log_path: Path | None = None) -> Any:
+def start_server(
+    model: str,
+    video_blur: str | None = None,
+    log_path: Path | None = None,
+    direct_model: bool = False,
+) -> Any:
     """The embedded server; ``video_blur`` sets ``background_blur_video``'s ``blur``; its log
-    is kept at ``log_path`` when given."""
+    is kept at ``log_path`` when given; ``direct_model`` also serves ``background_blur_direct``."""
     from bgblur.launcher import TritonServer
 
     saved = os.environ.get("BGBLUR_VIDEO_BLUR")
     if video_blur is not None:
         os.environ["BGBLUR_VIDEO_BLUR"] = video_blur  # the server's environment is copied
     try:
-        return TritonServer(segmentation_model=model, log_path=log_path).start()
+        return TritonServer(
+            segmentation_model=model, log_path=log_path, direct_model=direct_model
+        ).start()
     finally:
         if saved is None:
             os.environ.pop("BGBLUR_VIDEO_BLUR", None)
@@ -215,11 +227,16 @@ def start_server(model: str, video_blur: str | None = None, log_path: Path | Non
 
 
 def merged_rows(earlier: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``earlier`` with the rows measured again (same path, streams and client processes)
-    replaced, then the rest."""
+    """``earlier`` with the rows measured again (same path, streams, client processes and
+    client model) replaced, then the rest."""
 
-    def key(row: dict[str, Any]) -> tuple[Any, Any, Any]:
-        return row["path"], row.get("streams"), row.get("client_processes", 1)
+    def key(row: dict[str, Any]) -> tuple[Any, ...]:
+        return (
+            row["path"],
+            row.get("streams"),
+            row.get("client_processes", 1),
+            row.get("client_model", CLIENT_MODELS[0]),
+        )
 
     fresh = {key(row): row for row in rows}
     kept = [fresh.pop(key(row), row) for row in earlier]
@@ -246,6 +263,14 @@ def main() -> None:
     )
     parser.add_argument("--shared-memory", choices=("none", "system", "cuda"), default="none")
     parser.add_argument("--model", default="selfie_general", help="segmentation network")
+    parser.add_argument(
+        "--client-model",
+        choices=CLIENT_MODELS,
+        default=CLIENT_MODELS[0],
+        help="the Triton model the client-* and decode-* paths call: the ensemble, or the "
+        "one-hop model (one Python model, no hops between models; the embedded server then "
+        "serves it too)",
+    )
     parser.add_argument("--url", help="gRPC host:port of a running server (default: start one)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--no-warmup", action="store_true", help="measure the first run too")
@@ -270,6 +295,7 @@ def main() -> None:
         "clip": str(clip),
         "size": args.size if args.clip is None else None,
         "model": args.model,
+        "client_model": args.client_model,
         "rows": [],
     }
     out = args.out or RESULTS / f"video-{report['device']}.json"
@@ -299,7 +325,10 @@ def main() -> None:
                 args.server_log_dir.mkdir(parents=True, exist_ok=True)
                 log_path = args.server_log_dir / f"tritonserver-{blur}.log"
             servers[blur] = start_server(
-                args.model, "in_process" if blur == "in_process" else None, log_path
+                args.model,
+                "in_process" if blur == "in_process" else None,
+                log_path,
+                direct_model=args.client_model != CLIENT_MODELS[0],
             )
         return servers[blur].grpc_url
 
@@ -321,6 +350,8 @@ def main() -> None:
                     run_streams(path_name, url, clip, 1, args, work)
                 for streams in (int(s) for s in args.streams.split(",")):
                     row = {"path": path_name, "streams": streams}
+                    if path_name.startswith(("client-", "decode-")):
+                        row["client_model"] = args.client_model
                     if path_name.startswith("decode-"):
                         gpu_frames = path_name == "decode-nvdec" and args.shared_memory == "cuda"
                         row["frames_in"] = (

@@ -36,3 +36,46 @@ def test_a_failing_path_is_recorded_and_the_next_path_runs(tmp_path: Path) -> No
     assert "Traceback" in result.stderr  # the failure's trace is printed for the log
     assert baseline["path"] == "cpu-baseline"
     assert baseline["frames"] == 4 and baseline["frames_per_s"] > 0
+
+
+def test_the_client_paths_can_call_the_one_hop_model(tmp_path: Path) -> None:
+    """``--client-model background_blur_direct``: the embedded server serves the one-hop model
+    too, the decode + blur path calls it, and the row says which model answered."""
+    out = tmp_path / "video.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "video.py"),
+            *("--size", "360p", "--frames", "6", "--streams", "1", "--batch", "4"),
+            *("--paths", "decode-pyav", "--client-model", "background_blur_direct"),
+            *("--no-warmup", "--out", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["client_model"] == "background_blur_direct"
+    (row,) = report["rows"]
+    assert "error" not in row, row
+    assert row["client_model"] == "background_blur_direct"
+    assert row["frames"] == 6 and row["frames_per_s"] > 0
+
+
+def test_rows_of_another_client_model_are_kept_when_merged() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_video", ROOT / "bench" / "video.py")
+    assert spec is not None and spec.loader is not None
+    bench_video = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_video)
+    ensemble = {"path": "decode-nvdec", "streams": 16, "frames_per_s": 600.0}
+    direct_old = ensemble | {"client_model": "background_blur_direct", "frames_per_s": 700.0}
+    direct_new = direct_old | {"frames_per_s": 900.0}
+
+    merged = bench_video.merged_rows([ensemble, direct_old], [direct_new])
+
+    assert merged == [ensemble, direct_new]

@@ -52,6 +52,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from bgblur.video.cuda_context import primary_context, thread_context_kept
+
 LOG = logging.getLogger("bgblur.video")
 
 ENCODER_CHOICES: tuple[str, ...] = ("auto", "nvenc", "x264")
@@ -122,15 +124,17 @@ def _probe_nvenc(width: int, height: int, rate: Fraction | float, gpu: int) -> s
     else:
         reason = None
         try:
-            probe = nvc.CreateEncoder(
-                _even(width), _even(height), "ABGR", True, **_nvenc_options(rate, 30, 23, gpu)
-            )
+            with thread_context_kept("the NVENC probe"):
+                probe = nvc.CreateEncoder(
+                    _even(width), _even(height), "ABGR", True, **_nvenc_options(rate, 30, 23, gpu)
+                )
         except Exception as exc:
             reason = f"NVENC unavailable on GPU {gpu}: {exc}"
         else:
             if not hasattr(probe, "GetSequenceParams"):
                 reason = _TOO_OLD
-            _close_encoder(probe)
+            with thread_context_kept("closing the NVENC probe"):
+                _close_encoder(probe)
     return reason
 
 
@@ -144,9 +148,13 @@ def _even(size: int) -> int:
     return max(2, size - size % 2)
 
 
-def _nvenc_options(rate: Fraction | float, gop: int, quality: int, gpu: int) -> dict[str, str]:
-    """CreateEncoder options (PyNvVideoCodec takes every value as a string)."""
+def _nvenc_options(rate: Fraction | float, gop: int, quality: int, gpu: int) -> dict[str, Any]:
+    """CreateEncoder options (PyNvVideoCodec takes every value as a string, except the CUDA
+    context and stream: the device's primary context and its legacy stream, never a context of
+    the binding's own; see :mod:`bgblur.video.cuda_context`)."""
     return {
+        "cudacontext": primary_context(gpu),
+        "cudastream": 0,
         "codec": "h264",
         "preset": NVENC_PRESET,
         "tuning_info": "high_quality",
@@ -218,9 +226,14 @@ class NvencH264Encoder:
             self._rgba = np.full((height, width, 4), 255, dtype=np.uint8)
         self._gpu = gpu
         try:
-            self._encoder = nvc.CreateEncoder(
-                width, height, "ABGR", not device_input, **_nvenc_options(rate, gop, quality, gpu)
-            )
+            with thread_context_kept("opening the NVENC encoder"):
+                self._encoder = nvc.CreateEncoder(
+                    width,
+                    height,
+                    "ABGR",
+                    not device_input,
+                    **_nvenc_options(rate, gop, quality, gpu),
+                )
         except Exception as exc:
             raise RuntimeError(f"NVENC unavailable on GPU {gpu}: {exc}") from exc
         b_frames = getattr(self._encoder, "GetNumBFrames", lambda: 0)()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bgblur.errors import ModelUnavailableError
+from bgblur.video.cuda_context import primary_context, thread_context_kept
 
 
 def nvdec_available() -> bool:
@@ -81,14 +82,6 @@ def _frame_pts(frame: Any) -> int | None:
     return None
 
 
-def _current_context(cupy: Any) -> int:
-    """The CUDA context current on this thread after the runtime is initialised there (the
-    device's primary context, CuPy's and torch's), or 0 where CuPy cannot say."""
-    cupy.cuda.runtime.free(0)  # binds the device's primary context to this thread
-    get_current = getattr(cupy.cuda.driver, "ctxGetCurrent", None)
-    return int(get_current()) if callable(get_current) else 0
-
-
 def nvdec_decode_nv12(
     source: bytes | memoryview | Path, gpu_index: int = 0
 ) -> Iterator[tuple[Any, int | None]]:
@@ -97,8 +90,8 @@ def nvdec_decode_nv12(
     ``source`` is a file path or the file's bytes (demuxed from memory). The view is valid
     until the next frame is decoded (the decoder reuses its surfaces): copy or convert it
     before asking for the next. The decoder works in the device's primary context (the one
-    CuPy, torch and Triton use), named explicitly rather than left to PyNvVideoCodec on a
-    thread of its own.
+    CuPy, torch and Triton use), named explicitly rather than left to PyNvVideoCodec
+    (:mod:`bgblur.video.cuda_context`).
     """
     nvc = _import_nvc()
     import cupy
@@ -110,11 +103,11 @@ def nvdec_decode_nv12(
     # No device context held across a yield: a generator may be closed from another thread
     # (the video model's session thread closing its decode thread's generator), where CuPy's
     # thread-local device stack has nothing to pop (IndexError seen on the H200).
-    with cupy.cuda.Device(gpu_index):
+    with cupy.cuda.Device(gpu_index), thread_context_kept("opening the NVDEC decoder"):
         decoder = nvc.CreateDecoder(
             gpuid=gpu_index,
             codec=demuxer.GetNvCodecId(),
-            cudacontext=_current_context(cupy),
+            cudacontext=primary_context(gpu_index),
             cudastream=0,
             usedevicememory=True,
         )
