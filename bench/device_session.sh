@@ -18,6 +18,8 @@
 #   tests-kernels  pytest -m gpu: ops, stages, models, runtimes, pipeline, NVML
 #   video-check    the video GPU tests and the server-side rows alone (after a fix there)
 #   bench-video-direct  16 NVDEC streams, decode + blur, into the ensemble and the one-hop model
+#   bench-video-mps  the same under the CUDA MPS daemon (one GPU shared by the client's decoder
+#                  and the server's processes without context switches)
 #   tests-serving  pytest -m gpu: functional (KIND_GPU ensemble, selfie and fcn_resnet101),
 #                  reliability (GPU OOM, kill -9 recovery), video (NVDEC, DALI), client, serving
 #   tests-video    pytest -m gpu: tests/video (NVDEC, DALI, the video model on a GPU server) and
@@ -219,6 +221,29 @@ PYEOF
         --model fcn_resnet101 --shared-memory cuda --paths decode-nvdec --client-model "$model" \
         --merge --out "$OUT/video-$gpu-$day-direct.json"
     done
+    ;;
+  bench-video-mps)  # the same 16 NVDEC streams with the CUDA MPS daemon: client and server
+    # processes share the GPU's SMs at once instead of time-slicing between their contexts
+    gpu="$(gpu_label)"
+    if ! command -v nvidia-cuda-mps-control >/dev/null; then
+      echo "no nvidia-cuda-mps-control here" | tee -a "$OUT/bench-video.log"
+    else
+      export CUDA_MPS_PIPE_DIRECTORY=/tmp/bgblur-mps/pipe CUDA_MPS_LOG_DIRECTORY=/tmp/bgblur-mps/log
+      mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+      nvidia-cuda-mps-control -d && echo "MPS daemon started" | tee -a "$OUT/bench-video.log"
+      run 60 bench-video.log "$PY" bench/video.py --size 1080p --frames 120 --streams 16 \
+        --paths nvdec-only --merge --out "$OUT/video-$gpu-$day-mps.json"
+      for processes in 1 4; do  # 4 client processes: no GIL shared by the 16 streams
+        for model in background_blur background_blur_direct; do
+          run 120 bench-video.log "$PY" bench/video.py --size 1080p --frames 120 --streams 16 \
+            --model fcn_resnet101 --shared-memory cuda --paths decode-nvdec \
+            --client-processes "$processes" --client-model "$model" --merge \
+            --out "$OUT/video-$gpu-$day-mps.json"
+        done
+      done
+      echo quit | nvidia-cuda-mps-control
+      cp "$CUDA_MPS_LOG_DIRECTORY"/*.log "$OUT/" 2>/dev/null
+    fi
     ;;
   bench-video-processes)  # the NVDEC streams spread over client processes
     gpu="$(gpu_label)"

