@@ -19,7 +19,7 @@ from bgblur_client.image import blur_image_file, check_image_writable
 from bgblur_client.preview import write_preview
 from bgblur_client.samples import make_sample_video
 from bgblur_client.server_video import DEFAULT_VIDEO_MODEL, blur_video_server_side
-from bgblur_client.shm import SHARED_MEMORY_KINDS
+from bgblur_client.shm import SHARED_MEMORY_CHOICES
 from bgblur_client.transport import (
     DEFAULT_MODEL,
     DEFAULT_TIMEOUT_S,
@@ -112,10 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--model", default=DEFAULT_MODEL, help=f"default: {DEFAULT_MODEL}")
     group.add_argument(
         "--shared-memory",
-        choices=SHARED_MEMORY_KINDS,
-        default="none",
-        help="pass frames through shared memory with a server on this host: system (RAM) or "
-        "cuda (GPU memory, needs CuPy); default: none (frames travel in the request)",
+        choices=SHARED_MEMORY_CHOICES,
+        default="auto",
+        help="how frames reach the server: cuda (GPU memory shared with a server on this "
+        "host, needs CuPy), system (RAM shared with a server on this host) or none (in the "
+        "request); default: auto, the first of those the server really maps (tried at connect)",
     )
     group.add_argument(
         "--timeout",
@@ -257,9 +258,15 @@ def _run_video(args: argparse.Namespace, parameters: dict[str, ParameterValue]) 
             decoder=args.decoder,
             encoder=args.encoder,
         )
+        transport = f"frames via {client.shared_memory} shared memory"
+        if client.shared_memory == "none":
+            transport = "frames in the requests"
+        if args.shared_memory == "auto":
+            transport += f" (auto: {client.shared_memory_reason})"
     headline = throughput_line(summary.frames, summary.seconds)
     encoder = f"{summary.encoder}: {summary.encoder_reason}"
     print(f"{headline} -> {args.output} (audio {summary.audio}, encoder {encoder})")
+    print(transport)
     return EXIT_OK
 
 

@@ -22,6 +22,9 @@ import numpy as np
 
 SharedMemoryKind = Literal["none", "system", "cuda"]
 SHARED_MEMORY_KINDS: tuple[SharedMemoryKind, ...] = ("none", "system", "cuda")
+SharedMemoryChoice = Literal["auto", "none", "system", "cuda"]
+SHARED_MEMORY_CHOICES: tuple[SharedMemoryChoice, ...] = ("auto", *SHARED_MEMORY_KINDS)
+_PROBE_BYTES = 4096
 
 
 class _Regions:
@@ -84,7 +87,11 @@ class SystemSharedMemory(_Regions):
 
     def _allocate(self, name: str, nbytes: int) -> Any:
         handle = self._shm.create_shared_memory_region(name, f"/{name}", nbytes)
-        self._client.register_system_shared_memory(name, f"/{name}", nbytes)
+        try:
+            self._client.register_system_shared_memory(name, f"/{name}", nbytes)
+        except BaseException:  # the server cannot map it: nothing of it may stay behind
+            self._free(handle)
+            raise
         return handle
 
     def _free(self, handle: Any) -> None:
@@ -120,10 +127,15 @@ class CudaSharedMemory(_Regions):
         with cupy.cuda.Device(self.device):
             # A plain cudaMalloc (not CuPy's pool): an IPC handle covers a whole allocation.
             pointer = cupy.cuda.runtime.malloc(nbytes)
-            raw_handle = cupy.cuda.runtime.ipcGetMemHandle(pointer)
-        self._client.register_cuda_shared_memory(
-            name, base64.b64encode(bytes(raw_handle)), self.device, nbytes
-        )
+        try:
+            with cupy.cuda.Device(self.device):
+                raw_handle = cupy.cuda.runtime.ipcGetMemHandle(pointer)
+            self._client.register_cuda_shared_memory(
+                name, base64.b64encode(bytes(raw_handle)), self.device, nbytes
+            )
+        except BaseException:  # the server cannot map it: nothing of it may stay behind
+            self._free((pointer, None))
+            raise
         memory = cupy.cuda.UnownedMemory(pointer, nbytes, owner=None, device_id=self.device)
         return pointer, cupy.cuda.MemoryPointer(memory, 0)
 
@@ -161,3 +173,40 @@ def open_regions(kind: SharedMemoryKind, client: Any, *, device: int = 0) -> _Re
     if kind == "cuda":
         return CudaSharedMemory(client, device)
     raise ValueError(f"shared memory must be one of {SHARED_MEMORY_KINDS}, got {kind!r}")
+
+
+def usable_shared_memory(client: Any, *, device: int = 0) -> tuple[SharedMemoryKind, str]:
+    """``(kind, reason)``: the fastest transport the server behind ``client`` can map.
+
+    Each candidate is tried for real (a small region registered on the server, then
+    unregistered and freed): ``cuda`` where CuPy sees a GPU here and the server opens the
+    region's IPC handle (same host, same GPU visible to it), else ``system`` where the server
+    opens a POSIX region (same host, or a container sharing its ``/dev/shm``), else ``none``
+    (tensors in the requests: another host, or registration refused, e.g. without the
+    server's admin key).
+    """
+    refused: list[str] = []
+    for kind in ("cuda", "system"):
+        if kind == "cuda" and not _cuda_usable(device):
+            refused.append("cuda: no CUDA GPU for CuPy here")
+            continue
+        regions = open_regions(kind, client, device=device)
+        assert regions is not None
+        try:
+            regions.reserve("probe", _PROBE_BYTES)
+        except Exception as exc:
+            refused.append(f"{kind}: {str(exc).strip().splitlines()[0] if str(exc) else exc!r}")
+            continue
+        finally:
+            regions.close()
+        return kind, "the server maps a region registered from here"
+    return "none", "; ".join(refused)
+
+
+def _cuda_usable(device: int) -> bool:
+    try:
+        import cupy
+
+        return int(cupy.cuda.runtime.getDeviceCount()) > device
+    except Exception:  # no CuPy, no driver, no GPU
+        return False

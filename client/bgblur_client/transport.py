@@ -28,7 +28,13 @@ from bgblur_client.errors import (
     RequestRejectedError,
     ServerUnreachableError,
 )
-from bgblur_client.shm import SHARED_MEMORY_KINDS, SharedMemoryKind, open_regions
+from bgblur_client.shm import (
+    SHARED_MEMORY_CHOICES,
+    SharedMemoryChoice,
+    SharedMemoryKind,
+    open_regions,
+    usable_shared_memory,
+)
 from bgblur_client.stats import StatsSnapshot
 
 ProtocolName = Literal["grpc", "http"]
@@ -83,12 +89,16 @@ class BlurClient:
         model: Name of the ensemble model.
         timeout_s: Longest wait for one inference request, in seconds.
         shared_memory: ``"none"`` (tensors in the request), ``"system"`` (POSIX shared memory;
-            client and server on one host) or ``"cuda"`` (GPU memory shared through CUDA IPC;
-            frames may be CuPy arrays and results come back as CuPy arrays on ``cuda_device``).
+            client and server on one host), ``"cuda"`` (GPU memory shared through CUDA IPC;
+            frames may be CuPy arrays and results come back as CuPy arrays on ``cuda_device``)
+            or ``"auto"`` (the first of cuda, system, none that the server really maps, tried
+            once at connect: :func:`bgblur_client.shm.usable_shared_memory`).
         cuda_device: GPU of the CUDA shared-memory regions.
 
     Attributes:
         max_batch_size: The model's ``max_batch_size`` from its config (0: no batching).
+        shared_memory: The transport in use (``"auto"`` resolved).
+        shared_memory_reason: Why that one (``"requested"`` unless it was ``"auto"``).
 
     Raises:
         ServerUnreachableError: Nothing answers at ``url`` over ``protocol``.
@@ -102,14 +112,15 @@ class BlurClient:
         protocol: ProtocolName = "grpc",
         model: str = DEFAULT_MODEL,
         timeout_s: float = DEFAULT_TIMEOUT_S,
-        shared_memory: SharedMemoryKind = "none",
+        shared_memory: SharedMemoryChoice = "none",
         cuda_device: int = 0,
     ) -> None:
-        if shared_memory not in SHARED_MEMORY_KINDS:
+        if shared_memory not in SHARED_MEMORY_CHOICES:
             raise ValueError(
-                f"shared_memory must be one of {SHARED_MEMORY_KINDS}, got {shared_memory!r}"
+                f"shared_memory must be one of {SHARED_MEMORY_CHOICES}, got {shared_memory!r}"
             )
-        self.shared_memory: SharedMemoryKind = shared_memory
+        self.shared_memory: SharedMemoryKind = "none" if shared_memory == "auto" else shared_memory
+        self.shared_memory_reason = "requested"
         self.cuda_device = cuda_device
         self._regions: dict[int, Any] = {}
         self._regions_lock = threading.Lock()
@@ -125,6 +136,10 @@ class BlurClient:
         self._client = self._connect()
         try:
             self.max_batch_size = self._check_ready()
+            if shared_memory == "auto":
+                self.shared_memory, self.shared_memory_reason = usable_shared_memory(
+                    self._client, device=cuda_device
+                )
         except BaseException:
             self._client.close()
             raise

@@ -360,3 +360,38 @@ def test_shared_memory_transport_equals_raw_and_frees_its_regions(
         )
         assert "bgblur_" in str(status)
     assert not [name for name in os.listdir("/dev/shm") if name.startswith("bgblur_")]
+
+
+def test_auto_shared_memory_takes_what_the_local_server_maps(server_pool, device, protocol):
+    """``shared_memory="auto"`` with a server on this host: CUDA shared memory where CuPy sees
+    a GPU here and the server maps it (the GPU server), else system shared memory; the probe's
+    region is not left registered; the answers equal the raw transport's."""
+    from bgblur.device import cuda_device_count
+    from bgblur_client.transport import BlurClient
+
+    server = server_pool.get(device, "fixed_ellipse")
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    frames = random_frames(2, 40, 56, seed=5)
+    with BlurClient(url, protocol=protocol) as raw:
+        expected = raw.blur(frames).blurred_nhwc_u8
+
+    with BlurClient(url, protocol=protocol, shared_memory="auto") as client:
+        if device == "gpu":
+            assert client.shared_memory == "cuda", client.shared_memory_reason
+        elif cuda_device_count() == 0:
+            assert client.shared_memory == "system", client.shared_memory_reason
+            assert "cuda: no CUDA GPU for CuPy here" not in client.shared_memory_reason
+        else:  # a GPU here and the CPU server: whichever it maps, never none
+            assert client.shared_memory in ("cuda", "system"), client.shared_memory_reason
+        assert client.shared_memory_reason == "the server maps a region registered from here"
+        status = (
+            client._client.get_system_shared_memory_status()
+            if client.shared_memory == "system"
+            else client._client.get_cuda_shared_memory_status()
+        )
+        assert "bgblur_" not in str(status)  # the probe's region is unregistered
+        got = client.blur(frames).blurred_nhwc_u8
+        if not isinstance(got, np.ndarray):  # CUDA shared memory: a CuPy array
+            got = got.get()
+        np.testing.assert_array_equal(got, expected)
+    assert not [name for name in os.listdir("/dev/shm") if name.startswith("bgblur_")]

@@ -5,11 +5,14 @@ needs the key when not opened; no request parameter reaches the filesystem."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
+import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
@@ -169,3 +172,26 @@ def test_no_request_parameter_reaches_the_filesystem(
     name = next(iter(parameters))
     assert f"unknown parameter {name!r}" in info.value.message()
     assert info.value.status() in ("400", "StatusCode.INVALID_ARGUMENT")
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_auto_shared_memory_falls_back_to_the_request_and_leaves_nothing(
+    shm_off_server, protocol: str
+) -> None:
+    """``shared_memory="auto"`` where the server refuses registration: frames travel in the
+    requests, and the probe's region is gone from ``/dev/shm`` (no leak per connection)."""
+    from bgblur_client.transport import BlurClient
+
+    before = set(Path("/dev/shm").glob(f"bgblur_{os.getpid()}_*"))
+    url = shm_off_server.grpc_url if protocol == "grpc" else shm_off_server.http_url
+    frames = np.full((2, 48, 64, 3), 90, np.uint8)
+
+    with BlurClient(url, protocol=protocol, shared_memory="auto") as client:
+        assert client.shared_memory == "none"
+        assert "system: " in client.shared_memory_reason and "restricted" in (
+            client.shared_memory_reason
+        )
+        blurred = client.blur(frames).blurred_nhwc_u8
+
+    assert blurred.shape == frames.shape
+    assert set(Path("/dev/shm").glob(f"bgblur_{os.getpid()}_*")) == before

@@ -116,6 +116,33 @@ def test_cli_server_side(
     assert "blurred 24 frames in " in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [
+        ((), "frames via system shared memory (auto: the server maps a region"),
+        (("--shared-memory", "none"), "frames in the requests"),
+    ],
+    ids=["auto", "none"],
+)
+def test_cli_client_side_says_how_frames_reach_the_server(
+    triton_server, ramp_clip: Path, tmp_path: Path, video, capsys, option, expected
+) -> None:
+    """The default transport is ``auto``: with the server on this host (and no GPU here, as in
+    CI) the frames go through system shared memory; the summary says so."""
+    from bgblur.device import cuda_device_count
+
+    if cuda_device_count() and not option:
+        pytest.skip("with a GPU here auto may take CUDA shared memory")
+    out = tmp_path / "out.mp4"
+
+    url = triton_server.grpc_url
+    code = main(["video", str(ramp_clip), str(out), "--url", url, "--no-progress", *option])
+
+    assert code == 0, capsys.readouterr().err
+    assert expected in capsys.readouterr().out
+    assert video.decode_rgb(out)[1] == video.decode_rgb(ramp_clip)[1]
+
+
 def test_cli_server_side_refuses_a_corrupt_file_and_leaves_no_output(
     triton_server, ramp_clip_bytes, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
