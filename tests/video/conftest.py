@@ -42,12 +42,14 @@ def write_clip(
     audio: bool = True,
     rotation: int = 0,
     options: dict[str, str] | None = None,
+    codec_options: dict[str, str] | None = None,
 ) -> Path:
-    """Encode ``frames_nhwc_u8`` (RGB) into ``path`` with PyAV, optionally with an AAC tone."""
+    """Encode ``frames_nhwc_u8`` (RGB) into ``path`` with PyAV, optionally with an AAC tone;
+    ``options`` are the container's (e.g. ``movflags``), ``codec_options`` the encoder's."""
     import av
 
     with av.open(str(path), "w", options=options or {}) as container:
-        video = container.add_stream(codec, rate=fps)
+        video = container.add_stream(codec, rate=fps, options=codec_options or {})
         video.height, video.width = frames_nhwc_u8.shape[1:3]
         video.pix_fmt = pix_fmt
         if rotation:
@@ -176,6 +178,23 @@ def ramp_clip_bytes(ramp_clip: Path) -> bytes:
     return ramp_clip.read_bytes()
 
 
+FRAGMENTED_MP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
+
+
+@pytest.fixture(scope="session")
+def streamable_clip_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A 4 s ramp (96 frames) as a fragmented MP4 with a keyframe every 4 frames (a fragment
+    each), with audio: a stream that can be decoded as it arrives."""
+    path = tmp_path_factory.mktemp("video") / "ramp-fragmented.mp4"
+    frames = ramp_frames_nhwc_u8(count=96)
+    return write_clip(path, frames, options=FRAGMENTED_MP4, codec_options={"g": "4"}).read_bytes()
+
+
+def chunks_of(data: bytes, size: int) -> list[bytes]:
+    """``data`` cut into pieces of ``size`` bytes (the last shorter)."""
+    return [data[start : start + size] for start in range(0, len(data), size)]
+
+
 class VideoHelpers:
     """The helpers above, for tests (conftest modules are not importable by name here)."""
 
@@ -184,6 +203,7 @@ class VideoHelpers:
     decode_rgb = staticmethod(decode_rgb)
     brightness_order_ok = staticmethod(brightness_order_ok)
     brightness_report = staticmethod(brightness_report)
+    chunks_of = staticmethod(chunks_of)
     stream_video = staticmethod(stream_video)
 
 

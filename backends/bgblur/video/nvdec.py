@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from bgblur.errors import ModelUnavailableError
 from bgblur.video.cuda_context import primary_context, thread_context_kept
@@ -38,13 +38,20 @@ def _import_nvc() -> Any:
 
 
 class _BufferFeeder:
-    """Feeds the demuxer the file's bytes, one buffer at a time (PyNvVideoCodec's callback)."""
+    """Feeds the demuxer the file's bytes, one buffer at a time (PyNvVideoCodec's callback):
+    from memory, or from a file object (a chunked stream's reader, which waits for its next
+    chunk: ``bgblur.video.growing``)."""
 
-    def __init__(self, data: bytes | memoryview) -> None:
-        self._data = memoryview(data).cast("B")
+    def __init__(self, data: bytes | memoryview | BinaryIO) -> None:
+        self._reader = data if hasattr(data, "read") else None
+        self._data = memoryview(b"") if self._reader is not None else memoryview(data).cast("B")
         self._position = 0
 
     def __call__(self, demuxer_buffer: Any) -> int:
+        if self._reader is not None:
+            chunk = self._reader.read(len(demuxer_buffer))
+            demuxer_buffer[: len(chunk)] = chunk
+            return len(chunk)
         remaining = len(self._data) - self._position
         size = min(remaining, len(demuxer_buffer))
         if size <= 0:
@@ -83,11 +90,12 @@ def _frame_pts(frame: Any) -> int | None:
 
 
 def nvdec_decode_nv12(
-    source: bytes | memoryview | Path, gpu_index: int = 0
+    source: bytes | memoryview | BinaryIO | Path, gpu_index: int = 0
 ) -> Iterator[tuple[Any, int | None]]:
     """``(nv12 CuPy [H * 3 // 2, W] uint8 view, pts)`` per frame, in display order.
 
-    ``source`` is a file path or the file's bytes (demuxed from memory). The view is valid
+    ``source`` is a file path, the file's bytes (demuxed from memory) or a readable file
+    object (read front to back). The view is valid
     until the next frame is decoded (the decoder reuses its surfaces): copy or convert it
     before asking for the next. The decoder works in the device's primary context (the one
     CuPy, torch and Triton use), named explicitly rather than left to PyNvVideoCodec
@@ -123,7 +131,7 @@ def nvdec_decode_nv12(
 
 
 def nvdec_batches(
-    data: bytes | memoryview | Path,
+    data: bytes | memoryview | BinaryIO | Path,
     quarter_turns: int,
     batch_size: int,
     gpu_index: int,

@@ -16,6 +16,21 @@ Protocol (one request per video file; gRPC streaming, ``tritonclient.grpc`` ``st
   video stream, unsupported codec, too large, bad parameter) or ``INTERNAL`` / ``UNAVAILABLE``,
   flagged final. A stream may fail after some chunks were sent (corruption found mid-file).
 
+Chunked input (a live or piped stream; Triton's sequence ID, tritonclient's ``sequence_id``,
+``sequence_start``, ``sequence_end``): requests sharing a sequence ID carry the stream's bytes
+in order, the first flagged START (with the parameters), the last END (its ``VIDEO`` may be
+empty). The session starts with the first chunk and decodes as the rest arrives
+(:mod:`bgblur.video.growing`: the format must be streamable, e.g. fragmented MP4, MPEG-TS,
+Matroska/WebM). All output goes to the START request's responses, as above; every other
+request gets one empty response flagged final once its bytes are queued (the acknowledgement a
+client paces itself on), or an error: no open stream for that sequence ID, the stream over
+``max_input_bytes``. A stream with no chunk for ``chunk_timeout_s`` is stopped with an error,
+as is one whose START request is cancelled, and forgotten. A request with both flags, or
+without a sequence ID, is a whole file. The sequence ID routes nothing: the chunks of a stream
+must reach the same instance, which one instance of this model per server guarantees (the
+default on one GPU or the CPU; a server over several GPUs runs one per GPU: send whole files
+there).
+
 Each request runs on a worker thread (``execute`` returns at once), at most ``max_sessions`` at a
 time per instance (more wait in line). Everything a session holds (input copy, decoder, encoder,
 buffers) belongs to that thread and is released when it ends: finished, failed, or cancelled
@@ -25,12 +40,14 @@ between batches and stops). Nothing is kept between requests.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -39,6 +56,7 @@ from bgblur.config import BlurParams
 from bgblur.device import Device
 from bgblur.errors import InvalidInputError, ModelUnavailableError
 from bgblur.serving.triton_io import error_response, output_tensor, request_parameters
+from bgblur.video.growing import GrowingBytes
 from bgblur.video.transcode import VideoOptions, transcode
 
 LOG = logging.getLogger("bgblur.video")
@@ -66,7 +84,8 @@ class VideoModelSettings:
         segmentation_model: the network of ``in_process`` (the launcher keeps it equal to the
             ensemble's).
         max_sessions: videos transcoded at once per instance.
-        max_input_bytes: largest accepted ``VIDEO``.
+        max_input_bytes: largest accepted ``VIDEO`` (a chunked stream: all its chunks).
+        chunk_timeout_s: a chunked stream with no chunk for this long is stopped.
     """
 
     blur: str = "bls"
@@ -74,6 +93,7 @@ class VideoModelSettings:
     segmentation_model: str = "selfie_general"
     max_sessions: int = 4
     max_input_bytes: int = 1 << 30
+    chunk_timeout_s: float = 60.0
 
     @classmethod
     def from_parameters(cls, parameters: dict[str, str]) -> VideoModelSettings:
@@ -84,6 +104,7 @@ class VideoModelSettings:
             segmentation_model=parameters.get("segmentation_model", cls.segmentation_model),
             max_sessions=int(parameters.get("max_sessions", cls.max_sessions)),
             max_input_bytes=int(parameters.get("max_input_bytes", cls.max_input_bytes)),
+            chunk_timeout_s=float(parameters.get("chunk_timeout_s", cls.chunk_timeout_s)),
         )
         if settings.blur not in BLUR_MODES:
             raise ValueError(f"blur must be one of {BLUR_MODES}, got {settings.blur!r}")
@@ -91,15 +112,31 @@ class VideoModelSettings:
             raise ValueError(f"decoder must be one of {DECODER_CHOICES}, got {settings.decoder!r}")
         if settings.max_sessions < 1 or settings.max_input_bytes < 1:
             raise ValueError("max_sessions and max_input_bytes must be >= 1")
+        if settings.chunk_timeout_s <= 0:
+            raise ValueError("chunk_timeout_s must be > 0")
         return settings
 
 
 @dataclass(frozen=True)
 class _Session:
-    video_bytes: np.ndarray
+    video_bytes: np.ndarray | GrowingBytes
     options: VideoOptions
     blur_params: BlurParams
     blur_overrides: dict[str, Any]
+    stream_key: Any = None  # the sequence ID of a chunked stream
+
+
+@dataclass
+class _OpenStream:
+    """A chunked stream still receiving chunks."""
+
+    growing: GrowingBytes
+    start_sender: Any
+    last_chunk: float = field(default_factory=time.monotonic)
+
+
+# TRITONSERVER_REQUEST_FLAG_SEQUENCE_START / _END (tritonserver.h)
+_SEQUENCE_START, _SEQUENCE_END = 1, 2
 
 
 class VideoModel:
@@ -121,33 +158,51 @@ class VideoModel:
         self._stopping = threading.Event()
         self._pipeline: Any = None
         self._pipeline_lock = threading.Lock()
+        self._streams: dict[Any, _OpenStream] = {}
+        self._streams_lock = threading.Lock()
+        self._watchdog = threading.Thread(
+            target=self._watch_streams, name="bgblur-video-streams", daemon=True
+        )
+        self._watchdog.start()
 
     # -- Triton entry points ------------------------------------------------------------------
 
     def execute(self, requests: list[Any]) -> None:
         """Start one session per request; answers go through each request's response sender."""
         pb_utils = self.pb_utils
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         for request in requests:
             sender = request.get_response_sender()
             try:
-                session = self._prepare(request)
-            except InvalidInputError as exc:
-                sender.send(
-                    error_response(pb_utils, str(exc), invalid_arg=True),
-                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+                key, flags = _sequence_of(request)
+                whole = key is None or flags & (_SEQUENCE_START | _SEQUENCE_END) == (
+                    _SEQUENCE_START | _SEQUENCE_END
                 )
-                continue
-            self._pool.submit(self._serve, session, sender)
+                if whole:
+                    self._pool.submit(self._serve, self._prepare(request), sender)
+                elif flags & _SEQUENCE_START:
+                    self._pool.submit(self._serve, self._open_stream(request, key, sender), sender)
+                else:
+                    self._add_chunk(request, key, end=bool(flags & _SEQUENCE_END))
+                    sender.send(flags=final)  # queued: the acknowledgement
+            except InvalidInputError as exc:
+                sender.send(error_response(pb_utils, str(exc), invalid_arg=True), flags=final)
         return None
 
     def finalize(self) -> None:
         """Stop running sessions at their next batch and drop queued ones."""
         self._stopping.set()
+        with self._streams_lock:
+            streams, self._streams = list(self._streams.values()), {}
+        for stream in streams:
+            stream.growing.abort("the server is shutting down")
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._watchdog.join(timeout=5)
 
     # -- one request --------------------------------------------------------------------------
 
-    def _prepare(self, request: Any) -> _Session:
+    def _video_bytes(self, request: Any) -> np.ndarray:
+        """The request's ``VIDEO`` (a view of the request's memory: copy what is kept)."""
         tensor = self.pb_utils.get_input_tensor_by_name(request, INPUT_VIDEO)
         if tensor is None:
             raise InvalidInputError(f"missing input tensor {INPUT_VIDEO!r}")
@@ -164,10 +219,83 @@ class VideoModel:
                 f"{INPUT_VIDEO} is {view.size:,} bytes; at most "
                 f"{self.settings.max_input_bytes:,} are accepted per request"
             )
+        return view
+
+    def _prepare(self, request: Any, video: np.ndarray | GrowingBytes | None = None) -> _Session:
+        if video is None:
+            # The request's memory is not ours once execute returns: keep a copy.
+            video = np.array(self._video_bytes(request), copy=True)
         options, rest = VideoOptions.split_parameters(request_parameters(request))
         blur_params = BlurParams().with_overrides(rest)
-        # The request's memory is not ours once execute returns: keep a copy for the session.
-        return _Session(np.array(view, copy=True), options, blur_params, rest)
+        return _Session(video, options, blur_params, rest)
+
+    # -- chunked streams ----------------------------------------------------------------------
+
+    def _open_stream(self, request: Any, key: Any, sender: Any) -> _Session:
+        """A START request: a session over a stream that grows with the next requests."""
+        growing = GrowingBytes(self.settings.max_input_bytes)
+        growing.append(memoryview(self._video_bytes(request)).cast("B"))
+        session = self._prepare(request, growing)
+        with self._streams_lock:
+            if key in self._streams:
+                raise InvalidInputError(
+                    f"sequence {key!r} already has an open video stream: a new stream needs a "
+                    "new sequence ID"
+                )
+            self._streams[key] = _OpenStream(growing, sender)
+        return dataclasses.replace(session, stream_key=key)
+
+    def _add_chunk(self, request: Any, key: Any, *, end: bool) -> None:
+        view = self._video_bytes(request)
+        with self._streams_lock:
+            stream = self._streams.get(key)
+            if stream is not None and end:
+                del self._streams[key]  # complete: nothing left to time out
+        if stream is None:
+            raise InvalidInputError(
+                f"no open video stream for sequence {key!r}: its first request carries the "
+                "START flag (sequence_start), and a stream that ended, failed or timed out "
+                "takes no more chunks"
+            )
+        stream.last_chunk = time.monotonic()
+        try:
+            stream.growing.append(memoryview(view).cast("B"))
+        except InvalidInputError:
+            self._forget_stream(key, stream.growing)
+            raise
+        if end:
+            stream.growing.finish()
+
+    def _forget_stream(self, key: Any, growing: GrowingBytes | None = None) -> None:
+        """Drop ``key``'s open stream (only if it is ``growing``'s, when given)."""
+        with self._streams_lock:
+            stream = self._streams.get(key)
+            if stream is not None and (growing is None or stream.growing is growing):
+                del self._streams[key]
+
+    def _watch_streams(self) -> None:
+        """Stop streams that stopped sending (``chunk_timeout_s``) or whose START request was
+        cancelled (the session may be waiting for a chunk, where it cannot see that)."""
+        while not self._stopping.wait(0.5):
+            now = time.monotonic()
+            with self._streams_lock:
+                streams = list(self._streams.items())
+            for key, stream in streams:
+                idle = now - stream.last_chunk
+                is_cancelled = getattr(stream.start_sender, "is_cancelled", None)
+                reason = None
+                if idle > self.settings.chunk_timeout_s:
+                    reason = f"no chunk for {idle:.0f} s (chunk_timeout_s)"
+                elif is_cancelled is not None and stream.growing.abort_reason is None:
+                    try:
+                        if is_cancelled():
+                            reason = "the request was cancelled"
+                    except Exception:  # the sender is done: the session has ended
+                        reason = "the session ended"
+                if reason is not None:
+                    LOG.info("video stream %r stopped: %s", key, reason)
+                    stream.growing.abort(reason)
+                    self._forget_stream(key, stream.growing)
 
     def _serve(self, session: _Session, sender: Any) -> None:
         pb_utils = self.pb_utils
@@ -222,6 +350,10 @@ class VideoModel:
                 )
             except Exception:  # the stream is gone (client disconnected): nothing to tell
                 LOG.info("could not report the failure: the client is gone")
+        finally:
+            if isinstance(session.video_bytes, GrowingBytes):  # ended before its END chunk?
+                self._forget_stream(session.stream_key, session.video_bytes)
+                session.video_bytes.abort("the session ended")
 
     def _decoder(self) -> str:
         choice = self.settings.decoder
@@ -298,3 +430,13 @@ def _bls_parameters(overrides: dict[str, Any]) -> dict[str, Any] | None:
             value = int(value)
         converted[key] = value
     return converted
+
+
+def _sequence_of(request: Any) -> tuple[Any, int]:
+    """``(sequence ID or None, request flags)`` of a Triton request (ID 0 or "": none)."""
+    get_id = getattr(request, "correlation_id", None)
+    key = get_id() if callable(get_id) else None
+    if key in (0, "", None):
+        return None, 0
+    get_flags = getattr(request, "flags", None)
+    return key, int(get_flags()) if callable(get_flags) else 0

@@ -50,6 +50,7 @@ from bgblur.video.encoders import (
     PreEncodedH264Track,
     choose_encoder,
 )
+from bgblur.video.growing import GrowingBytes
 
 LOG = logging.getLogger("bgblur.video")
 
@@ -135,7 +136,7 @@ class EncodedChunk:
 
 
 def transcode(
-    video_bytes: bytes | bytearray | memoryview | np.ndarray,
+    video_bytes: bytes | bytearray | memoryview | np.ndarray | GrowingBytes,
     blur_batch: BlurBatch,
     *,
     options: VideoOptions | None = None,
@@ -147,7 +148,9 @@ def transcode(
     """Blur the background of a whole video file; yield the output file in chunks.
 
     Args:
-        video_bytes: the input file's bytes (a 1-D uint8 array works too).
+        video_bytes: the input file's bytes (a 1-D uint8 array works too), or a
+            :class:`~bgblur.video.growing.GrowingBytes` that is still receiving them (decoding
+            starts at once and waits for the next chunk; a streamable format is needed).
         blur_batch: ``[B, H, W, 3]`` uint8 RGB upright frames (NumPy, or CuPy with
             ``decoder="nvdec"``) -> blurred frames of the same shape (NumPy or CuPy).
         options: batch size, encoder settings, chunk size.
@@ -171,14 +174,14 @@ def transcode(
     if decoder not in DECODERS:
         raise InvalidInputError(f"decoder must be one of {DECODERS}, got {decoder!r}")
     av = _import_av()
-    data = _as_bytes(video_bytes)
-    if not data:
+    data = video_bytes if isinstance(video_bytes, GrowingBytes) else _as_bytes(video_bytes)
+    if not isinstance(data, GrowingBytes) and not data:
         raise InvalidInputError("VIDEO is empty: send the bytes of a video file (e.g. an MP4)")
     source = _open_source(av, data)
     try:
         video = source.streams.video[0]
         audio = source.streams.audio[0] if source.streams.audio else None
-        first = _first_frame(av, source, video)
+        first = _first_frame(av, source, video, chunked=isinstance(data, GrowingBytes))
         fmt = _SourceFormat.of(video, first)
         encoder = _choose_encoder(options.encoder, fmt, gpu_index, nvenc_allowed)
         output = _FragmentedMp4Writer(
@@ -194,7 +197,7 @@ def transcode(
             from bgblur.video.nvdec import nvdec_batches
 
             batches: Iterable[_Batch] = nvdec_batches(
-                data,
+                data.reader() if isinstance(data, GrowingBytes) else data,
                 fmt.quarter_turns,
                 options.batch_size,
                 gpu_index,
@@ -205,8 +208,15 @@ def transcode(
         else:
             batches = _pyav_batches(av, data, fmt, options.batch_size)
             audio_packets = ()
+
+        # A chunked stream's decoder may be waiting for a chunk when the session stops: the
+        # abort wakes it (with an error) so that its thread can be joined.
+        def on_stop() -> None:
+            if isinstance(data, GrowingBytes):
+                data.abort("the transcode stopped")
+
         yield from _run(
-            batches, audio_packets, blur_batch, output, options, fmt, video, cancelled, av
+            batches, audio_packets, blur_batch, output, options, fmt, video, cancelled, av, on_stop
         )
     finally:
         source.close()
@@ -331,10 +341,35 @@ def _reason(exc: BaseException) -> str:
     return str(text).rstrip(".").lower()
 
 
-def _open_source(av: Any, data: bytes | memoryview) -> Any:
+# FFmpeg's stream probe reads up to 5 s of media by default before the first frame comes out:
+# a chunked stream's is capped at 1 s (its start-up delay), enough for H.264/HEVC/AAC streams.
+_GROWING_PROBE = {"analyzeduration": "1000000", "probesize": "1048576"}
+
+
+def _reader(data: bytes | memoryview | GrowingBytes) -> Any:
+    """A new file object over the input (a chunked stream's waits for its next chunk)."""
+    return data.reader() if isinstance(data, GrowingBytes) else io.BytesIO(data)
+
+
+def _open(av: Any, data: bytes | memoryview | GrowingBytes) -> Any:
+    """``av.open`` of the input, with the short probe for a chunked stream."""
+    options = _GROWING_PROBE if isinstance(data, GrowingBytes) else {}
+    return av.open(_reader(data), "r", options=options)
+
+
+def _open_source(av: Any, data: bytes | memoryview | GrowingBytes) -> Any:
     try:
-        source = av.open(io.BytesIO(data), "r")
+        source = _open(av, data)
     except (av.FFmpegError, OSError, ValueError) as exc:
+        if isinstance(data, GrowingBytes):
+            if data.abort_reason is not None:
+                raise InvalidInputError(
+                    f"the video stream was stopped: {data.abort_reason}"
+                ) from None
+            raise InvalidInputError(
+                f"VIDEO stream is not readable ({len(data)} bytes so far): {_reason(exc)}; "
+                f"{_STREAMABLE_HINT}"
+            ) from exc
         raise InvalidInputError(
             f"VIDEO is not a readable video file ({len(data)} bytes): {_reason(exc)}"
         ) from exc
@@ -351,12 +386,24 @@ def _open_source(av: Any, data: bytes | memoryview) -> Any:
     return source
 
 
-def _first_frame(av: Any, source: Any, video: Any) -> Any:
+_STREAMABLE_HINT = (
+    "a chunked stream must be readable front to back (fragmented or faststart MP4, MPEG-TS, "
+    "Matroska/WebM, raw H.264): send a plain MP4 whole, in one request"
+)
+
+
+def _first_frame(av: Any, source: Any, video: Any, *, chunked: bool = False) -> Any:
     try:
         for packet in source.demux(video):
             for frame in packet.decode():
                 return frame
     except (av.FFmpegError, ValueError) as exc:
+        if isinstance(exc, InvalidInputError):  # a chunked stream stopped: its own reason
+            raise
+        if chunked:  # e.g. an MP4's index at its end
+            raise InvalidInputError(
+                f"VIDEO stream: no frame read front to back ({_reason(exc)}); {_STREAMABLE_HINT}"
+            ) from exc
         raise InvalidInputError(f"VIDEO is corrupt: {_reason(exc)}") from exc
     raise InvalidInputError("VIDEO has no decodable video frame (corrupt or truncated)")
 
@@ -371,11 +418,11 @@ def _yuv_to_rgb_flags(av: Any) -> Any:
 
 
 def _pyav_batches(
-    av: Any, data: bytes | memoryview, fmt: _SourceFormat, batch_size: int
+    av: Any, data: bytes | memoryview | GrowingBytes, fmt: _SourceFormat, batch_size: int
 ) -> Iterator[_Batch | Any]:
     """Decoded upright RGB batches, interleaved with the audio packets (``av.Packet``)."""
     flags = _yuv_to_rgb_flags(av)
-    with av.open(io.BytesIO(data), "r") as source:
+    with _open(av, data) as source:
         video = source.streams.video[0]
         video.thread_type = "AUTO"
         audio = source.streams.audio[0] if source.streams.audio else None
@@ -417,11 +464,14 @@ def _pyav_batches(
             )
 
 
-def _audio_packets(av: Any, data: bytes | memoryview, has_audio: bool) -> Iterator[Any]:
-    """Packets of the first audio stream (for decoders that read only the video)."""
+def _audio_packets(
+    av: Any, data: bytes | memoryview | GrowingBytes, has_audio: bool
+) -> Iterator[Any]:
+    """Packets of the first audio stream (for decoders that read only the video; with a chunked
+    stream this waits for its end before the video starts)."""
     if not has_audio:
         return
-    with av.open(io.BytesIO(data), "r") as source:
+    with _open(av, data) as source:
         for packet in source.demux(source.streams.audio[0]):
             if packet.dts is not None:
                 yield packet
@@ -605,8 +655,14 @@ def _cupy() -> Any:
 _END = object()
 
 
-def _prefetch(items: Iterable[Any], depth: int, stop: threading.Event) -> Iterator[Any]:
-    """Run ``items`` on a helper thread, ``depth`` items ahead; re-raise its exception here."""
+def _prefetch(
+    items: Iterable[Any],
+    depth: int,
+    stop: threading.Event,
+    on_stop: Callable[[], None] = lambda: None,
+) -> Iterator[Any]:
+    """Run ``items`` on a helper thread, ``depth`` items ahead; re-raise its exception here.
+    ``on_stop`` is called before the helper is joined (to wake it if it waits on input)."""
     channel: queue.Queue[Any] = queue.Queue(maxsize=depth)
 
     def produce() -> None:
@@ -636,6 +692,7 @@ def _prefetch(items: Iterable[Any], depth: int, stop: threading.Event) -> Iterat
             yield item
     finally:
         stop.set()
+        on_stop()
         while worker.is_alive():  # unblock a producer waiting on a full queue
             with contextlib.suppress(queue.Empty):
                 channel.get_nowait()
@@ -656,13 +713,14 @@ def _run(
     video: Any,
     cancelled: Callable[[], bool],
     av: Any,
+    on_stop: Callable[[], None] = lambda: None,
 ) -> Iterator[EncodedChunk]:
     stop = threading.Event()
     finished = False
     try:
         for packet in audio_packets:
             output.write_audio(packet)
-        for item in _prefetch(batches, depth=2, stop=stop):
+        for item in _prefetch(batches, depth=2, stop=stop, on_stop=on_stop):
             if cancelled():
                 return
             if not isinstance(item, _Batch):
