@@ -9,6 +9,7 @@ keeps the mean). H.264 in MP4 with a stereo AAC tone, 24 frames at 24 frames/s.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 from fractions import Fraction
 from pathlib import Path
@@ -133,6 +134,72 @@ def brightness_report(out_nhwc_u8: np.ndarray, in_nhwc_u8: np.ndarray) -> str:
     )
 
 
+def stream_video_chunks(
+    url: str,
+    chunks: list[bytes],
+    parameters: dict[str, Any] | None = None,
+    *,
+    sequence_id: int = 4242,
+    end: bool = True,
+    timeout_s: float = 120.0,
+):
+    """Send ``chunks`` to ``background_blur_video`` as one chunked stream (a sequence ID, START
+    on the first, END on the last unless ``end`` is False) over a gRPC stream.
+
+    Returns (output bytes, FRAMES_DONE of each response, acknowledgements of the chunks after
+    the first, the errors).
+    """
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        for index, chunk in enumerate(chunks):
+            video_input = grpcclient.InferInput("VIDEO", [len(chunk)], "UINT8")
+            video_input.set_data_from_numpy(np.frombuffer(chunk, np.uint8))
+            client.async_stream_infer(
+                "background_blur_video",
+                [video_input],
+                request_id=str(index),
+                sequence_id=sequence_id,
+                sequence_start=index == 0,
+                sequence_end=end and index == len(chunks) - 1,
+                parameters=parameters if index == 0 else None,
+                enable_empty_final_response=True,
+            )
+        out, done, acks, errors = bytearray(), [], 0, []
+        while True:
+            result, error = answers.get(timeout=timeout_s)
+            if error is not None:  # a stream's error names no request: the first ends it
+                errors.append(error.message())
+                with contextlib.suppress(queue.Empty):
+                    while True:  # what else arrives at once
+                        result, error = answers.get(timeout=1.0)
+                        if error is not None:
+                            errors.append(error.message())
+                        elif result.get_response().id != "0":
+                            acks += 1
+                break
+            response = result.get_response()
+            final = response.parameters["triton_final_response"].bool_param
+            if response.id != "0":
+                acks += final
+                continue
+            chunk = result.as_numpy("VIDEO_CHUNK")
+            if chunk is not None:
+                out += chunk.tobytes()
+                done.append(int(result.as_numpy("FRAMES_DONE")[0]))
+            if final:
+                break
+        return bytes(out), done, acks, errors
+    except queue.Empty:
+        return b"", [], 0, ["no answer"]
+    finally:
+        client.stop_stream()
+        client.close()
+
+
 def stream_video(url: str, data: bytes, parameters: dict[str, Any] | None = None):
     """Send one file to ``background_blur_video`` over a gRPC stream.
 
@@ -205,6 +272,7 @@ class VideoHelpers:
     brightness_report = staticmethod(brightness_report)
     chunks_of = staticmethod(chunks_of)
     stream_video = staticmethod(stream_video)
+    stream_video_chunks = staticmethod(stream_video_chunks)
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,9 @@ streaming, and ``bgblur video --server-side`` end to end."""
 
 from __future__ import annotations
 
+import os
+import queue
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -243,3 +246,100 @@ def test_in_process_blur_with_the_seed_network_on_the_gpu_server(
     assert error is None, error
     assert done[-1] == 24
     assert video.decode_rgb(out)[1] == video.decode_rgb(ramp_clip_bytes)[1]
+
+
+# ---- chunked streams (sequence ID) ----------------------------------------------------------
+
+
+def test_a_chunked_stream_gives_what_the_whole_file_gives(
+    triton_server, streamable_clip_bytes, video
+) -> None:
+    """The fragmented MP4 in 8 KiB chunks under one sequence ID: every chunk after the first is
+    acknowledged, and the output equals the same file sent whole."""
+    parameters = {"batch_size": 4}
+    chunks = video.chunks_of(streamable_clip_bytes, 8192)
+
+    out, done, acks, errors = video.stream_video_chunks(
+        triton_server.grpc_url, chunks, parameters, sequence_id=101
+    )
+    whole, _, error = video.stream_video(triton_server.grpc_url, streamable_clip_bytes, parameters)
+
+    assert errors == [] and error is None, (errors, error)
+    assert acks == len(chunks) - 1
+    assert done[-1] == 96
+    props_in = video.decode_rgb(streamable_clip_bytes)[1]
+    frames_out, props_out = video.decode_rgb(out)
+    frames_whole, _ = video.decode_rgb(whole)
+    assert props_out == props_in
+    assert np.abs(frames_out.astype(int) - frames_whole).mean() < 1.0
+
+
+def test_a_string_sequence_id_and_an_empty_end_chunk(triton_server, streamable_clip_bytes, video):
+    chunks = [*video.chunks_of(streamable_clip_bytes, 1 << 16), b""]
+
+    out, done, acks, errors = video.stream_video_chunks(
+        triton_server.grpc_url, chunks, sequence_id="camera-7"
+    )
+
+    assert errors == [] and acks == len(chunks) - 1
+    assert done[-1] == 96 and video.decode_rgb(out)[1]["frames"] == 96
+
+
+def test_a_chunk_of_no_open_stream_is_refused_and_the_server_serves_on(
+    triton_server, streamable_clip_bytes, ramp_clip_bytes, video
+) -> None:
+    """A chunk without a START before it (or after its stream ended) names the sequence."""
+    import tritonclient.grpc as grpcclient
+
+    chunks = video.chunks_of(streamable_clip_bytes, 8192)
+
+    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        video_input = grpcclient.InferInput("VIDEO", [len(chunks[1])], "UINT8")
+        video_input.set_data_from_numpy(np.frombuffer(chunks[1], np.uint8))
+        client.async_stream_infer(
+            "background_blur_video", [video_input], sequence_id=303, sequence_end=True
+        )
+        _, error = answers.get(timeout=60)
+    finally:
+        client.stop_stream()
+        client.close()
+
+    assert error is not None
+    assert "no open video stream for sequence 303" in error.message()
+    _, _, healthy = video.stream_video(triton_server.grpc_url, ramp_clip_bytes, {"batch_size": 8})
+    assert healthy is None
+
+
+def test_an_abandoned_stream_is_stopped_and_forgotten(streamable_clip_bytes, video) -> None:
+    """START and one chunk, then nothing: after ``chunk_timeout_s`` the START request gets the
+    error, and the same sequence ID opens a new stream afterwards (nothing left behind)."""
+    from bgblur.launcher import TritonServer
+
+    chunks = video.chunks_of(streamable_clip_bytes, 8192)
+    saved = os.environ.get("BGBLUR_VIDEO_CHUNK_TIMEOUT_S")
+    os.environ["BGBLUR_VIDEO_CHUNK_TIMEOUT_S"] = "2"  # the server's environment is copied
+    try:
+        server = TritonServer(device="cpu", segmentation_model="fixed_ellipse").start()
+    finally:
+        if saved is None:
+            os.environ.pop("BGBLUR_VIDEO_CHUNK_TIMEOUT_S")
+        else:
+            os.environ["BGBLUR_VIDEO_CHUNK_TIMEOUT_S"] = saved
+    try:
+        started = time.monotonic()
+        _, _, acks, errors = video.stream_video_chunks(
+            server.grpc_url, chunks[:2], sequence_id=404, end=False, timeout_s=60
+        )
+        waited = time.monotonic() - started
+
+        assert acks == 1
+        assert len(errors) == 1 and "no chunk for" in errors[0], errors
+        assert "chunk_timeout_s" in errors[0]
+        assert 2.0 <= waited < 30
+        out, _, acks, errors = video.stream_video_chunks(server.grpc_url, chunks, sequence_id=404)
+        assert errors == [] and video.decode_rgb(out)[1]["frames"] == 96
+    finally:
+        server.stop()

@@ -71,8 +71,9 @@ DECODER_CHOICES = ("auto", "pyav", "nvdec")
 
 @dataclass(frozen=True)
 class VideoModelSettings:
-    """Model-level settings (config.pbtxt ``parameters``; ``$BGBLUR_VIDEO_BLUR`` and
-    ``$BGBLUR_VIDEO_DECODER`` override ``blur`` and ``decoder``, e.g. for benchmarks).
+    """Model-level settings (config.pbtxt ``parameters``; ``$BGBLUR_VIDEO_BLUR``,
+    ``$BGBLUR_VIDEO_DECODER`` and ``$BGBLUR_VIDEO_CHUNK_TIMEOUT_S`` override ``blur``,
+    ``decoder`` and ``chunk_timeout_s``, e.g. for benchmarks and tests).
 
     Attributes:
         blur: ``"bls"`` (each batch is a BLS request to the ``background_blur`` ensemble:
@@ -104,7 +105,10 @@ class VideoModelSettings:
             segmentation_model=parameters.get("segmentation_model", cls.segmentation_model),
             max_sessions=int(parameters.get("max_sessions", cls.max_sessions)),
             max_input_bytes=int(parameters.get("max_input_bytes", cls.max_input_bytes)),
-            chunk_timeout_s=float(parameters.get("chunk_timeout_s", cls.chunk_timeout_s)),
+            chunk_timeout_s=float(
+                os.environ.get("BGBLUR_VIDEO_CHUNK_TIMEOUT_S")
+                or parameters.get("chunk_timeout_s", cls.chunk_timeout_s)
+            ),
         )
         if settings.blur not in BLUR_MODES:
             raise ValueError(f"blur must be one of {BLUR_MODES}, got {settings.blur!r}")
