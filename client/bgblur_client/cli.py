@@ -12,13 +12,18 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from bgblur.video.encoders import ENCODER_CHOICES
 from bgblur_client.errors import ClientError
 from bgblur_client.image import blur_image_file, check_image_writable
 from bgblur_client.preview import write_preview
 from bgblur_client.samples import make_sample_video
-from bgblur_client.server_video import DEFAULT_VIDEO_MODEL, blur_video_server_side
+from bgblur_client.server_video import (
+    DEFAULT_VIDEO_MODEL,
+    blur_stream_server_side,
+    blur_video_server_side,
+)
 from bgblur_client.shm import SHARED_MEMORY_CHOICES
 from bgblur_client.transport import (
     DEFAULT_MODEL,
@@ -30,6 +35,9 @@ from bgblur_client.transport import (
 )
 from bgblur_client.video import blur_video
 from bgblur_client.video_decoders import DECODER_CHOICES
+
+STDIN = "-"
+STDIN_CHUNK_BYTES = 1 << 20  # a chunk of a piped stream, at most
 
 PROG = "bgblur"
 EXIT_OK = 0
@@ -149,7 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     video = commands.add_parser(
         "video", parents=[server, outputs], help="blur the background of a video"
     )
-    video.add_argument("input", type=Path, help="input video (any format FFmpeg reads)")
+    video.add_argument(
+        "input",
+        type=Path,
+        help="input video (any format FFmpeg reads); '-' reads a stream from stdin and sends "
+        "it to the server in chunks as it comes (--server-side; a format readable front to "
+        "back, e.g. ffmpeg ... -f mpegts -)",
+    )
     video.add_argument("output", type=Path, help="output video (.mp4, .mkv or .mov)")
     video.add_argument("--mask", type=Path, metavar="MP4", help="write the mask as a video")
     video.add_argument(
@@ -240,7 +254,11 @@ def _run_image(args: argparse.Namespace, parameters: dict[str, ParameterValue]) 
 
 
 def _run_video(args: argparse.Namespace, parameters: dict[str, ParameterValue]) -> int:
-    _require_input(args.input, "video")
+    if str(args.input) == STDIN:
+        if not args.server_side:
+            raise ClientError("reading the video from stdin ('-') needs --server-side")
+    else:
+        _require_input(args.input, "video")
     if args.server_side:
         return _run_server_side_video(args, parameters)
     with _connect(args) as client:
@@ -278,16 +296,20 @@ def _run_server_side_video(args: argparse.Namespace, parameters: dict[str, Param
             raise ClientError(f"--{option} needs the client-side path (drop --server-side)")
     if args.encoder != "auto":  # the model's default is auto; older servers lack the parameter
         parameters = {**parameters, "encoder": args.encoder}
-    summary = blur_video_server_side(
-        default_url("grpc") if args.url is None else args.url,
-        args.input,
-        args.output,
-        model=DEFAULT_VIDEO_MODEL if args.model == DEFAULT_MODEL else args.model,
-        parameters=parameters,
-        batch_size=args.batch,
-        timeout_s=args.timeout,
-        progress=not args.no_progress,
-    )
+    url = default_url("grpc") if args.url is None else args.url
+    common: dict[str, Any] = {
+        "model": DEFAULT_VIDEO_MODEL if args.model == DEFAULT_MODEL else args.model,
+        "parameters": parameters,
+        "batch_size": args.batch,
+        "timeout_s": args.timeout,
+        "progress": not args.no_progress,
+    }
+    if str(args.input) == STDIN:  # a pipe: sent in chunks as it is read
+        stdin = sys.stdin.buffer
+        pieces = iter(lambda: stdin.read1(STDIN_CHUNK_BYTES), b"")
+        summary = blur_stream_server_side(url, pieces, args.output, label="stdin", **common)
+    else:
+        summary = blur_video_server_side(url, args.input, args.output, **common)
     headline = throughput_line(summary.frames, summary.seconds)
     print(f"{headline} -> {args.output} (server side, audio {summary.audio})")
     return EXIT_OK

@@ -14,8 +14,10 @@ Any other failure deletes the partial output.
 from __future__ import annotations
 
 import queue
+import secrets
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +110,107 @@ def blur_video_server_side(
         client.close()
 
 
+def blur_stream_server_side(
+    url: str,
+    chunks: Iterable[bytes],
+    out_path: str | Path,
+    *,
+    model: str = DEFAULT_VIDEO_MODEL,
+    parameters: Mapping[str, ParameterValue] | None = None,
+    batch_size: int | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    progress: bool = True,
+    label: str = "stream",
+    chunks_in_flight: int = 8,
+) -> VideoSummary:
+    """Blur a video that arrives in pieces (a pipe, a camera, an upload) on the server at
+    ``url`` and write the result to ``out_path`` as it comes back.
+
+    The pieces go as one chunked stream (requests under one sequence ID, the first flagged
+    START, an empty last one END) to ``background_blur_video``, which decodes them as they
+    arrive: the stream must be readable front to back (fragmented or faststart MP4, MPEG-TS,
+    Matroska/WebM, raw H.264; ``ffmpeg ... -f mpegts -`` writes one). At most
+    ``chunks_in_flight`` pieces wait for the server's acknowledgement at once, so a fast
+    producer is paced by the server. Arguments and errors as :func:`blur_video_server_side`.
+    """
+    out_path = Path(out_path)
+    if not out_path.parent.is_dir():
+        raise ClientError(f"cannot write video '{out_path}': directory does not exist")
+    if chunks_in_flight < 1:
+        raise ValueError(f"chunks_in_flight must be >= 1, got {chunks_in_flight}")
+    request_parameters: dict[str, Any] = dict(parameters or {})
+    if batch_size is not None:
+        request_parameters["batch_size"] = batch_size
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        _check_ready(client, url, model)
+        return _stream(
+            client,
+            url,
+            model,
+            None,
+            out_path,
+            request_parameters,
+            timeout_s,
+            progress,
+            0,
+            "unknown",
+            label=label,
+            chunks=chunks,
+            chunks_in_flight=chunks_in_flight,
+        )
+    finally:
+        client.close()
+
+
+def _send_chunks(
+    client: grpcclient.InferenceServerClient,
+    model: str,
+    chunks: Iterable[bytes],
+    parameters: dict[str, Any],
+    slots: threading.Semaphore,
+    stop: threading.Event,
+    answers: queue.Queue[tuple[Any, Any]],
+) -> None:
+    """Send ``chunks`` as one sequence (on a thread: reading them may block, e.g. a pipe)."""
+    sequence_id = secrets.randbits(62) + 1
+
+    def send(index: int, chunk: bytes, end: bool) -> None:
+        while index and not slots.acquire(timeout=0.2):  # the START takes no slot
+            if stop.is_set():
+                raise _StoppedError
+        video_input = grpcclient.InferInput(INPUT_VIDEO, [len(chunk)], "UINT8")
+        video_input.set_data_from_numpy(np.frombuffer(chunk, dtype=np.uint8))
+        client.async_stream_infer(
+            model,
+            [video_input],
+            request_id=str(index),
+            sequence_id=sequence_id,
+            sequence_start=index == 0,
+            sequence_end=end,
+            parameters=(parameters or None) if index == 0 else None,
+            enable_empty_final_response=True,
+        )
+
+    try:
+        index = 0
+        for chunk in chunks:
+            if stop.is_set():
+                return
+            if chunk:
+                send(index, bytes(chunk), end=False)
+                index += 1
+        send(index, b"", end=True)  # the END: nothing more
+    except _StoppedError:
+        return
+    except Exception as exc:  # reading the input failed: the main loop reports it
+        answers.put((None, ClientError(f"cannot read the input stream: {exc}")))
+
+
+class _StoppedError(Exception):
+    """The stream ended on the receiving side: stop sending."""
+
+
 def _probe(path: Path) -> tuple[int, AudioHandling]:
     """(declared frame count or 0, what the server will do with the audio)."""
     try:
@@ -142,7 +245,7 @@ def _stream(
     client: grpcclient.InferenceServerClient,
     url: str,
     model: str,
-    video_bytes: np.ndarray,
+    video_bytes: np.ndarray | None,
     out_path: Path,
     parameters: dict[str, Any],
     timeout_s: float,
@@ -151,11 +254,15 @@ def _stream(
     audio: AudioHandling,
     *,
     label: str,
+    chunks: Iterable[bytes] | None = None,
+    chunks_in_flight: int = 8,
 ) -> VideoSummary:
+    """One whole file (``video_bytes``) or a chunked stream (``chunks``) in, the output
+    written as it streams back."""
     answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
     client.start_stream(callback=lambda result, error: answers.put((result, error)))
-    video_input = grpcclient.InferInput(INPUT_VIDEO, [int(video_bytes.size)], "UINT8")
-    video_input.set_data_from_numpy(video_bytes)
+    slots = threading.Semaphore(chunks_in_flight)
+    stop = threading.Event()
     started = time.perf_counter()
     frames_done = 0
     cancel = True
@@ -172,12 +279,23 @@ def _stream(
         dynamic_ncols=True,
     )
     try:
-        client.async_stream_infer(
-            model,
-            [video_input],
-            parameters=parameters or None,
-            enable_empty_final_response=True,
-        )
+        if chunks is None:
+            assert video_bytes is not None
+            video_input = grpcclient.InferInput(INPUT_VIDEO, [int(video_bytes.size)], "UINT8")
+            video_input.set_data_from_numpy(video_bytes)
+            client.async_stream_infer(
+                model,
+                [video_input],
+                parameters=parameters or None,
+                enable_empty_final_response=True,
+            )
+        else:
+            threading.Thread(
+                target=_send_chunks,
+                args=(client, model, chunks, parameters, slots, stop, answers),
+                name="bgblur-video-chunks",
+                daemon=True,
+            ).start()
         while True:
             try:
                 result, error = answers.get(timeout=timeout_s)
@@ -187,6 +305,9 @@ def _stream(
                 ) from None
             if error is not None:
                 raise _translate(error, url)
+            if chunks is not None and result.get_response().id != "0":
+                slots.release()  # a chunk's acknowledgement: room for the next
+                continue
             chunk = result.as_numpy(OUTPUT_CHUNK)
             if chunk is not None:
                 out_file.write(chunk.tobytes())
@@ -206,6 +327,7 @@ def _stream(
         out_path.unlink(missing_ok=True)
         raise
     finally:
+        stop.set()
         bar.close()
         client.stop_stream(cancel_requests=cancel)
     out_file.close()
@@ -213,6 +335,8 @@ def _stream(
 
 
 def _translate(error: Any, url: str) -> ClientError:
+    if isinstance(error, ClientError):
+        return error
     if not isinstance(error, InferenceServerException):
         return ClientError(f"video stream failed: {error}")
     status = error.status()

@@ -59,7 +59,8 @@ from bgblur_client.video_decoders import gpu_rgb_batches, resolve_decoder
 
 log = logging.getLogger(__name__)
 
-AudioHandling = Literal["copied", "re-encoded", "none"]
+# "unknown": a stream blurred on the server, its audio not probed here
+AudioHandling = Literal["copied", "re-encoded", "none", "unknown"]
 _FALLBACK_RATE = Fraction(30)
 _NVENC_GOP = 250  # frames between IDR frames: libx264's default keyint, which the x264 path has
 # swscale's default YUV->RGB path is biased (a decode->encode round trip darkens luma by

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import queue
+import subprocess
+import sys
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -343,3 +345,69 @@ def test_an_abandoned_stream_is_stopped_and_forgotten(streamable_clip_bytes, vid
         assert errors == [] and video.decode_rgb(out)[1]["frames"] == 96
     finally:
         server.stop()
+
+
+PIPE_COMMAND = (sys.executable, "-m", "bgblur_client", "video", "-", "--server-side")
+
+
+def test_the_client_streams_a_pipe_in_chunks(triton_server, streamable_clip_bytes, tmp_path, video):
+    """``bgblur video - out.mp4 --server-side``: the stream read from a real pipe (stdin of a
+    child process) is sent in chunks and comes back blurred, every frame."""
+    out = tmp_path / "out.mp4"
+    result = subprocess.run(
+        [*PIPE_COMMAND, str(out), "--url", triton_server.grpc_url, "--no-progress", "--batch", "4"],
+        input=streamable_clip_bytes,
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr.decode()
+    assert "blurred 96 frames in " in result.stdout.decode()
+    assert video.decode_rgb(out)[1] == video.decode_rgb(streamable_clip_bytes)[1]
+
+
+def test_the_stream_api_sends_any_iterable_of_pieces(
+    triton_server, streamable_clip_bytes, tmp_path, video
+) -> None:
+    from bgblur_client.server_video import blur_stream_server_side
+
+    out = tmp_path / "out.mp4"
+    pieces = video.chunks_of(streamable_clip_bytes, 2048)
+    handed_out: list[int] = []
+
+    def produce():
+        for index, piece in enumerate(pieces):
+            handed_out.append(index)
+            yield piece
+
+    summary = blur_stream_server_side(
+        triton_server.grpc_url, produce(), out, batch_size=4, progress=False, chunks_in_flight=2
+    )
+
+    assert handed_out == list(range(len(pieces)))
+    assert summary.frames == 96 and summary.audio == "unknown"
+    assert video.decode_rgb(out)[1]["frames"] == 96
+
+
+def test_a_plain_mp4_piped_in_is_refused_with_what_to_do(triton_server, tmp_path, video) -> None:
+    frames = video.ramp_frames_nhwc_u8(count=48)
+    plain = video.write_clip(tmp_path / "plain.mp4", frames, codec_options={"qp": "0"})
+    out = tmp_path / "out.mp4"
+
+    result = subprocess.run(
+        [*PIPE_COMMAND, str(out), "--url", triton_server.grpc_url, "--no-progress"],
+        input=plain.read_bytes(),
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+
+    assert result.returncode == 2
+    assert "send a plain MP4 whole, in one request" in result.stderr.decode()
+    assert not out.exists()
+
+
+def test_stdin_needs_the_server_side(capsys: pytest.CaptureFixture) -> None:
+    assert main(["video", "-", "out.mp4"]) == 2
+    assert "reading the video from stdin ('-') needs --server-side" in capsys.readouterr().err
