@@ -276,6 +276,22 @@ def test_a_chunked_stream_gives_what_the_whole_file_gives(
     assert np.abs(frames_out.astype(int) - frames_whole).mean() < 1.0
 
 
+@pytest.mark.gpu
+def test_a_chunked_stream_on_the_gpu_server(server_pool, streamable_clip_bytes, video) -> None:
+    """The GPU server: the chunks decoded as they come (PyAV: ``auto`` for a chunked stream),
+    blurred on the GPU, every frame back in order."""
+    server = server_pool.get("gpu")
+    chunks = video.chunks_of(streamable_clip_bytes, 8192)
+
+    out, done, acks, errors = video.stream_video_chunks(
+        server.grpc_url, chunks, {"batch_size": 8}, sequence_id=505
+    )
+
+    assert errors == [] and acks == len(chunks) - 1
+    assert done[-1] == 96
+    assert video.decode_rgb(out)[1] == video.decode_rgb(streamable_clip_bytes)[1]
+
+
 def test_a_string_sequence_id_and_an_empty_end_chunk(triton_server, streamable_clip_bytes, video):
     chunks = [*video.chunks_of(streamable_clip_bytes, 1 << 16), b""]
 

@@ -319,7 +319,7 @@ class VideoModel:
                 session.video_bytes,
                 self._blur_function(session),
                 options=session.options,
-                decoder=self._decoder(),
+                decoder=self._decoder(chunked=isinstance(session.video_bytes, GrowingBytes)),
                 gpu_index=self.device.index,
                 cancelled=cancelled,
                 nvenc_allowed=self.device.is_gpu,
@@ -359,12 +359,16 @@ class VideoModel:
                 self._forget_stream(session.stream_key, session.video_bytes)
                 session.video_bytes.abort("the session ended")
 
-    def _decoder(self) -> str:
+    def _decoder(self, *, chunked: bool = False) -> str:
+        """The session's decoder. ``auto`` takes PyAV for a chunked stream: the NVDEC path
+        demuxes the audio ahead of the video, which on a growing stream would hold the output
+        back until its last chunk, while a live stream (~30 frames/s) needs no NVDEC."""
         choice = self.settings.decoder
         if choice == "auto":
             from bgblur.video.nvdec import nvdec_available
 
-            return "nvdec" if self.device.is_gpu and nvdec_available() else "pyav"
+            nvdec = self.device.is_gpu and not chunked and nvdec_available()
+            return "nvdec" if nvdec else "pyav"
         return choice
 
     def _blur_function(self, session: _Session) -> Callable[[Any], Any]:
