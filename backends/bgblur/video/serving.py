@@ -31,11 +31,13 @@ must reach the same instance, which one instance of this model per server guaran
 default on one GPU or the CPU; a server over several GPUs runs one per GPU: send whole files
 there).
 
-Each request runs on a worker thread (``execute`` returns at once), at most ``max_sessions`` at a
-time per instance (more wait in line). Everything a session holds (input copy, decoder, encoder,
-buffers) belongs to that thread and is released when it ends: finished, failed, or cancelled
-(the client cancelled or disconnected: Triton marks the request cancelled, the loop sees it
-between batches and stops). Nothing is kept between requests.
+Each session (a whole-file request, or a chunked stream from its START) runs on a worker thread
+(``execute`` returns at once), at most ``max_sessions`` at a time per instance (more wait in
+line). Everything a session holds (input copy, decoder, encoder, buffers) belongs to that
+thread and is released when it ends: finished, failed, or cancelled (the client cancelled or
+disconnected: Triton marks the request cancelled, the loop sees it between batches and stops).
+Nothing is kept between sessions; a chunked stream's entry (its input so far) lives from its
+START to its END, failure, cancellation or timeout.
 """
 
 from __future__ import annotations
