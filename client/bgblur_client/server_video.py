@@ -82,32 +82,20 @@ def blur_video_server_side(
         raise ClientError(f"cannot read video '{in_path}': no such file")
     if out_path.resolve() == in_path.resolve():
         raise ClientError(f"output '{out_path}' is the input file")
-    if not out_path.parent.is_dir():
-        raise ClientError(f"cannot write video '{out_path}': directory does not exist")
-    request_parameters: dict[str, Any] = dict(parameters or {})
-    if batch_size is not None:
-        request_parameters["batch_size"] = batch_size
+    _check_output_dir(out_path)
     declared_frames, audio = _probe(in_path)
-    video_bytes = np.fromfile(in_path, dtype=np.uint8)
-
-    client = grpcclient.InferenceServerClient(url)
-    try:
-        _check_ready(client, url, model)
-        return _stream(
-            client,
-            url,
-            model,
-            video_bytes,
-            out_path,
-            request_parameters,
-            timeout_s,
-            progress,
-            declared_frames,
-            audio,
-            label=in_path.name,
-        )
-    finally:
-        client.close()
+    return _connect_and_stream(
+        url,
+        model,
+        out_path,
+        _with_batch_size(parameters, batch_size),
+        timeout_s,
+        progress,
+        declared_frames,
+        audio,
+        label=in_path.name,
+        video_bytes=np.fromfile(in_path, dtype=np.uint8),
+    )
 
 
 def blur_stream_server_side(
@@ -134,31 +122,44 @@ def blur_stream_server_side(
     producer is paced by the server. Arguments and errors as :func:`blur_video_server_side`.
     """
     out_path = Path(out_path)
-    if not out_path.parent.is_dir():
-        raise ClientError(f"cannot write video '{out_path}': directory does not exist")
+    _check_output_dir(out_path)
     if chunks_in_flight < 1:
         raise ValueError(f"chunks_in_flight must be >= 1, got {chunks_in_flight}")
+    return _connect_and_stream(
+        url,
+        model,
+        out_path,
+        _with_batch_size(parameters, batch_size),
+        timeout_s,
+        progress,
+        0,
+        "unknown",
+        label=label,
+        chunks=chunks,
+        chunks_in_flight=chunks_in_flight,
+    )
+
+
+def _check_output_dir(out_path: Path) -> None:
+    if not out_path.parent.is_dir():
+        raise ClientError(f"cannot write video '{out_path}': directory does not exist")
+
+
+def _with_batch_size(
+    parameters: Mapping[str, ParameterValue] | None, batch_size: int | None
+) -> dict[str, Any]:
     request_parameters: dict[str, Any] = dict(parameters or {})
     if batch_size is not None:
         request_parameters["batch_size"] = batch_size
+    return request_parameters
+
+
+def _connect_and_stream(url: str, model: str, *args: Any, **kwargs: Any) -> VideoSummary:
+    """:func:`_stream` on a new connection to ``url`` (checked live and ``model`` ready)."""
     client = grpcclient.InferenceServerClient(url)
     try:
         _check_ready(client, url, model)
-        return _stream(
-            client,
-            url,
-            model,
-            None,
-            out_path,
-            request_parameters,
-            timeout_s,
-            progress,
-            0,
-            "unknown",
-            label=label,
-            chunks=chunks,
-            chunks_in_flight=chunks_in_flight,
-        )
+        return _stream(client, url, model, *args, **kwargs)
     finally:
         client.close()
 
@@ -245,7 +246,6 @@ def _stream(
     client: grpcclient.InferenceServerClient,
     url: str,
     model: str,
-    video_bytes: np.ndarray | None,
     out_path: Path,
     parameters: dict[str, Any],
     timeout_s: float,
@@ -254,6 +254,7 @@ def _stream(
     audio: AudioHandling,
     *,
     label: str,
+    video_bytes: np.ndarray | None = None,
     chunks: Iterable[bytes] | None = None,
     chunks_in_flight: int = 8,
 ) -> VideoSummary:

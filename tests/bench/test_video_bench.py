@@ -11,22 +11,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def run_bench(*args: str) -> subprocess.CompletedProcess[str]:
+    """``bench/video.py args`` in a child process (its exit, stdout and stderr)."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "video.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
 def test_a_failing_path_is_recorded_and_the_next_path_runs(tmp_path: Path) -> None:
     out = tmp_path / "video.json"
     # Nothing listens on port 9: the client path cannot reach a server; the seed's CPU
     # pipeline needs none.
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "video.py"),
-            *("--size", "360p", "--frames", "4", "--streams", "1"),
-            *("--paths", "client-pyav,cpu-baseline", "--url", "127.0.0.1:9"),
-            *("--out", str(out)),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    result = run_bench(
+        *("--size", "360p", "--frames", "4", "--streams", "1"),
+        *("--paths", "client-pyav,cpu-baseline", "--url", "127.0.0.1:9"),
+        *("--out", str(out)),
     )
 
     assert result.returncode == 0, result.stderr
@@ -42,18 +45,10 @@ def test_the_client_paths_can_call_the_one_hop_model(tmp_path: Path) -> None:
     """``--client-model background_blur_direct``: the embedded server serves the one-hop model
     too, the decode + blur path calls it, and the row says which model answered."""
     out = tmp_path / "video.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "video.py"),
-            *("--size", "360p", "--frames", "6", "--streams", "1", "--batch", "4"),
-            *("--paths", "decode-pyav", "--client-model", "background_blur_direct"),
-            *("--no-warmup", "--out", str(out)),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    result = run_bench(
+        *("--size", "360p", "--frames", "6", "--streams", "1", "--batch", "4"),
+        *("--paths", "decode-pyav", "--client-model", "background_blur_direct"),
+        *("--no-warmup", "--out", str(out)),
     )
 
     assert result.returncode == 0, result.stderr
