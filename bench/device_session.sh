@@ -15,6 +15,7 @@
 #   carry [".gpu-part-N"]            bash .gpu-part-N/stash.sh                 (each N, first)
 #   carry [".gpu-bundle", ".cache"]  source .gpu-bundle/setup.sh && bash bench/device_session.sh PHASE
 # PHASE (each ends well inside 10 minutes):
+#   install        only put the project on the Pythons' path (then run a command of your own)
 #   tests-kernels  pytest -m gpu: ops, stages, models, runtimes, pipeline, NVML
 #   video-check    the video GPU tests and the server-side rows alone (after a fix there)
 #   bench-video-direct  16 NVDEC streams, decode + blur, into the ensemble and the one-hop model
@@ -120,6 +121,8 @@ case "$phase" in
       echo "$part carries $((part_b / 1048576)) MiB"
       [ "$part_b" -lt "$limit_b" ] || { echo "$part too large for one call" >&2; exit 1; }
     done
+    ;;
+  install)  # only the project on the Pythons' path (every phase does it first): for own commands
     ;;
   tests-kernels)
     nvidia-smi -L | tee "$OUT/device.txt"
