@@ -15,6 +15,9 @@ per stream at the same time and reports aggregate frames/s (frames of all stream
   ceiling of the streams in this process, beside which ``decode-nvdec`` is read;
 - ``server``: ``bgblur_client.server_video`` (the compressed file to ``background_blur_video``,
   decode + blur + encode on the server), the model blurring by BLS calls into the ensemble;
+- ``server-chunked``: the server side with the file sent as a stream (remuxed to fragmented
+  MP4, 64 KiB chunks under one sequence ID, ``bgblur_client.server_video.
+  blur_stream_server_side``): what a live stream's chunking costs beside ``server``;
 - ``server-inprocess``: the same with the model's ``blur: in_process`` (its own pipeline, no
   BLS hops): a second embedded server started with ``$BGBLUR_VIDEO_BLUR=in_process`` (the
   setting is per model, not per request), so skipped with ``--url``;
@@ -62,6 +65,7 @@ PATHS = (
     "nvdec-only",
     "server",
     "server-inprocess",
+    "server-chunked",
     "cpu-baseline",
 )
 CLIENT_MODELS = ("background_blur", "background_blur_direct")
@@ -97,6 +101,14 @@ def one_stream(path_name: str, url: str, clip: Path, out: Path, args: argparse.N
 
         return blur_video_server_side(
             url, clip, out, batch_size=args.batch, progress=False, timeout_s=600
+        ).frames
+    if path_name == "server-chunked":  # the same file as a stream: 64 KiB chunks, fMP4
+        from bgblur_client.server_video import blur_stream_server_side
+
+        data = fragmented_copy(clip).read_bytes()
+        pieces = (data[start : start + CHUNK_BYTES] for start in range(0, len(data), CHUNK_BYTES))
+        return blur_stream_server_side(
+            url, pieces, out, batch_size=args.batch, progress=False, timeout_s=600
         ).frames
     from bgblur_client.transport import BlurClient
     from bgblur_client.video import blur_video, blurred_frames
@@ -191,6 +203,37 @@ def cpu_baseline(clip: Path, model: str, frames: int, work: Path) -> dict[str, A
     result = module.run_one(str(clip), model, frames, 1, str(work))
     seconds = time.perf_counter() - started
     return result | {"frames_per_s": result["frames"] / seconds, "wall_seconds": seconds}
+
+
+CHUNK_BYTES = 1 << 16
+_FRAGMENTED_MP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
+
+
+def fragmented_copy(clip: Path) -> Path:
+    """``clip`` remuxed (no re-encode) into a fragmented MP4 beside it, made once: a stream
+    the server can decode front to back (``server-chunked``)."""
+    out = clip.with_name(f"{clip.stem}-fragmented.mp4")
+    if out.exists():
+        return out
+    import av
+
+    partial = out.with_suffix(f".{os.getpid()}.part")
+    with (
+        av.open(str(clip)) as source,
+        av.open(str(partial), "w", format="mp4", options=_FRAGMENTED_MP4) as target,
+    ):
+        mapping = {
+            s: target.add_stream_from_template(s)
+            for s in source.streams
+            if s.type in ("video", "audio")
+        }
+        for packet in source.demux(list(mapping)):
+            if packet.dts is None:
+                continue
+            packet.stream = mapping[packet.stream]
+            target.mux(packet)
+    partial.replace(out)
+    return out
 
 
 def available(path_name: str) -> bool:

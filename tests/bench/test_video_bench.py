@@ -74,3 +74,18 @@ def test_rows_of_another_client_model_are_kept_when_merged() -> None:
     merged = bench_video.merged_rows([ensemble, direct_old], [direct_new])
 
     assert merged == [ensemble, direct_new]
+
+
+def test_the_chunked_server_path_streams_the_whole_file(tmp_path: Path) -> None:
+    """``server-chunked``: the clip remuxed to fragmented MP4 and sent in chunks; every frame
+    comes back."""
+    out = tmp_path / "video.json"
+    result = run_bench(
+        *("--size", "360p", "--frames", "6", "--streams", "1", "--batch", "4"),
+        *("--paths", "server-chunked", "--no-warmup", "--out", str(out)),
+    )
+
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(out.read_text())["rows"]
+    assert "error" not in row, row
+    assert row["frames"] == 6 and row["frames_per_s"] > 0
