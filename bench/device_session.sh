@@ -214,7 +214,7 @@ PYEOF
     run 220 bench-video.log "$PY" bench/video.py --size 1080p --frames 120 --streams 1,16 \
       --model fcn_resnet101 --shared-memory cuda --paths "$paths" --out "$OUT/video-$gpu-$day.json"
     run 280 bench-video.log "$PY" bench/video.py --size 1080p --frames 120 --streams 1,4 \
-      --model fcn_resnet101 --shared-memory cuda --paths server,server-inprocess,cpu-baseline \
+      --model fcn_resnet101 --shared-memory cuda --paths server,server-inprocess,server-chunked,cpu-baseline \
       --merge --out "$OUT/video-$gpu-$day.json"
     ;;
   bench-video-direct)  # 16 NVDEC streams into the ensemble and into the one-hop model, same run
