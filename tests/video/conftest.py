@@ -257,6 +257,13 @@ def streamable_clip_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     return write_clip(path, frames, options=FRAGMENTED_MP4, codec_options={"g": "4"}).read_bytes()
 
 
+@pytest.fixture(scope="session")
+def mpegts_clip_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """The same 4 s ramp as MPEG-TS (H.264 + ADTS AAC), a live stream's usual container."""
+    path = tmp_path_factory.mktemp("video") / "ramp.ts"
+    return write_clip(path, ramp_frames_nhwc_u8(count=96), codec_options={"g": "4"}).read_bytes()
+
+
 def chunks_of(data: bytes, size: int) -> list[bytes]:
     """``data`` cut into pieces of ``size`` bytes (the last shorter)."""
     return [data[start : start + size] for start in range(0, len(data), size)]

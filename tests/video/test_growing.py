@@ -87,11 +87,15 @@ def feed(stream: GrowingBytes, chunks: list[bytes], hold_before: int, go: thread
     return thread
 
 
-def test_transcode_starts_blurring_before_the_stream_ends(streamable_clip_bytes, video) -> None:
-    """A fragmented MP4 fed in 4 KiB chunks: the first batch is blurred while the last chunks
-    are still held back, and the output has every frame, in order."""
+@pytest.mark.parametrize("container", ["fragmented-mp4", "mpegts"])
+def test_transcode_starts_blurring_before_the_stream_ends(request, container, video) -> None:
+    """A fragmented MP4 or an MPEG-TS stream (its ADTS audio re-encoded: the fragmented MP4's
+    header cannot hold it as it is) fed in 4 KiB chunks: the first batch is blurred while the
+    last chunks are still held back, and the output has every frame, in order, and audio."""
     from bgblur.video.transcode import VideoOptions, transcode
 
+    fixture = "streamable_clip_bytes" if container == "fragmented-mp4" else "mpegts_clip_bytes"
+    streamable_clip_bytes = request.getfixturevalue(fixture)
     chunks = video.chunks_of(streamable_clip_bytes, 4096)
     assert len(chunks) >= 6
     stream = GrowingBytes(max_bytes=1 << 30)

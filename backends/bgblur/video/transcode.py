@@ -572,7 +572,11 @@ class _FragmentedMp4Writer:
         self._audio: Any = None
         self._audio_copied = False
         if audio is not None:
-            if audio.codec_context.name in self._container.supported_codecs:
+            # ADTS AAC (MPEG-TS, raw .aac) has no AudioSpecificConfig until its first packet
+            # is filtered, but the fragmented MP4's header (empty moov) is written before it:
+            # FFmpeg refuses it (EPERM). Such audio is re-encoded, like an unsupported codec.
+            adts = audio.codec_context.name == "aac" and not audio.codec_context.extradata
+            if audio.codec_context.name in self._container.supported_codecs and not adts:
                 self._audio = self._container.add_stream_from_template(audio)
                 self._audio_copied = True
             else:
