@@ -39,19 +39,18 @@ def _check(status: int, call: str) -> None:
         raise RuntimeError(f"{call} failed with CUDA driver error {status}")
 
 
-@functools.cache
 def primary_context(gpu_index: int) -> int:
     """The handle (``CUcontext`` as int) of GPU ``gpu_index``'s primary context.
 
-    Retained once per process and never released: a release could drop the last reference
-    (when no CUDA runtime has retained it yet, e.g. a client that decodes on the CPU) and
-    destroy the context under the codec. The runtime (CuPy, torch) shares that same context.
+    Retained and released again at once: the CUDA runtime (CuPy's, torch's) holds the
+    reference that keeps it alive for the life of the process.
     """
     lib = _libcuda()
     device = ctypes.c_int()
     _check(lib.cuDeviceGet(ctypes.byref(device), int(gpu_index)), "cuDeviceGet")
     context = ctypes.c_void_p()
     _check(lib.cuDevicePrimaryCtxRetain(ctypes.byref(context), device), "cuDevicePrimaryCtxRetain")
+    _check(lib.cuDevicePrimaryCtxRelease_v2(device), "cuDevicePrimaryCtxRelease")
     return int(context.value or 0)
 
 
