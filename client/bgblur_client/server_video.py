@@ -18,6 +18,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,17 +85,9 @@ def blur_video_server_side(
         raise ClientError(f"output '{out_path}' is the input file")
     _check_output_dir(out_path)
     declared_frames, audio = _probe(in_path)
-    return _connect_and_stream(
-        url,
-        model,
-        out_path,
-        _with_batch_size(parameters, batch_size),
-        timeout_s,
-        progress,
-        declared_frames,
-        audio,
-        label=in_path.name,
-        video_bytes=np.fromfile(in_path, dtype=np.uint8),
+    request = _Request(url, model, out_path, parameters, batch_size, timeout_s, progress)
+    return request.stream(
+        declared_frames, audio, label=in_path.name, video_bytes=np.fromfile(in_path, np.uint8)
     )
 
 
@@ -125,18 +118,9 @@ def blur_stream_server_side(
     _check_output_dir(out_path)
     if chunks_in_flight < 1:
         raise ValueError(f"chunks_in_flight must be >= 1, got {chunks_in_flight}")
-    return _connect_and_stream(
-        url,
-        model,
-        out_path,
-        _with_batch_size(parameters, batch_size),
-        timeout_s,
-        progress,
-        0,
-        "unknown",
-        label=label,
-        chunks=chunks,
-        chunks_in_flight=chunks_in_flight,
+    request = _Request(url, model, out_path, parameters, batch_size, timeout_s, progress)
+    return request.stream(
+        0, "unknown", label=label, chunks=chunks, chunks_in_flight=chunks_in_flight
     )
 
 
@@ -145,23 +129,41 @@ def _check_output_dir(out_path: Path) -> None:
         raise ClientError(f"cannot write video '{out_path}': directory does not exist")
 
 
-def _with_batch_size(
-    parameters: Mapping[str, ParameterValue] | None, batch_size: int | None
-) -> dict[str, Any]:
-    request_parameters: dict[str, Any] = dict(parameters or {})
-    if batch_size is not None:
-        request_parameters["batch_size"] = batch_size
-    return request_parameters
+@dataclass(frozen=True)
+class _Request:
+    """What both entry points send: where to, which model, the parameters, how to wait."""
 
+    url: str
+    model: str
+    out_path: Path
+    parameters: Mapping[str, ParameterValue] | None
+    batch_size: int | None
+    timeout_s: float
+    progress: bool
 
-def _connect_and_stream(url: str, model: str, *args: Any, **kwargs: Any) -> VideoSummary:
-    """:func:`_stream` on a new connection to ``url`` (checked live and ``model`` ready)."""
-    client = grpcclient.InferenceServerClient(url)
-    try:
-        _check_ready(client, url, model)
-        return _stream(client, url, model, *args, **kwargs)
-    finally:
-        client.close()
+    def stream(self, declared_frames: int, audio: AudioHandling, **source: Any) -> VideoSummary:
+        """:func:`_stream` on a new connection (checked live, the model ready); ``source``:
+        ``label`` and ``video_bytes`` or ``chunks`` (and ``chunks_in_flight``)."""
+        parameters: dict[str, Any] = dict(self.parameters or {})
+        if self.batch_size is not None:
+            parameters["batch_size"] = self.batch_size
+        client = grpcclient.InferenceServerClient(self.url)
+        try:
+            _check_ready(client, self.url, self.model)
+            return _stream(
+                client,
+                self.url,
+                self.model,
+                self.out_path,
+                parameters,
+                self.timeout_s,
+                self.progress,
+                declared_frames,
+                audio,
+                **source,
+            )
+        finally:
+            client.close()
 
 
 def _send_chunks(

@@ -123,6 +123,16 @@ def brightness_order_ok(out_nhwc_u8: np.ndarray, in_nhwc_u8: np.ndarray) -> bool
     return rising and bool((np.abs(out_mean - in_mean) <= BRIGHTNESS_TOLERANCE).all())
 
 
+def assert_same_video_in_order(out: bytes | Path, source: bytes | Path):
+    """The output file has the source's properties (frames, size, rate, audio) and its frames,
+    in order (:func:`brightness_order_ok`). Returns (frames out, frames in)."""
+    frames_in, props_in = decode_rgb(source)
+    frames_out, props_out = decode_rgb(out)
+    assert props_out == props_in
+    assert brightness_order_ok(frames_out, frames_in), brightness_report(frames_out, frames_in)
+    return frames_out, frames_in
+
+
 def brightness_report(out_nhwc_u8: np.ndarray, in_nhwc_u8: np.ndarray) -> str:
     """For a failure message: each output frame's mean brightness and its difference from the
     input frame of the same index."""
@@ -277,6 +287,7 @@ class VideoHelpers:
     decode_rgb = staticmethod(decode_rgb)
     brightness_order_ok = staticmethod(brightness_order_ok)
     brightness_report = staticmethod(brightness_report)
+    assert_same_video_in_order = staticmethod(assert_same_video_in_order)
     chunks_of = staticmethod(chunks_of)
     stream_video = staticmethod(stream_video)
     stream_video_chunks = staticmethod(stream_video_chunks)

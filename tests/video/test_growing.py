@@ -116,12 +116,7 @@ def test_transcode_starts_blurring_before_the_stream_ends(request, container, vi
     feeder.join(timeout=10)
 
     assert sent_when_blurred and sent_when_blurred[0] < len(streamable_clip_bytes)
-    frames_in, props_in = video.decode_rgb(streamable_clip_bytes)
-    frames_out, props_out = video.decode_rgb(out)
-    assert props_out == props_in
-    assert video.brightness_order_ok(frames_out, frames_in), video.brightness_report(
-        frames_out, frames_in
-    )
+    video.assert_same_video_in_order(out, streamable_clip_bytes)
 
 
 def test_transcode_of_a_stopped_stream_ends_with_the_reason(streamable_clip_bytes, video) -> None:

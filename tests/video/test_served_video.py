@@ -30,12 +30,7 @@ def test_round_trip_keeps_frames_size_rate_audio_and_order(
 
     assert error is None
     assert done[-1] == 24
-    frames_in, props_in = video.decode_rgb(ramp_clip_bytes)
-    frames_out, props_out = video.decode_rgb(out)
-    assert props_out == props_in
-    assert video.brightness_order_ok(frames_out, frames_in), video.brightness_report(
-        frames_out, frames_in
-    )
+    frames_out, frames_in = video.assert_same_video_in_order(out, ramp_clip_bytes)
     # the background is blurred: the output is smoother than the input
     assert (
         np.abs(np.diff(frames_out.astype(int), axis=2)).mean()
@@ -224,12 +219,7 @@ def test_round_trip_on_the_gpu_server(
 
     assert error is None, error
     assert done[-1] == 24
-    frames_in, props_in = video.decode_rgb(ramp_clip_bytes)
-    frames_out, props_out = video.decode_rgb(out)
-    assert props_out == props_in
-    assert video.brightness_order_ok(frames_out, frames_in), video.brightness_report(
-        frames_out, frames_in
-    )
+    video.assert_same_video_in_order(out, ramp_clip_bytes)
 
 
 @pytest.mark.gpu

@@ -174,14 +174,15 @@ def transcode(
     if decoder not in DECODERS:
         raise InvalidInputError(f"decoder must be one of {DECODERS}, got {decoder!r}")
     av = _import_av()
-    data = video_bytes if isinstance(video_bytes, GrowingBytes) else _as_bytes(video_bytes)
-    if not isinstance(data, GrowingBytes) and not data:
+    chunked = isinstance(video_bytes, GrowingBytes)
+    data = video_bytes if chunked else _as_bytes(video_bytes)
+    if not chunked and not data:
         raise InvalidInputError("VIDEO is empty: send the bytes of a video file (e.g. an MP4)")
     source = _open_source(av, data)
     try:
         video = source.streams.video[0]
         audio = source.streams.audio[0] if source.streams.audio else None
-        first = _first_frame(av, source, video, chunked=isinstance(data, GrowingBytes))
+        first = _first_frame(av, source, video, chunked=chunked)
         fmt = _SourceFormat.of(video, first)
         encoder = _choose_encoder(options.encoder, fmt, gpu_index, nvenc_allowed)
         output = _FragmentedMp4Writer(
@@ -197,7 +198,7 @@ def transcode(
             from bgblur.video.nvdec import nvdec_batches
 
             batches: Iterable[_Batch] = nvdec_batches(
-                data.reader() if isinstance(data, GrowingBytes) else data,
+                data.reader() if chunked else data,
                 fmt.quarter_turns,
                 options.batch_size,
                 gpu_index,
@@ -212,7 +213,7 @@ def transcode(
         # A chunked stream's decoder may be waiting for a chunk when the session stops: the
         # abort wakes it (with an error) so that its thread can be joined.
         def on_stop() -> None:
-            if isinstance(data, GrowingBytes):
+            if chunked:
                 data.abort("the transcode stopped")
 
         yield from _run(
