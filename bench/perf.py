@@ -103,6 +103,7 @@ def main() -> int:
         return 2
 
     from bgblur.launcher import TritonServer
+    from bgblur_client.admin_key import admin_headers
 
     server = None
     if not args.url:
@@ -132,6 +133,8 @@ def main() -> int:
                     "--shared-memory", mode,
                     "--output-shared-memory-size", str(output_bytes),
                     "-f", str(csv),
+                    # Shared-memory registration needs the admin key (bgblur_client.admin_key).
+                    *(f"-H={name}:{value}" for name, value in admin_headers("grpc").items()),
                 ]  # fmt: skip
                 print("$", " ".join(command), flush=True)
                 subprocess.run(command, check=True)

@@ -32,7 +32,11 @@ class ServerPool:
     def get(self, device: str = "cpu", model: str = DEFAULT_MODEL) -> TritonServer:
         key = (device, model)
         if key not in self._servers:
-            server = TritonServer(device=device, segmentation_model=model)
+            # No hang probe on the shared servers: tests there count requests exactly, and a
+            # probe is a request (the hang tests start servers of their own).
+            server = TritonServer(
+                device=device, segmentation_model=model, supervision={"probe_interval_s": 0}
+            )
             server.start()
             self._servers[key] = server
         return self._servers[key]

@@ -49,7 +49,8 @@ class TestBlurParams:
         [
             ("blur_ksize", 1),
             ("blur_ksize", 99),
-            ("blur_sigma", 1e-6),
+            ("blur_sigma", 0.01),
+            ("bilateral_sigma_space", 0.01),
             ("blur_sigma", 100.0),
             ("bilateral_diameter", 0),
             ("bilateral_diameter", 1),
@@ -71,18 +72,20 @@ class TestBlurParams:
             ("blur_ksize", 2, r"an odd integer in \[1, 99\], got 2"),
             ("blur_ksize", 101, r"an odd integer in \[1, 99\], got 101"),
             ("blur_ksize", -1, r"an odd integer in \[1, 99\], got -1"),
-            ("blur_sigma", 0.0, r"in \(0, 100\], got 0.0"),
-            ("blur_sigma", -1.0, r"in \(0, 100\], got -1.0"),
-            ("blur_sigma", 100.5, r"in \(0, 100\], got 100.5"),
-            ("blur_sigma", float("nan"), r"in \(0, 100\], got nan"),
-            ("blur_sigma", float("inf"), r"in \(0, 100\], got inf"),
+            ("blur_sigma", 0.0, r"in \[0.01, 100\], got 0.0"),
+            ("blur_sigma", -1.0, r"in \[0.01, 100\], got -1.0"),
+            ("blur_sigma", 100.5, r"in \[0.01, 100\], got 100.5"),
+            ("blur_sigma", float("nan"), r"in \[0.01, 100\], got nan"),
+            ("blur_sigma", float("inf"), r"in \[0.01, 100\], got inf"),
             ("bilateral_diameter", -1, r"an integer in \[0, 31\], got -1"),
             ("bilateral_diameter", 32, r"an integer in \[0, 31\], got 32"),
-            ("bilateral_sigma_color", 0.0, r"in \(0, 1000\], got 0.0"),
-            ("bilateral_sigma_color", 1000.5, r"in \(0, 1000\], got 1000.5"),
-            ("bilateral_sigma_color", float("nan"), r"in \(0, 1000\], got nan"),
-            ("bilateral_sigma_space", 0.0, r"in \(0, 100\], got 0.0"),
-            ("bilateral_sigma_space", 101.0, r"in \(0, 100\], got 101.0"),
+            ("bilateral_sigma_color", 0.0, r"in \[0.01, 1000\], got 0.0"),
+            ("bilateral_sigma_color", 1000.5, r"in \[0.01, 1000\], got 1000.5"),
+            ("bilateral_sigma_color", float("nan"), r"in \[0.01, 1000\], got nan"),
+            ("bilateral_sigma_space", 0.0, r"in \[0.01, 100\], got 0.0"),
+            ("bilateral_sigma_space", 101.0, r"in \[0.01, 100\], got 101.0"),
+            ("bilateral_sigma_space", 5e-324, r"in \[0.01, 100\], got 5e-324"),
+            ("blur_sigma", 0.0099, r"in \[0.01, 100\], got 0.0099"),
             ("mask_threshold", 0.0, r"in \(0, 1\), got 0.0"),
             ("mask_threshold", 1.0, r"in \(0, 1\), got 1.0"),
             ("mask_threshold", float("nan"), r"in \(0, 1\), got nan"),
@@ -312,3 +315,13 @@ class TestValidateFramesShape:
     def test_messages_name_the_tensor(self) -> None:
         with pytest.raises(InvalidInputError, match=r"^PROBABILITY must be uint8"):
             validate_frames_shape((1, 7, 13, 3), "float16", "PROBABILITY")
+
+
+def test_error_messages_shorten_what_the_client_sent() -> None:
+    huge = "9" * 50_000_000
+    with pytest.raises(InvalidInputError) as info:
+        BlurParams().with_overrides({"blur_sigma": huge})
+    assert len(str(info.value)) < 200 and "..." in str(info.value)
+    with pytest.raises(InvalidInputError) as info:
+        BlurParams().with_overrides({"x" * 100_000: 1})
+    assert len(str(info.value)) < 400

@@ -20,6 +20,16 @@ MAX_FRAME_LONG_SIDE = 7680
 MAX_FRAME_SHORT_SIDE = 4320
 # Largest FRAMES tensor one request may carry (bytes): 8 frames of 4K UHD RGB.
 MAX_REQUEST_BYTES = 8 * 3840 * 2160 * 3
+# Smallest sigma a request may ask for (BlurParams).
+MIN_SIGMA = 0.01
+# Error messages echo at most this much of a value a client sent.
+ECHO_CHARS = 64
+
+
+def shorten(value: Any, limit: int = ECHO_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters (an error never echoes a whole value)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 @dataclass(frozen=True)
@@ -29,11 +39,13 @@ class BlurParams:
     Attributes:
         blur_ksize: Gaussian kernel size of the background blur (odd, 1..99), applied at the
             blur working resolution (``blur_working_hw``), like CV-CUDA's sample.
-        blur_sigma: Gaussian sigma in pixels of the working resolution (0 < sigma <= 100).
+        blur_sigma: Gaussian sigma in pixels of the working resolution (0.01 <= sigma <= 100).
         bilateral_diameter: window diameter of the joint bilateral refinement of the mask
             (0..31; 0 or 1 switch the refinement off).
-        bilateral_sigma_color: colour sigma on the grey guide, in grey levels (0 < s <= 1000).
-        bilateral_sigma_space: spatial sigma in pixels (0 < s <= 100).
+        bilateral_sigma_color: colour sigma on the grey guide, in grey levels (0.01 <= s <= 1000).
+        bilateral_sigma_space: spatial sigma in pixels (0.01 <= s <= 100).
+        (A sigma below 0.01 squares to a denormal or zero in float32: the weights divide by
+        zero and the mask turns NaN; 0.01 already weighs the centre alone.)
         soft_mask: True: mask = probability x 255 (soft edges). False: 255 where the
             probability >= ``mask_threshold``, else 0.
         mask_threshold: threshold of the hard mask (0 < t < 1).
@@ -57,7 +69,7 @@ class BlurParams:
                 ok = ok and not isinstance(value, bool)
             if not ok:
                 raise InvalidInputError(
-                    f"parameter {f.name!r} must be of type {f.type}, got {value!r}"
+                    f"parameter {f.name!r} must be of type {f.type}, got {shorten(value)}"
                 )
             if f.type == "float":
                 object.__setattr__(self, f.name, float(value))
@@ -67,7 +79,9 @@ class BlurParams:
             self.blur_ksize,
             "an odd integer in [1, 99]",
         )
-        _check(0.0 < self.blur_sigma <= 100.0, "blur_sigma", self.blur_sigma, "in (0, 100]")
+        _check(
+            MIN_SIGMA <= self.blur_sigma <= 100.0, "blur_sigma", self.blur_sigma, "in [0.01, 100]"
+        )
         _check(
             0 <= self.bilateral_diameter <= 31,
             "bilateral_diameter",
@@ -75,16 +89,16 @@ class BlurParams:
             "an integer in [0, 31]",
         )
         _check(
-            0.0 < self.bilateral_sigma_color <= 1000.0,
+            MIN_SIGMA <= self.bilateral_sigma_color <= 1000.0,
             "bilateral_sigma_color",
             self.bilateral_sigma_color,
-            "in (0, 1000]",
+            "in [0.01, 1000]",
         )
         _check(
-            0.0 < self.bilateral_sigma_space <= 100.0,
+            MIN_SIGMA <= self.bilateral_sigma_space <= 100.0,
             "bilateral_sigma_space",
             self.bilateral_sigma_space,
-            "in (0, 100]",
+            "in [0.01, 100]",
         )
         _check(0.0 < self.mask_threshold < 1.0, "mask_threshold", self.mask_threshold, "in (0, 1)")
 
@@ -101,7 +115,8 @@ class BlurParams:
         for name, raw in overrides.items():
             if name not in fields:
                 raise InvalidInputError(
-                    f"unknown parameter {name!r}; known parameters: {', '.join(sorted(fields))}"
+                    f"unknown parameter {shorten(name)}; known parameters: "
+                    f"{', '.join(sorted(fields))}"
                 )
             changes[name] = _coerce(name, raw, fields[name].type)
         return dataclasses.replace(self, **changes)
@@ -109,7 +124,9 @@ class BlurParams:
 
 def _check(ok: bool, name: str, value: Any, expected: str) -> None:
     if not ok:
-        raise InvalidInputError(f"parameter {name!r} must be {expected}, got {value!r}")
+        raise InvalidInputError(
+            f"parameter {shorten(name)} must be {expected}, got {shorten(value)}"
+        )
 
 
 def _coerce(name: str, raw: Any, type_name: str) -> Any:
@@ -142,7 +159,9 @@ def _coerce(name: str, raw: Any, type_name: str) -> Any:
         pass
     else:
         raise AssertionError(f"unhandled field type {type_name}")
-    raise InvalidInputError(f"parameter {name!r} must be of type {type_name}, got {raw!r}")
+    raise InvalidInputError(
+        f"parameter {shorten(name)} must be of type {type_name}, got {shorten(raw)}"
+    )
 
 
 def validate_frames_shape(shape: tuple[int, ...], dtype_name: str, tensor: str = "FRAMES") -> None:

@@ -10,6 +10,10 @@ The server is the real ``tritonserver`` 2.51 that PyPI's nvidia-pytriton bundles
 - starts the server on chosen (or free) ports with the venv first on PATH and this Python's
   libpython first on LD_LIBRARY_PATH, waits for readiness with a timeout and shows the log tail
   when it fails;
+- puts the HTTP guard (``bgblur.server.guard``) on the public HTTP port, with Triton's own
+  HTTP port on loopback behind it;
+- hands the lifecycle to the supervisor (``bgblur.supervisor``): restarts after a crash or a
+  hang, start-up included, with backoff;
 - stops it on SIGINT/SIGTERM or on leaving the context, and kills only what it started.
 
 Command line (``make serve``): ``python -m bgblur.launcher [--http-port 8000] [--device auto]``.
@@ -37,11 +41,19 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from bgblur.config import CUDA_POOL_MB
 from bgblur.device import cuda_device_count
 from bgblur.models.registry import model_names
-from bgblur.supervisor import Supervisor, remove_shm_regions, stub_processes
+from bgblur.server.guard import GuardSettings, HttpGuard
+from bgblur.supervisor import (
+    SHM_REGION_PREFIX,
+    Supervisor,
+    remove_shm_regions,
+    shm_regions,
+)
+from bgblur_client.admin_key import ADMIN_HEADER, load_or_create_admin_key
 
 LOG = logging.getLogger("bgblur.launcher")
 
@@ -54,10 +66,15 @@ VIDEO_MODELS = ("background_blur_video",)
 # Opt-in (``direct_model=True``, ``--direct-model``): it holds a second copy of the network.
 DIRECT_MODELS = ("background_blur_direct",)
 EXIT_TIMEOUT_S = 10
-# Locked-down defaults (README "Reliability"): the header that unlocks the restricted APIs (model
-# repository, and shared memory where it is not opened); its value is a per-launch secret.
-ADMIN_HEADER = "bgblur-admin-key"
+# Locked-down defaults (docs/reliability.md): these APIs need the admin key
+# (bgblur_client.admin_key), over HTTP (the guard checks it) and gRPC (Triton checks it).
+RESTRICTED_APIS = ("model-repository", "logging", "trace")
 LOOPBACK_ADDRESSES = ("127.0.0.1", "localhost", "::1")
+# The supervisor's tiny inference (the hang check): 8x8 black pixels through the entry model.
+PROBE_MODEL = "background_blur"
+_PROBE_BODY = json.dumps(
+    {"inputs": [{"name": "FRAMES", "shape": [1, 8, 8, 3], "datatype": "UINT8", "data": [0] * 192}]}
+).encode()
 
 
 class ServerStartError(RuntimeError):
@@ -205,7 +222,8 @@ class TritonServer:
     """The embedded Triton server, as a context manager.
 
     Args:
-        http_port, grpc_port, metrics_port: ports (free ones when None).
+        http_port, grpc_port, metrics_port: ports (free ones when None). ``http_port`` is the
+            HTTP guard's; Triton's own HTTP port is a free loopback port behind it.
         device: ``"auto"`` (GPU when the GPU stages can run), ``"gpu"`` or ``"cpu"``.
         segmentation_model: network to serve instead of the repository's default.
         startup_timeout_s: how long to wait for readiness.
@@ -219,14 +237,20 @@ class TritonServer:
             repository's).
         model_parameters: config ``parameters`` values to replace, by key, in every model that
             has them, e.g. ``{"resize_interpolation": "area"}`` (``render_model_repository``).
-        address: the address the HTTP, gRPC and metrics endpoints bind to; loopback by default
-            (``"0.0.0.0"`` serves every interface).
-        shared_memory: client shared-memory registration (system and CUDA): ``"auto"`` opens it
-            when ``address`` is loopback (clients on this host only) and restricts it to holders
-            of the admin key otherwise; ``"on"`` opens it; ``"off"`` restricts it.
-        supervise: restart the server when a Python stub or the server dies (bgblur.supervisor).
+        address: the address the HTTP (guard), gRPC and metrics endpoints bind to; loopback by
+            default (``"0.0.0.0"`` serves every interface).
+        shared_memory: client shared-memory registration (system and CUDA): ``"auto"``/``"on"``
+            offer it to holders of the admin key (the client library sends it); ``"off"``
+            refuses it to everyone.
+        supervise: let the supervisor own the lifecycle (restart after a crash or a hang).
         direct_model: also serve ``background_blur_direct`` (the service in one Python model:
             one backend hop instead of three, a second copy of the network in memory).
+        guard: put the HTTP guard in front of Triton's HTTP port (False: Triton's HTTP port is
+            ``http_port`` itself; for measuring the guard's cost).
+        supervision: ``Supervisor`` settings by name, e.g. ``{"probe_timeout_s": 2.0}``.
+        guard_options: ``GuardSettings`` by name, e.g. ``{"body_timeout_s": 5.0}``.
+        start_attempts: start attempts ``start()`` makes before it raises (each crash during
+            start-up is followed by another, with backoff); None: until ``startup_timeout_s``.
     """
 
     def __init__(
@@ -248,6 +272,10 @@ class TritonServer:
         shared_memory: str = "auto",
         supervise: bool = True,
         direct_model: bool = False,
+        guard: bool = True,
+        supervision: dict[str, float] | None = None,
+        guard_options: dict[str, Any] | None = None,
+        start_attempts: int | None = 3,
     ) -> None:
         if shared_memory not in ("auto", "on", "off"):
             raise ValueError(f"shared_memory must be auto, on or off, got {shared_memory!r}")
@@ -259,6 +287,7 @@ class TritonServer:
         self.device = ("gpu" if gpu_count else "cpu") if device == "auto" else device
         self.gpus = list(range(gpu_count)) if self.device == "gpu" else []
         self.http_port = http_port or free_port()
+        self.triton_http_port = free_port() if guard else self.http_port
         self.grpc_port = grpc_port or free_port()
         self.metrics_port = metrics_port or free_port()
         self.segmentation_model = segmentation_model
@@ -279,12 +308,25 @@ class TritonServer:
         self._process: subprocess.Popen[bytes] | None = None
         self._log_file = None
         self.address = address
-        self.shared_memory_open = shared_memory == "on" or (
-            shared_memory == "auto" and address in LOOPBACK_ADDRESSES
+        self.shared_memory_open = shared_memory != "off"
+        # The restricted APIs answer holders of this user's admin key (bgblur_client.admin_key);
+        # shared memory, when off, a per-launch key nobody is given.
+        self.admin_key = load_or_create_admin_key()
+        self._shared_memory_key = (
+            self.admin_key if self.shared_memory_open else secrets.token_urlsafe(32)
         )
-        # Restricted APIs answer only requests that carry this header (admin_headers).
-        self.admin_key = secrets.token_urlsafe(24)
-        self.supervisor = Supervisor(self) if supervise else None
+        # The Python backend's /dev/shm regions of this launch share one prefix: after a crash
+        # at any moment (start-up included) every one of them is found and removed.
+        self.stub_shm_prefix = f"{SHM_REGION_PREFIX}{secrets.token_hex(6)}_"
+        self.supervisor = (
+            Supervisor(self, startup_timeout_s=startup_timeout_s, **(supervision or {}))
+            if supervise
+            else None
+        )
+        self.start_attempts = start_attempts
+        self.guard: HttpGuard | None = None
+        self._guard_enabled = guard
+        self._guard_options = dict(guard_options or {})
         self._repository: Path | None = None
         self._lock = threading.RLock()
         self._stopping = False
@@ -302,41 +344,41 @@ class TritonServer:
         return f"localhost:{self.metrics_port}"
 
     def command(self, repository: Path, backends: Path, home: Path) -> list[str]:
+        http_address = "127.0.0.1" if self._guard_enabled else self.address
+        restricted = ",".join(RESTRICTED_APIS)
         args = [
             str(home / "bin" / "tritonserver"),
             f"--model-repository={repository}",
             f"--backend-directory={backends}",
-            f"--http-port={self.http_port}",
+            f"--http-port={self.triton_http_port}",
             f"--grpc-port={self.grpc_port}",
             f"--metrics-port={self.metrics_port}",
             f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
             "--strict-readiness=true",
             "--log-info=true",
-            # Locked-down defaults (README "Reliability"): loopback only; model control is
+            # Locked-down defaults (docs/reliability.md): loopback only; model control is
             # explicit (every model loaded at start) and restricted to the launcher, which
-            # unloads the entry models to drain before a stop; shared-memory registration is
-            # restricted too unless opened.
-            f"--http-address={self.address}",
+            # unloads the entry models to drain before a stop; logging, trace and shared-memory
+            # registration need the admin key too.
+            f"--http-address={http_address}",
             f"--grpc-address={self.address}",
             f"--metrics-address={self.address}",
             "--model-control-mode=explicit",
             "--load-model=*",
-            f"--http-restricted-api={self._restricted_apis()}:{ADMIN_HEADER}={self.admin_key}",
-            f"--grpc-restricted-protocol={self._restricted_apis()}:{ADMIN_HEADER}={self.admin_key}",
+            f"--http-restricted-api={restricted}:{ADMIN_HEADER}={self.admin_key}",
+            f"--grpc-restricted-protocol={restricted}:{ADMIN_HEADER}={self.admin_key}",
+            f"--http-restricted-api=shared-memory:{ADMIN_HEADER}={self._shared_memory_key}",
+            f"--grpc-restricted-protocol=shared-memory:{ADMIN_HEADER}={self._shared_memory_key}",
+            f"--backend-config=python,shm-region-prefix-name={self.stub_shm_prefix}",
         ]
         # Intermediate tensors live in Triton's CUDA pool; when full it silently falls back to
-        # pinned host memory (PLATFORM.md): bgblur.config.CUDA_POOL_MB says how it was sized.
+        # pinned host memory: bgblur.config.CUDA_POOL_MB says how it was sized.
         args += [f"--cuda-memory-pool-byte-size={gpu}:{CUDA_POOL_MB << 20}" for gpu in self.gpus]
         return args
 
-    def _restricted_apis(self) -> str:
-        return "model-repository" if self.shared_memory_open else "model-repository,shared-memory"
-
     @property
     def admin_headers(self) -> dict[str, str]:
-        """Headers that unlock the restricted APIs (model repository; shared memory when not
-        opened). The key is per launch and lives on the server's command line: it keeps remote
-        clients out, not other users of this host (they can read ``ps``)."""
+        """HTTP headers that unlock the restricted APIs (``bgblur_client.admin_key``)."""
         return {ADMIN_HEADER: self.admin_key}
 
     def server_pid(self) -> int | None:
@@ -358,7 +400,11 @@ class TritonServer:
         return env
 
     def start(self) -> TritonServer:
-        """Start the server and wait until it is ready (raises ``ServerStartError``)."""
+        """Start the server and wait until it is ready (raises ``ServerStartError``).
+
+        Supervised, a crash during start-up is followed by another attempt with backoff, up to
+        ``start_attempts`` attempts within ``startup_timeout_s``.
+        """
         home = tritonserver_home()
         prepare_backends(home)
         repository = render_model_repository(
@@ -376,51 +422,80 @@ class TritonServer:
         self._stopping = False
         self._log_file = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
         try:
-            self._spawn()
-            self.wait_ready()
+            if self._guard_enabled:
+                self.guard = HttpGuard(
+                    GuardSettings(
+                        host=self.address,
+                        port=self.http_port,
+                        upstream_port=self.triton_http_port,
+                        admin_key=self.admin_key,
+                        shared_memory=self.shared_memory_open,
+                        # Cheap (no I/O on the guard's event loop): the request itself is
+                        # forwarded to Triton's readiness after this says yes.
+                        ready=lambda: self.supervisor is None or self.supervisor.ready,
+                        **self._guard_options,
+                    )
+                ).start()
+            if self.supervisor is None:
+                self.launch("start")
+                self.wait_ready()
+            else:
+                self._wait_supervised_start()
         except BaseException:
             self.stop()
             raise
-        if self.supervisor is not None:
-            self.supervisor.start()
         return self
 
-    def _spawn(self) -> None:
-        """Start the tritonserver process on the rendered repository (does not wait)."""
-        home = tritonserver_home()
-        assert self._repository is not None
-        self._process = subprocess.Popen(
-            self.command(self._repository, prepare_backends(home), home),
-            env=self.environment(home),
-            stdout=None if self.verbose else self._log_file,
-            stderr=subprocess.STDOUT if not self.verbose else None,
-            start_new_session=True,  # a terminal's Ctrl-C reaches the launcher, which stops it
-        )
+    def _wait_supervised_start(self) -> None:
+        supervisor = self.supervisor
+        assert supervisor is not None
+        supervisor.start()
+        deadline = time.monotonic() + self.startup_timeout_s
+        while not supervisor.wait_serving(0.25):
+            attempts = 1 + sum(e.attempts for e in supervisor.events)
+            failed = bool(supervisor.events) and supervisor.events[-1].error is not None
+            out_of_attempts = (
+                self.start_attempts is not None and failed and (attempts >= self.start_attempts)
+            )
+            if out_of_attempts or time.monotonic() > deadline:
+                last = supervisor.events[-1].error if supervisor.events else "not ready"
+                raise ServerStartError(
+                    f"tritonserver did not start ({attempts} attempts; last: {last})\n"
+                    f"{self.log_tail()}"
+                )
 
-    def restart(self, reason: str) -> None:
-        """Kill the server and its stubs at once, free their shared memory, start it again on
-        the same ports and wait for readiness (the supervisor calls this)."""
+    def launch(self, reason: str) -> None:
+        """Kill the server and its stubs if they run, remove this launch's shared memory, and
+        start it again on the same ports (does not wait; the supervisor calls this)."""
         with self._lock:
             if self._stopping:
-                return
-            process = self._process
-            regions = set(self.supervisor.known_regions) if self.supervisor else set()
-            if process is not None:
-                if process.poll() is None:
-                    regions.update(s.shm_region for s in stub_processes(process.pid))
-                    os.killpg(process.pid, signal.SIGKILL)  # its own session: what we started
-                process.wait()
-                with contextlib.suppress(ProcessLookupError):  # stubs that outlived it
-                    os.killpg(process.pid, signal.SIGKILL)
-            remove_shm_regions(regions)
-            if self.supervisor is not None:
-                self.supervisor.known_regions.clear()
-            if self._log_file is not None:
+                raise ServerStartError("stopping")
+            self._kill()
+            remove_shm_regions(shm_regions(self.stub_shm_prefix))
+            if self._log_file is not None and reason != "start":
                 note = f"\n=== bgblur supervisor: {reason}; restarting ===\n"
                 self._log_file.write(note.encode())
                 self._log_file.flush()
-            self._spawn()
-        self.wait_ready()
+            home = tritonserver_home()
+            assert self._repository is not None
+            self._process = subprocess.Popen(
+                self.command(self._repository, prepare_backends(home), home),
+                env=self.environment(home),
+                stdout=None if self.verbose else self._log_file,
+                stderr=subprocess.STDOUT if not self.verbose else None,
+                start_new_session=True,  # a terminal's Ctrl-C reaches the launcher, which stops it
+            )
+
+    def _kill(self) -> None:
+        """SIGKILL the server's process group (its own session: only what we started)."""
+        process = self._process
+        if process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        with contextlib.suppress(ProcessLookupError):  # stubs that outlived it
+            os.killpg(process.pid, signal.SIGKILL)
 
     def entry_models(self) -> list[str]:
         """The models clients call: those no ensemble of the repository uses as a step."""
@@ -437,7 +512,7 @@ class TritonServer:
         """Unload the entry models: new requests are refused at once, requests in flight through
         an ensemble finish (a plain SIGTERM in 2.51 refuses their next step). True when every
         entry model is gone within ``timeout_s``."""
-        base = f"http://{self._probe_host}:{self.http_port}/v2/repository"
+        base = f"http://127.0.0.1:{self.triton_http_port}/v2/repository"
         deadline = time.monotonic() + timeout_s
         try:
             for model in self.entry_models():
@@ -462,45 +537,64 @@ class TritonServer:
             return False
         return False
 
-    @property
-    def _probe_host(self) -> str:
-        return "127.0.0.1" if self.address in ("0.0.0.0", "localhost") else self.address
-
     def running(self) -> bool:
-        """The server runs, or the supervisor is bringing it back."""
-        if self.supervisor is not None and self.supervisor.recovering:
+        """The server runs, or the supervisor owns it (and brings it back after a failure)."""
+        if self.supervisor is not None and not self._stopping:
             return True
         process = self._process
         return process is not None and process.poll() is None
 
+    def triton_ready(self) -> bool:
+        """Triton's own strict readiness, on its HTTP port."""
+        url = f"http://127.0.0.1:{self.triton_http_port}/v2/health/ready"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            return False
+
+    def probe(self, timeout_s: float) -> bool:
+        """A tiny inference through the entry model: True when it is served, or refused for
+        overload, within ``timeout_s``; False on no answer or any other error."""
+        models = self.entry_models()
+        model = PROBE_MODEL if PROBE_MODEL in models else (models[0] if models else PROBE_MODEL)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.triton_http_port}/v2/models/{model}/infer",
+            data=_PROBE_BODY,
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            urllib.request.urlopen(request, timeout=timeout_s).close()
+        except urllib.error.HTTPError as exc:
+            # Overload (a full queue: 503/429) is an answer of a live server; any other error
+            # ("Stub process ... is not healthy": a stopped or wedged stub) is not service.
+            detail = exc.read(512).decode(errors="replace")
+            LOG.info("health probe answered %s: %s", exc.code, detail)
+            return exc.code in (429, 503) or "queue" in detail.lower()
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            return False
+        return True
+
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout_s
-        url = f"http://{self._probe_host}:{self.http_port}/v2/health/ready"
         while time.monotonic() < deadline:
             if self._process is None or self._process.poll() is not None:
                 code = None if self._process is None else self._process.returncode
                 raise ServerStartError(f"tritonserver exited with code {code}\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
+            if self.triton_ready():
+                return
             time.sleep(0.25)
         raise ServerStartError(
             f"tritonserver not ready after {self.startup_timeout_s:.0f} s\n{self.log_tail()}"
         )
 
     def is_ready(self) -> bool:
-        """Triton's strict readiness, and False while the supervisor recovers the server."""
-        if self.supervisor is not None and (self.supervisor.recovering or self.supervisor.gave_up):
+        """Ready to serve: supervised, the supervisor's view (serving, and the latest probe
+        answered in time) and Triton's strict readiness; unsupervised, Triton's alone."""
+        if self.supervisor is not None and not self.supervisor.ready:
             return False
-        try:
-            url = f"http://{self._probe_host}:{self.http_port}/v2/health/ready"
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return response.status == 200
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return False
+        return self.triton_ready()
 
     def log_tail(self, lines: int = 40) -> str:
         if self.verbose or not self.log_path.exists():
@@ -510,28 +604,31 @@ class TritonServer:
 
     def stop(self) -> int | None:
         """Stop gracefully: drain (new requests refused, in-flight ones finish), SIGTERM,
-        SIGKILL after the grace; then remove shared memory its stubs left behind."""
+        SIGKILL after the grace; then remove the shared memory of this launch's stubs."""
         self._stopping = True
         if self.supervisor is not None:
-            self.supervisor.stop()
+            self.supervisor.signal_stop()
         with self._lock:
             process, self._process = self._process, None
         code = None
-        regions = set(self.supervisor.known_regions) if self.supervisor else set()
         if process is not None:
             if process.poll() is None:
-                regions.update(s.shm_region for s in stub_processes(process.pid))
                 self.drain()
+                self._stop_guard()  # Triton's exit waits for open HTTP connections: the guard's
                 process.send_signal(signal.SIGTERM)
                 try:
                     process.wait(timeout=EXIT_TIMEOUT_S + 10)
                 except subprocess.TimeoutExpired:
                     os.killpg(process.pid, signal.SIGKILL)  # its own session: only what we started
                     process.wait()
+            with contextlib.suppress(ProcessLookupError):  # stubs that outlived it
+                os.killpg(process.pid, signal.SIGKILL)
             code = process.returncode
+        if self.supervisor is not None:
+            self.supervisor.stop()
         # Normally none is left; a stub killed by SIGKILL cannot remove its own region.
-        if process is not None:
-            remove_shm_regions(regions)
+        remove_shm_regions(shm_regions(self.stub_shm_prefix))
+        self._stop_guard()
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -541,6 +638,11 @@ class TritonServer:
         elif process is not None and self.log_path.exists():
             LOG.warning("tritonserver exited with code %s; its log: %s", code, self.log_path)
         return code
+
+    def _stop_guard(self) -> None:
+        if self.guard is not None:
+            self.guard.stop()
+            self.guard = None
 
     def __enter__(self) -> TritonServer:
         return self.start()
@@ -602,6 +704,11 @@ def main(argv: list[str] | None = None) -> int:
         "--no-supervisor", action="store_true", help="do not restart a dead stub or server"
     )
     parser.add_argument(
+        "--no-guard",
+        action="store_true",
+        help="serve Triton's own HTTP port on --http-port, without the HTTP guard in front",
+    )
+    parser.add_argument(
         "--direct-model",
         action="store_true",
         help="also serve background_blur_direct: the service in one model (one backend hop)",
@@ -626,6 +733,9 @@ def main(argv: list[str] | None = None) -> int:
         supervise=not args.no_supervisor,
         model_parameters=model_parameters,
         direct_model=args.direct_model,
+        guard=not args.no_guard,
+        # A service retries a crashing start-up until --startup-timeout, then exits 1.
+        start_attempts=None,
     )
     stop_requested = False
 

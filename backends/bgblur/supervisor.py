@@ -1,5 +1,7 @@
-"""The supervisor of the embedded Triton server: it notices a dead Python stub or a dead server
-within a second and restarts the server, so that readiness tells the truth.
+"""The supervisor of the embedded Triton server: one loop that owns its lifecycle. It starts the
+server, watches it (the process, every Python stub, and a real inference answered within a
+deadline) and restarts it with backoff after any crash or hang, start-up included; it never
+gives up while it runs, and readiness tells the truth meanwhile.
 
 Triton 2.51 does not restart a Python-backend stub that died (``kill -9``, an out-of-memory
 kill, a segfault in a native library): every request through that model then fails with "Stub
@@ -12,11 +14,19 @@ request crosses every stage), remove the Python backend's shared-memory regions 
 processes, start again on the same ports, wait for readiness. Clients see the connection refused
 meanwhile (readiness false), never a hang.
 
+A server can also hang alive: every process present, ``/v2/health/ready`` 200, and no inference
+answered (a stopped process, a deadlocked stub). Process checks cannot see that, so the
+supervisor sends a tiny frame through the entry model every ``probe_interval_s``; no answer
+within ``probe_timeout_s`` (or an error other than overload, such as the Python backend's
+"Stub process is not healthy" for a stopped stub) makes readiness false at once, and
+``probe_failures`` in a row restart the server. A probe refused by a full queue counts as alive.
+
 This module reads ``/proc`` (Linux) and needs no third-party package.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import threading
@@ -151,7 +161,23 @@ class SupervisedServer(Protocol):
 
     def server_pid(self) -> int | None: ...
 
-    def restart(self, reason: str) -> None: ...
+    def launch(self, reason: str) -> None:
+        """Kill whatever runs of the server, clean its shared memory, start it (no wait)."""
+
+    def triton_ready(self) -> bool:
+        """Triton's own strict readiness."""
+
+    def probe(self, timeout_s: float) -> bool:
+        """True when a tiny inference was served (or refused for overload) in ``timeout_s``."""
+
+
+class ServerState(enum.Enum):
+    """Where the server's lifecycle stands."""
+
+    STOPPED = "stopped"
+    STARTING = "starting"
+    SERVING = "serving"
+    RECOVERING = "recovering"
 
 
 @dataclass
@@ -161,73 +187,151 @@ class RecoveryEvent:
     Attributes:
         reason: what was detected (which stub or the server, and how).
         detected_at: ``time.monotonic()`` of the detection.
-        recovered_s: seconds from detection to a ready server again (None: not recovered).
-        error: why the recovery failed, when it did.
+        recovered_s: seconds from detection to a ready server again (None: not yet).
+        error: why the latest attempt failed, when one did.
+        attempts: start attempts made for this recovery.
     """
 
     reason: str
     detected_at: float
     recovered_s: float | None = None
     error: str | None = None
+    attempts: int = 0
 
 
 @dataclass
 class Supervisor:
-    """Watches a server's process and its Python stubs; restarts the server when one dies.
+    """Owns a server's lifecycle: start, watch, restart with backoff, never give up.
 
     Args:
-        server: the launcher's server (``server_pid()``, ``restart(reason)``).
-        interval_s: how often ``/proc`` is read (the detection delay is at most this).
-        max_restarts: restarts allowed within ``window_s``; past it the supervisor gives up and
-            leaves the server down (a crash loop is not hidden behind endless restarts).
-        window_s: the window of ``max_restarts``.
+        server: the launcher's server (``launch``, ``server_pid``, ``triton_ready``, ``probe``).
+        interval_s: how often ``/proc`` is read (the detection delay of a death).
+        startup_timeout_s: one start attempt's limit: past it the attempt counts as failed and
+            the server is started again.
+        probe_interval_s, probe_timeout_s, probe_failures: the hang check (module docstring);
+            ``probe_interval_s=0`` turns it off.
+        backoff_initial_s, backoff_max_s: the delay before a restart doubles from the first
+            to the second with each failure that follows another within ``stable_s``.
+        stable_s: serving this long resets the backoff.
     """
 
     server: SupervisedServer
-    interval_s: float = 0.5
-    max_restarts: int = 5
-    window_s: float = 300.0
+    interval_s: float = 0.25
+    startup_timeout_s: float = 180.0
+    probe_interval_s: float = 5.0
+    probe_timeout_s: float = 10.0
+    probe_failures: int = 2
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    stable_s: float = 60.0
     events: list[RecoveryEvent] = field(default_factory=list)
-    known_regions: set[str] = field(default_factory=set)
+    failures: int = 0  # every death, hang and failed start attempt seen
+    state: ServerState = ServerState.STOPPED
     _stubs: dict[int, StubProcess] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
+    _serving: threading.Event = field(default_factory=threading.Event)
+    _probe_ok: bool = True
     _thread: threading.Thread | None = None
-    _healthy: threading.Event = field(default_factory=threading.Event)
-    gave_up: bool = False
 
     @property
-    def healthy(self) -> bool:
-        """False from a detected failure until the restarted server is ready again."""
-        return self._healthy.is_set()
+    def ready(self) -> bool:
+        """Serving, and the latest probe (if any) answered in time."""
+        return self.state is ServerState.SERVING and self._probe_ok
 
     @property
     def recovering(self) -> bool:
-        """A failure was detected and the restart has not finished (nor been given up)."""
-        return self._thread is not None and not self.gave_up and not self._healthy.is_set()
-
-    def adopt(self) -> None:
-        """Take the current server process and its stubs as the healthy state to watch."""
-        pid = self.server.server_pid()
-        self._stubs = {s.pid: s for s in stub_processes(pid)} if pid else {}
-        self.known_regions.update(s.shm_region for s in self._stubs.values())
-        self._healthy.set()
+        """A failure was detected and the server is not serving again yet."""
+        return self.state in (ServerState.STARTING, ServerState.RECOVERING) and bool(self.events)
 
     def start(self) -> None:
-        """Adopt the running server and watch it from a daemon thread."""
-        self.adopt()
+        """Start the server from the supervisor's thread (``wait_serving`` waits for it)."""
         self._stop.clear()
+        self._serving.clear()
+        self.state = ServerState.STARTING
         self._thread = threading.Thread(target=self._run, name="bgblur-supervisor", daemon=True)
         self._thread.start()
 
+    def wait_serving(self, timeout_s: float) -> bool:
+        """Wait until the server serves (True) or ``timeout_s`` passes (False)."""
+        return self._serving.wait(timeout_s)
+
+    def signal_stop(self) -> None:
+        """Tell the loop to leave without waiting for it (a probe in progress may take up to
+        ``probe_timeout_s``; the loop acts on nothing after it)."""
+        self._stop.set()
+
     def stop(self) -> None:
-        """Stop watching (before a deliberate shutdown); waits for a restart in progress."""
+        """Stop supervising (before a deliberate shutdown); waits for the loop to leave."""
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
         self._thread = None
+        self.state = ServerState.STOPPED
+
+    def _run(self) -> None:
+        event: RecoveryEvent | None = None
+        reason = "start"
+        failures = 0
+        while not self._stop.is_set():
+            if event is not None:
+                event.attempts += 1
+            failure = self._start_once(reason)
+            if failure is None:
+                if event is not None:
+                    event.recovered_s = time.monotonic() - event.detected_at
+                    LOG.warning("bgblur supervisor: ready again after %.1f s", event.recovered_s)
+                served_from = time.monotonic()
+                failure = self._watch()
+                if failure is None:  # stopped
+                    return
+                if time.monotonic() - served_from >= self.stable_s:
+                    failures = 0
+                event = RecoveryEvent(reason=failure, detected_at=time.monotonic())
+                self.events.append(event)
+                LOG.warning("bgblur supervisor: %s; restarting tritonserver", failure)
+            elif self._stop.is_set():
+                return
+            else:
+                if event is None:  # the first start failed: a failure like any other
+                    event = RecoveryEvent(reason=failure, detected_at=time.monotonic())
+                    self.events.append(event)
+                event.error = failure
+                LOG.error("bgblur supervisor: %s", failure)
+            self.failures += 1
+            self.state = ServerState.RECOVERING
+            self._serving.clear()
+            delay = min(self.backoff_max_s, self.backoff_initial_s * 2**failures)
+            failures += 1
+            reason = failure
+            self._stop.wait(delay)
+
+    def _start_once(self, reason: str) -> str | None:
+        """One start attempt; None when the server serves, else why it did not."""
+        self.state = ServerState.STARTING if not self.events else ServerState.RECOVERING
+        try:
+            self.server.launch(reason)
+        except Exception as exc:
+            return f"start failed: {type(exc).__name__}: {exc}"
+        deadline = time.monotonic() + self.startup_timeout_s
+        while not self._stop.is_set():
+            pid = self.server.server_pid()
+            if pid is None or not process_alive(pid):
+                return "tritonserver exited during start-up"
+            if self.server.triton_ready():
+                break
+            if time.monotonic() > deadline:
+                return f"tritonserver not ready after {self.startup_timeout_s:.0f} s"
+            self._stop.wait(self.interval_s)
+        else:
+            return "stopped"
+        self._stubs = {s.pid: s for s in stub_processes(pid)}
+        self._probe_ok = True
+        self.state = ServerState.SERVING
+        self._serving.set()
+        return None
 
     def check(self) -> str | None:
-        """One look: the reason the server needs a restart, or None when all is well."""
+        """One look at the processes: the reason for a restart, or None when all live."""
         pid = self.server.server_pid()
         if pid is None or not process_alive(pid):
             return "tritonserver exited"
@@ -235,34 +339,35 @@ class Supervisor:
         for stub_pid, stub in self._stubs.items():
             if stub_pid not in current:
                 return f"Python stub of model {stub.model!r} ({stub.instance}, pid {stub_pid}) died"
-        # New stubs (a model loaded by the launcher) join the watched set.
-        self._stubs.update(current)
-        self.known_regions.update(s.shm_region for s in current.values())
+        self._stubs.update(current)  # stubs of a model loaded later join the watched set
         return None
 
-    def _run(self) -> None:
+    def _watch(self) -> str | None:
+        """Watch a serving server until it needs a restart (the reason) or we stop (None)."""
+        next_probe = time.monotonic() + self.probe_interval_s
+        missed = 0
         while not self._stop.wait(self.interval_s):
             reason = self.check()
-            if reason is None:
+            if reason is not None:
+                self._serving.clear()
+                return reason
+            if self.probe_interval_s <= 0 or time.monotonic() < next_probe:
                 continue
-            self._healthy.clear()
-            event = RecoveryEvent(reason=reason, detected_at=time.monotonic())
-            self.events.append(event)
-            recent = [e for e in self.events if event.detected_at - e.detected_at < self.window_s]
-            if len(recent) > self.max_restarts:
-                event.error = f"more than {self.max_restarts} restarts in {self.window_s:.0f} s"
-                LOG.error("bgblur supervisor: %s; giving up: %s", reason, event.error)
-                self.gave_up = True
-                return
-            LOG.warning("bgblur supervisor: %s; restarting tritonserver", reason)
-            try:
-                self.server.restart(reason)
-            except Exception as exc:  # the next round sees the server down and tries again
-                event.error = f"{type(exc).__name__}: {exc}"
-                LOG.error("bgblur supervisor: restart failed: %s", event.error)
+            answered = self.server.probe(self.probe_timeout_s)
+            next_probe = time.monotonic() + self.probe_interval_s
+            if answered:
+                missed, self._probe_ok = 0, True
                 continue
             if self._stop.is_set():
-                return
-            self.adopt()
-            event.recovered_s = time.monotonic() - event.detected_at
-            LOG.warning("bgblur supervisor: ready again after %.1f s", event.recovered_s)
+                return None
+            if self.check() is not None:  # died while probed: report the death
+                continue
+            missed += 1
+            self._probe_ok = False
+            if missed >= self.probe_failures:
+                self._serving.clear()
+                return (
+                    f"tritonserver hung: no inference served within "
+                    f"{self.probe_timeout_s:g} s, {missed} times in a row"
+                )
+        return None

@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from bgblur_client.admin_key import SHARED_MEMORY_PREFIX, admin_headers_for
+
 SharedMemoryKind = Literal["none", "system", "cuda"]
 SHARED_MEMORY_KINDS: tuple[SharedMemoryKind, ...] = ("none", "system", "cuda")
 SharedMemoryChoice = Literal["auto", "none", "system", "cuda"]
@@ -32,7 +34,9 @@ class _Regions:
 
     def __init__(self, client: Any) -> None:
         self._client = client
-        self._prefix = f"bgblur_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        # Registration is a restricted API: the admin key of this user goes with each call.
+        self._headers = admin_headers_for(client)
+        self._prefix = f"{SHARED_MEMORY_PREFIX}{os.getpid()}_{uuid.uuid4().hex[:8]}"
         self._capacity: dict[str, int] = {}
         self._handles: dict[str, Any] = {}
 
@@ -88,7 +92,9 @@ class SystemSharedMemory(_Regions):
     def _allocate(self, name: str, nbytes: int) -> Any:
         handle = self._shm.create_shared_memory_region(name, f"/{name}", nbytes)
         try:
-            self._client.register_system_shared_memory(name, f"/{name}", nbytes)
+            self._client.register_system_shared_memory(
+                name, f"/{name}", nbytes, headers=self._headers
+            )
         except BaseException:  # the server cannot map it: nothing of it may stay behind
             self._free(handle)
             raise
@@ -98,7 +104,7 @@ class SystemSharedMemory(_Regions):
         self._shm.destroy_shared_memory_region(handle)
 
     def _unregister(self, name: str) -> None:
-        self._client.unregister_system_shared_memory(name)
+        self._client.unregister_system_shared_memory(name, headers=self._headers)
 
     def write(self, tensor: str, array: np.ndarray) -> None:
         self._shm.set_shared_memory_region(self._handles[tensor], [np.ascontiguousarray(array)])
@@ -131,7 +137,11 @@ class CudaSharedMemory(_Regions):
             with cupy.cuda.Device(self.device):
                 raw_handle = cupy.cuda.runtime.ipcGetMemHandle(pointer)
             self._client.register_cuda_shared_memory(
-                name, base64.b64encode(bytes(raw_handle)), self.device, nbytes
+                name,
+                base64.b64encode(bytes(raw_handle)),
+                self.device,
+                nbytes,
+                headers=self._headers,
             )
         except BaseException:  # the server cannot map it: nothing of it may stay behind
             self._free((pointer, None))
@@ -144,7 +154,7 @@ class CudaSharedMemory(_Regions):
             self._cupy.cuda.runtime.free(handle[0])
 
     def _unregister(self, name: str) -> None:
-        self._client.unregister_cuda_shared_memory(name)
+        self._client.unregister_cuda_shared_memory(name, headers=self._headers)
 
     def _view(self, tensor: str, shape: tuple[int, ...], dtype: Any) -> Any:
         return self._cupy.ndarray(shape, dtype=dtype, memptr=self._handles[tensor][1])

@@ -1,5 +1,6 @@
-"""Payload limits: a request over MAX_REQUEST_BYTES is refused fast over HTTP and gRPC (INVALID_ARG
-naming the limit) and refusing it again and again does not grow the server's memory (RSS of the
+"""Payload limits: a request over MAX_REQUEST_BYTES is refused fast over HTTP (by the guard: 413
+from the declared Content-Length, before the body is read) and gRPC (INVALID_ARG naming the
+limit), and refusing it again and again does not grow the server's memory (RSS of the
 server and its stubs, and its /dev/shm). Sizes stay ~300 MB so that CI stays fast and memory-safe.
 
 Triton 2.51 copies a request's input into the preprocess stub's /dev/shm region before the model
@@ -19,9 +20,11 @@ from tritonclient.utils import InferenceServerException
 
 from bgblur.config import MAX_REQUEST_BYTES
 from bgblur.launcher import TritonServer
+from bgblur.server.request_checks import RequestLimits
 from bgblur.supervisor import process_tree_rss_bytes, shm_regions, stub_processes
 
 MB = 1 << 20
+MAX_BODY_BYTES = RequestLimits().max_body_bytes
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +44,11 @@ def _refused(client, rel, frames: np.ndarray) -> float:
     started = time.monotonic()
     with pytest.raises(InferenceServerException) as info:
         rel.infer(client, frames)
-    assert info.value.status() in ("400", "StatusCode.INVALID_ARGUMENT")
-    assert f"per-request maximum of {MAX_REQUEST_BYTES} bytes" in info.value.message()
+    if info.value.status() == "413":  # HTTP: the guard, from the Content-Length
+        assert f"exceeds the per-request maximum of {MAX_BODY_BYTES} bytes" in info.value.message()
+    else:
+        assert info.value.status() == "StatusCode.INVALID_ARGUMENT", info.value.status()
+        assert f"per-request maximum of {MAX_REQUEST_BYTES} bytes" in info.value.message()
     return time.monotonic() - started
 
 
@@ -68,6 +74,8 @@ def test_oversized_request_is_refused_fast_and_memory_stays_flat(server, rel, pr
         f"-> {shm2 / MB:.0f} MB"
     )
     assert max(first, *took) < 15.0
+    if protocol == "http":  # the guard refused it: nothing reached Triton
+        assert shm1 - shm0 < 16 * MB, (shm0, shm1)
     # The first refusal may grow the stub's region by at most the request's size, once ...
     assert shm1 - shm0 <= frames.nbytes + 16 * MB
     # ... and three more leave memory where it was.

@@ -1,6 +1,6 @@
 """Locked-down defaults: loopback only; the model-repository API (load, unload, index; a load may
-carry model files) needs the launcher's key; shared-memory registration is open on loopback and
-needs the key when not opened; no request parameter reaches the filesystem."""
+carry model files) needs the admin key; so does shared-memory registration (refused to everyone
+when off); no request parameter reaches the filesystem."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from bgblur.launcher import ADMIN_HEADER, TritonServer
+from bgblur.launcher import TritonServer
+from bgblur_client.admin_key import ADMIN_HEADER, GRPC_ADMIN_HEADER, admin_headers
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +114,7 @@ def test_model_repository_api_needs_the_key_over_grpc(open_server, rel) -> None:
         ):
             with pytest.raises(InferenceServerException, match="restricted"):
                 call()
-        headers = {f"triton-grpc-protocol-{ADMIN_HEADER}": open_server.admin_key}
+        headers = {GRPC_ADMIN_HEADER: open_server.admin_key}
         index = client.get_model_repository_index(headers=headers, as_json=True)
         assert {"background_blur", "preprocess"} <= {m["name"] for m in index["models"]}
     finally:
@@ -122,18 +123,11 @@ def test_model_repository_api_needs_the_key_over_grpc(open_server, rel) -> None:
     rel.assert_serves(open_server)
 
 
-def test_shared_memory_open_on_loopback_by_default(open_server) -> None:
+def test_shared_memory_registration_needs_the_key(open_server, rel) -> None:
+    """On by default, for holders of the admin key only (the client library sends it)."""
     assert open_server.shared_memory_open
-    client = httpclient.InferenceServerClient(open_server.http_url)
-    try:
-        assert client.get_system_shared_memory_status() == []
-    finally:
-        client.close()
-
-
-def test_shared_memory_registration_needs_the_key_when_off(shm_off_server, rel) -> None:
-    grpc = grpcclient.InferenceServerClient(shm_off_server.grpc_url)
-    http = httpclient.InferenceServerClient(shm_off_server.http_url)
+    grpc = grpcclient.InferenceServerClient(open_server.grpc_url)
+    http = httpclient.InferenceServerClient(open_server.http_url)
     try:
         with pytest.raises(InferenceServerException, match="restricted"):
             grpc.register_system_shared_memory("x", "/bgblur_lockdown_x", 64)
@@ -141,7 +135,27 @@ def test_shared_memory_registration_needs_the_key_when_off(shm_off_server, rel) 
             http.register_system_shared_memory("x", "/bgblur_lockdown_x", 64)
         with pytest.raises(InferenceServerException, match="restricted"):
             http.get_system_shared_memory_status()
-        assert http.get_system_shared_memory_status(headers=shm_off_server.admin_headers) == []
+        assert http.get_system_shared_memory_status(headers=admin_headers("http")) == []
+        assert (
+            grpc.get_system_shared_memory_status(headers=admin_headers("grpc"), as_json=True) == {}
+        )
+    finally:
+        grpc.close()
+        http.close()
+    rel.assert_serves(open_server)
+
+
+def test_shared_memory_off_refuses_even_the_key(shm_off_server, rel) -> None:
+    grpc = grpcclient.InferenceServerClient(shm_off_server.grpc_url)
+    http = httpclient.InferenceServerClient(shm_off_server.http_url)
+    try:
+        for client, protocol in ((grpc, "grpc"), (http, "http")):
+            with pytest.raises(InferenceServerException, match="restricted"):
+                client.register_system_shared_memory(
+                    "x", "/bgblur_lockdown_x", 64, headers=admin_headers(protocol)
+                )
+        with pytest.raises(InferenceServerException, match="restricted"):
+            http.get_system_shared_memory_status(headers=admin_headers("http"))
     finally:
         grpc.close()
         http.close()

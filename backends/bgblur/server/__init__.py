@@ -1,0 +1,1 @@
+"""The serving process around Triton: the HTTP guard in front of it and its request checks."""

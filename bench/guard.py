@@ -1,0 +1,90 @@
+"""The HTTP guard's cost: binary HTTP requests through the guard and straight to Triton's own HTTP
+port of the same server, interleaved in one run (same process, same models, same frames).
+
+For each size and concurrency it prints latency p50/p99 and frames/s both ways and the ratio;
+``--out`` records the rows as JSON with the device, date and command.
+
+    python bench/guard.py --sizes 1080p --concurrency 1,8 --seconds 10 --out bench/results/x.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+from pathlib import Path
+
+from e2e import _gpu_name, frames_of, run_served  # bench/ is the script's folder: on sys.path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1080p")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--concurrency", default="1,8")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=2, help="guard/direct pairs per row")
+    parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    parser.add_argument("--segmentation-model", default=None)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    from bgblur.launcher import TritonServer
+
+    rows = []
+    with TritonServer(device=args.device, segmentation_model=args.segmentation_model) as server:
+        urls = {"guard": server.http_url, "direct": f"localhost:{server.triton_http_port}"}
+        for size in args.sizes.split(","):
+            frames = frames_of(size, args.batch)
+            for concurrency in (int(c) for c in args.concurrency.split(",")):
+                runs: dict[str, list[dict]] = {"guard": [], "direct": []}
+                for _ in range(args.rounds):
+                    for path, url in urls.items():
+                        runs[path].append(
+                            run_served(url, "http", frames, concurrency, args.seconds)
+                        )
+                best = {p: max(r, key=lambda x: x["frames_per_s"]) for p, r in runs.items()}
+                row = {
+                    "size": size,
+                    "batch": args.batch,
+                    "concurrency": concurrency,
+                    **{
+                        f"{p}_{k}": round(best[p][k], 2)
+                        for p in best
+                        for k in ("frames_per_s", "latency_ms_p50", "latency_ms_p99")
+                    },
+                }
+                row["throughput_ratio"] = round(
+                    row["guard_frames_per_s"] / row["direct_frames_per_s"], 3
+                )
+                row["p50_added_ms"] = round(
+                    row["guard_latency_ms_p50"] - row["direct_latency_ms_p50"], 2
+                )
+                rows.append(row)
+                print(
+                    f"{size} b{args.batch} c{concurrency}: guard "
+                    f"{row['guard_frames_per_s']:.1f} fps p50 {row['guard_latency_ms_p50']:.2f} ms"
+                    f" | direct {row['direct_frames_per_s']:.1f} fps p50 "
+                    f"{row['direct_latency_ms_p50']:.2f} ms | ratio {row['throughput_ratio']:.3f},"
+                    f" +{row['p50_added_ms']:.2f} ms",
+                    flush=True,
+                )
+        device = server.device
+    if args.out:
+        record = {
+            "date": datetime.date.today().isoformat(),
+            "command": " ".join(["python", "bench/guard.py", *(argv or sys.argv[1:])]),
+            "host": platform.node(),
+            "server_device": device,
+            "gpu": _gpu_name() if device == "gpu" else None,
+            "rows": rows,
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(record, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
