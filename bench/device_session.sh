@@ -15,6 +15,12 @@
 #   carry [".gpu-part-N"]            bash .gpu-part-N/stash.sh                 (each N, first)
 #   carry [".gpu-bundle", ".cache"]  source .gpu-bundle/setup.sh && bash bench/device_session.sh PHASE
 # PHASE (each ends well inside 10 minutes):
+#   bundle-serving a smaller bundle for the serving phases below (no video parts): Triton,
+#                  tritonclient (gRPC, HTTP), perf_analyzer, aiohttp (the HTTP guard)
+#   hardening-tests  pytest -m gpu: functional, reliability, client (KIND_GPU servers behind the
+#                  guard and the supervisor; CUDA shared memory with the admin key)
+#   hardening-bench  the guard's cost at 1080p (bench/guard.py), CUDA shm throughput through the
+#                  key-restricted registration (bench/e2e.py), perf_analyzer with the key header
 #   install        only put the project on the Pythons' path (then run a command of your own)
 #   tests-kernels  pytest -m gpu: ops, stages, models, runtimes, pipeline, NVML
 #   video-check    the video GPU tests and the server-side rows alone (after a fix there)
@@ -122,7 +128,30 @@ case "$phase" in
       [ "$part_b" -lt "$limit_b" ] || { echo "$part too large for one call" >&2; exit 1; }
     done
     ;;
+  bundle-serving)
+    bash ../shared/gpu/bundle.sh --http --perf \
+      --wheel aiohttp==3.14.5 --wheel multidict==7.2.1 --wheel yarl==1.25.1 \
+      --wheel propcache==0.5.4 --wheel frozenlist==1.8.0 --wheel aiosignal==1.4.0 \
+      --wheel aiohappyeyeballs==2.7.1 --wheel attrs==26.1.0 --wheel idna==3.21 \
+      --wheel typing_extensions==4.16.0 || exit 1
+    ;;
   install)  # only the project on the Pythons' path (every phase does it first): for own commands
+    ;;
+  hardening-tests)
+    nvidia-smi -L | tee "$OUT/device.txt"
+    # Without the PyAV part: the modules that import av at collection are left out.
+    run 560 hardening-tests.log "$PY" -m pytest -q -m gpu -p no:cacheprovider \
+      tests/functional tests/reliability tests/client --ignore tests/functional/test_cli.py \
+      --ignore tests/client/test_client_cli.py --ignore tests/client/test_client_samples.py
+    ;;
+  hardening-bench)
+    gpu="$(gpu_label)"
+    run 200 hardening-bench.log "$PY" bench/guard.py --device gpu --sizes 1080p \
+      --concurrency 1,8 --seconds 5 --out "$OUT/guard-$gpu-$day.json"
+    run 120 hardening-bench.log "$PY" bench/e2e.py --device gpu --sizes 1080p --batches 1,8 \
+      --concurrency 1,16 --seconds 3 --shared-memory cuda --out "$OUT/e2e-$gpu-$day-selfie-key.json"
+    run 150 hardening-bench.log "$PY" bench/perf.py --size 1080p --batch 8 --concurrency 8:8:1 \
+      --shared-memory cuda --measurement-ms 3000 --out-dir "$OUT/perf"
     ;;
   tests-kernels)
     nvidia-smi -L | tee "$OUT/device.txt"

@@ -1,5 +1,7 @@
 """The HTTP guard's cost: binary HTTP requests through the guard and straight to Triton's own HTTP
-port of the same server, interleaved in one run (same process, same models, same frames).
+port of the same server, interleaved in one run (same server, same models, same frames). The
+server runs as the service does (``bgblur-server`` in its own process), so the clients here do
+not share the guard's interpreter.
 
 For each size and concurrency it prints latency p50/p99 and frames/s both ways and the ratio;
 ``--out`` records the rows as JSON with the device, date and command.
@@ -13,7 +15,10 @@ import argparse
 import datetime
 import json
 import platform
+import signal
+import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from e2e import _gpu_name, frames_of, run_served  # bench/ is the script's folder: on sys.path
@@ -31,11 +36,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    from bgblur.launcher import TritonServer
+    from bgblur.launcher import free_port
 
+    http, triton_http = free_port(), free_port()
+    command = [
+        sys.executable, "-m", "bgblur.launcher", "--quiet", "--device", args.device,
+        "--http-port", str(http), "--triton-http-port", str(triton_http),
+        "--grpc-port", str(free_port()), "--metrics-port", str(free_port()),
+        *(["--segmentation-model", args.segmentation_model] if args.segmentation_model else []),
+    ]  # fmt: skip
+    service = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     rows = []
-    with TritonServer(device=args.device, segmentation_model=args.segmentation_model) as server:
-        urls = {"guard": server.http_url, "direct": f"localhost:{server.triton_http_port}"}
+    try:
+        for line in service.stderr:  # the service says when it is ready, and on which device
+            print(line, end="", file=sys.stderr)
+            if "ready on" in line:
+                device = line.split("ready on", 1)[1].split()[0]
+                break
+        else:
+            raise SystemExit(f"bgblur-server exited with {service.wait()}")
+        # Keep reading what it says (a full pipe would block it).
+        threading.Thread(target=lambda: [None for _ in service.stderr], daemon=True).start()
+        urls = {"guard": f"localhost:{http}", "direct": f"localhost:{triton_http}"}
         for size in args.sizes.split(","):
             frames = frames_of(size, args.batch)
             for concurrency in (int(c) for c in args.concurrency.split(",")):
@@ -71,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
                     f" +{row['p50_added_ms']:.2f} ms",
                     flush=True,
                 )
-        device = server.device
+    finally:
+        service.send_signal(signal.SIGTERM)
+        service.wait(60)
     if args.out:
         record = {
             "date": datetime.date.today().isoformat(),

@@ -103,12 +103,13 @@ def main() -> int:
         return 2
 
     from bgblur.launcher import TritonServer
-    from bgblur_client.admin_key import admin_headers
+    from bgblur_client.admin_key import admin_headers, read_admin_key
 
     server = None
     if not args.url:
         server = TritonServer(segmentation_model=args.segmentation_model).start()
     url = args.url or server.grpc_url
+    server_key = read_admin_key() or "<none>"
     try:
         for target in args.targets.split(","):
             tensors = input_tensors(target, args.size, args.segmentation_model)
@@ -134,9 +135,9 @@ def main() -> int:
                     "--output-shared-memory-size", str(output_bytes),
                     "-f", str(csv),
                     # Shared-memory registration needs the admin key (bgblur_client.admin_key).
-                    *(f"-H={name}:{value}" for name, value in admin_headers("grpc").items()),
+                    *(a for n, v in admin_headers("grpc").items() for a in ("-H", f"{n}:{v}")),
                 ]  # fmt: skip
-                print("$", " ".join(command), flush=True)
+                print("$", " ".join(command).replace(server_key, "<admin key>"), flush=True)
                 subprocess.run(command, check=True)
     finally:
         if server is not None:

@@ -249,6 +249,8 @@ class TritonServer:
             ``http_port`` itself; for measuring the guard's cost).
         supervision: ``Supervisor`` settings by name, e.g. ``{"probe_timeout_s": 2.0}``.
         guard_options: ``GuardSettings`` by name, e.g. ``{"body_timeout_s": 5.0}``.
+        triton_http_port: Triton's own HTTP port behind the guard, on 127.0.0.1 (a free one when
+            None).
         start_attempts: start attempts ``start()`` makes before it raises (each crash during
             start-up is followed by another, with backoff); None: until ``startup_timeout_s``.
     """
@@ -276,6 +278,7 @@ class TritonServer:
         supervision: dict[str, float] | None = None,
         guard_options: dict[str, Any] | None = None,
         start_attempts: int | None = 3,
+        triton_http_port: int | None = None,
     ) -> None:
         if shared_memory not in ("auto", "on", "off"):
             raise ValueError(f"shared_memory must be auto, on or off, got {shared_memory!r}")
@@ -287,7 +290,7 @@ class TritonServer:
         self.device = ("gpu" if gpu_count else "cpu") if device == "auto" else device
         self.gpus = list(range(gpu_count)) if self.device == "gpu" else []
         self.http_port = http_port or free_port()
-        self.triton_http_port = free_port() if guard else self.http_port
+        self.triton_http_port = (triton_http_port or free_port()) if guard else self.http_port
         self.grpc_port = grpc_port or free_port()
         self.metrics_port = metrics_port or free_port()
         self.segmentation_model = segmentation_model
@@ -704,6 +707,12 @@ def main(argv: list[str] | None = None) -> int:
         "--no-supervisor", action="store_true", help="do not restart a dead stub or server"
     )
     parser.add_argument(
+        "--triton-http-port",
+        type=int,
+        default=None,
+        help="Triton's own HTTP port behind the guard, on 127.0.0.1 (default: a free one)",
+    )
+    parser.add_argument(
         "--no-guard",
         action="store_true",
         help="serve Triton's own HTTP port on --http-port, without the HTTP guard in front",
@@ -734,6 +743,7 @@ def main(argv: list[str] | None = None) -> int:
         model_parameters=model_parameters,
         direct_model=args.direct_model,
         guard=not args.no_guard,
+        triton_http_port=args.triton_http_port,
         # A service retries a crashing start-up until --startup-timeout, then exits 1.
         start_attempts=None,
     )

@@ -30,7 +30,9 @@ Output choices:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
@@ -250,10 +252,12 @@ def blur_video(
                     masks_nhw_u8 = _to_host(result.mask_nhw_u8)
                     for i, pts in enumerate(timestamps):
                         mask = None if masks_nhw_u8 is None else masks_nhw_u8[i]
-                        outputs.write_frame(blurred_nhwc_u8[i], mask, pts)
-                        if frames_done <= preview_index:
+                        # A Ctrl-C lands between frames: the count says what the file holds.
+                        with _sigint_deferred():
+                            outputs.write_frame(blurred_nhwc_u8[i], mask, pts)
+                            frames_done += 1
+                        if frames_done <= preview_index + 1:
                             preview_frames = (inputs_nhwc[i], blurred_nhwc_u8[i])
-                        frames_done += 1
                     bar.update(len(timestamps))
         except KeyboardInterrupt:
             outputs.finish()
@@ -434,6 +438,20 @@ class _PreviewFrames:
 
     def __getitem__(self, index: int) -> np.ndarray:
         return _to_host(self._frames[index])
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """SIGINT held back (this thread) until the block ends: Python raises KeyboardInterrupt
+    right after it, never half way through."""
+    blocked = hasattr(signal, "pthread_sigmask")
+    if blocked:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        if blocked:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 class _Outputs:

@@ -118,7 +118,7 @@ def test_unknown_model_is_exit_2_naming_the_model(
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("bgblur: error: model 'no_such_model' is not ready on ")
-    # The embedded server restricts its repository API (README "Reliability"): no model list.
+    # The embedded server restricts its repository API (docs/reliability.md): no model list.
     assert "the server does not list its models to clients" in err
     assert err.count("\n") == 1
 

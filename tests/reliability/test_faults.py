@@ -18,7 +18,7 @@ from bgblur.launcher import TritonServer
 from bgblur.supervisor import shm_regions, stub_processes
 
 # CPU: detection <= 0.5 s + restart ~4 s + the gRPC client's reconnect backoff (~1-2 s). The GPU
-# server's restart is its model load time (README "Reliability": CUDA graphs ~16 s; a TensorRT
+# server's restart is its model load time (docs/reliability.md: CUDA graphs ~16 s; a TensorRT
 # engine comes from its cache): GPU_RECOVERY_S.
 RECOVERY_S = 30.0
 GPU_RECOVERY_S = 60.0

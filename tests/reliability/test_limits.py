@@ -6,7 +6,7 @@ server and its stubs, and its /dev/shm). Sizes stay ~300 MB so that CI stays fas
 Triton 2.51 copies a request's input into the preprocess stub's /dev/shm region before the model
 can look at its shape, and that region never shrinks: the first oversized request grows it (and
 the RSS of the server and the stub, which both map it) by its size, once. The test measures that
-step and holds the memory flat from then on (README "Reliability").
+step and holds the memory flat from then on (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -85,5 +85,5 @@ def test_oversized_request_is_refused_fast_and_memory_stays_flat(server, rel, pr
     else:
         # gRPC: tritonserver's allocator keeps freed ~300 MB message buffers in its per-thread
         # arenas (glibc malloc): RSS climbs for a few refusals, then levels off (measured 1.5 ->
-        # 1.9 GB over 8 refusals of 298 MB). Bounded here; README "Reliability" has the figures.
+        # 1.9 GB over 8 refusals of 298 MB). Bounded here; docs/reliability.md has the figures.
         assert rss2 - rss1 < 4 * frames.nbytes, (rss1, rss2)
