@@ -62,6 +62,7 @@ _RESTRICTED = (
 _FORWARDED_REQUEST_HEADERS = ("Content-Type", "Inference-Header-Content-Length", "traceparent")
 _FORWARDED_RESPONSE_HEADERS = ("Content-Type", "Inference-Header-Content-Length")
 HEALTH_TIMEOUT_S = 3.0
+_STREAM_BYTES = 1 << 20
 
 
 def restricted_category(path: str) -> str | None:
@@ -273,13 +274,25 @@ class HttpGuard:
                 allow_redirects=False,
                 timeout=ClientTimeout(total=timeout_s),
             ) as upstream:
-                payload = await upstream.read()
                 response_headers = {
                     name: upstream.headers[name]
-                    for name in _FORWARDED_RESPONSE_HEADERS
+                    for name in (*_FORWARDED_RESPONSE_HEADERS, "Content-Length")
                     if name in upstream.headers
                 }
-                return web.Response(status=upstream.status, body=payload, headers=response_headers)
+                if upstream.content_length is None or upstream.content_length <= _STREAM_BYTES:
+                    payload = await upstream.read()
+                    response_headers.pop("Content-Length", None)
+                    return web.Response(
+                        status=upstream.status, body=payload, headers=response_headers
+                    )
+                # A large answer (frames) goes on as it arrives: its last byte leaves Triton
+                # and reaches the client at nearly the same time.
+                response = web.StreamResponse(status=upstream.status, headers=response_headers)
+                await response.prepare(request)
+                async for chunk in upstream.content.iter_chunked(_STREAM_BYTES):
+                    await response.write(chunk)
+                await response.write_eof()
+                return response
         except asyncio.TimeoutError:
             return _error(504, f"the server did not answer within {timeout_s:g} s")
         except (ClientError, ConnectionError, OSError) as exc:
