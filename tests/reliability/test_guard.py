@@ -291,3 +291,47 @@ def test_triton_http_listens_on_loopback_only_behind_the_guard(server) -> None:
     assert f"--http-port={server.triton_http_port}" in args
     assert "--http-address=127.0.0.1" in args
     assert server.triton_http_port != server.http_port
+
+
+def test_a_large_binary_body_that_stalls_is_a_408_and_triton_is_left_clean(
+    server, unharmed
+) -> None:
+    """A large binary request flows on to Triton as it arrives (its header checked first); one
+    that stops half way is answered 408 at the deadline and Triton holds nothing open."""
+    frame_bytes = 720 * 1280 * 3
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "FRAMES",
+                    "shape": [1, 720, 1280, 3],
+                    "datatype": "UINT8",
+                    "parameters": {"binary_data_size": frame_bytes},
+                }
+            ]
+        }
+    ).encode()
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=30) as sock:
+        sock.sendall(
+            f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(header) + frame_bytes}\r\n"
+            f"Inference-Header-Content-Length: {len(header)}\r\n\r\n".encode()
+            + header
+            + bytes(frame_bytes // 2)
+        )
+        answer = sock.recv(4096).decode(errors="replace")
+    took = time.monotonic() - started
+    assert answer.startswith("HTTP/1.1 408"), answer[:200]
+    assert BODY_TIMEOUT_S <= took < BODY_TIMEOUT_S + 5, took
+
+
+def test_a_large_binary_body_with_a_bad_header_is_refused_before_its_data(server, unharmed) -> None:
+    header = _frames_json([1, 2**31, 2**31, 3], None).replace(b', "data": null', b"")
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=30) as sock:
+        sock.sendall(
+            f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(header) + (8 << 20)}\r\n"
+            f"Inference-Header-Content-Length: {len(header)}\r\n\r\n".encode()
+            + header
+        )
+        answer = sock.recv(4096).decode(errors="replace")
+    assert answer.startswith("HTTP/1.1 400") and "declares" in answer, answer[:300]

@@ -33,7 +33,7 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
@@ -41,7 +41,9 @@ from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
 from bgblur.server.request_checks import (
     RequestLimits,
     RequestRefusedError,
+    check_header_length,
     check_inference_body,
+    check_inference_header,
     check_shared_memory_registration,
     parse_json,
 )
@@ -104,6 +106,43 @@ def _error(status: int, message: str) -> web.Response:
     return web.Response(
         status=status, text=json.dumps({"error": message}), content_type="application/json"
     )
+
+
+class _StreamedBody:
+    """The binary part of a checked inference request, read on demand within the deadline.
+
+    ``failure`` is (status, message) when the client's body stopped short or came too late.
+    """
+
+    def __init__(
+        self, request: web.Request, header: bytes, remaining: int, deadline: float
+    ) -> None:
+        self.request, self.header, self.remaining, self.deadline = (
+            request,
+            header,
+            remaining,
+            deadline,
+        )
+        self.failure: tuple[int, str] | None = None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        yield self.header
+        loop = asyncio.get_running_loop()
+        left = self.remaining
+        while left:
+            try:
+                chunk = await asyncio.wait_for(
+                    self.request.content.read(min(left, _STREAM_BYTES)),
+                    max(0.0, self.deadline - loop.time()),
+                )
+            except asyncio.TimeoutError:
+                self.failure = (408, "the request body did not arrive within the time limit")
+                raise
+            if not chunk:
+                self.failure = (400, f"the request body ended {left} bytes short")
+                raise ConnectionResetError(self.failure[1])
+            left -= len(chunk)
+            yield chunk
 
 
 class HttpGuard:
@@ -226,6 +265,10 @@ class HttpGuard:
                 raise RequestRefusedError(
                     403, "shared memory is restricted: it is off on this server"
                 )
+        header_length = request.headers.get("Inference-Header-Content-Length")
+        is_infer = bool(_INFER_PATH.match(path)) and request.method == "POST"
+        if is_infer and header_length is not None and (request.content_length or 0) > _STREAM_BYTES:
+            return await self._admit_streamed(request, header_length)
         try:
             body = await asyncio.wait_for(request.read(), settings.body_timeout_s)
         except asyncio.TimeoutError:
@@ -236,10 +279,8 @@ class HttpGuard:
             raise RequestRefusedError(
                 413, f"the body exceeds the per-request maximum of {limits.max_body_bytes} bytes"
             ) from None
-        if _INFER_PATH.match(path) and request.method == "POST":
-            check_inference_body(
-                body, request.headers.get("Inference-Header-Content-Length"), limits
-            )
+        if is_infer:
+            check_inference_body(body, header_length, limits)
         elif match := _SHM_REGISTER_PATH.match(path):
             check_shared_memory_registration(body, match[1], limits)
         elif body:
@@ -250,7 +291,31 @@ class HttpGuard:
             raise RequestRefusedError(503, "the server is not ready (starting or recovering)")
         return body
 
-    async def _forward(self, request: web.Request, body: bytes) -> web.StreamResponse:
+    async def _admit_streamed(self, request: web.Request, header_length: str) -> _StreamedBody:
+        """A large binary inference request: its JSON header read and checked first, the binary
+        part left to flow on to Triton as it arrives (``_StreamedBody``)."""
+        settings, limits = self.settings, self.settings.limits
+        total = int(request.content_length or 0)
+        length = check_header_length(header_length, total, limits)
+        deadline = asyncio.get_running_loop().time() + settings.body_timeout_s
+        try:
+            header = await asyncio.wait_for(
+                request.content.readexactly(length), settings.body_timeout_s
+            )
+        except asyncio.TimeoutError:
+            raise RequestRefusedError(
+                408, f"the request body did not arrive within {settings.body_timeout_s:g} s"
+            ) from None
+        except asyncio.IncompleteReadError:
+            raise RequestRefusedError(400, "the request body ended inside its header") from None
+        check_inference_header(
+            parse_json(header, limits, "inference header"), total - length, limits
+        )
+        return _StreamedBody(request, header, total - length, deadline)
+
+    async def _forward(
+        self, request: web.Request, body: bytes | _StreamedBody
+    ) -> web.StreamResponse:
         assert self._session is not None
         headers = {
             name: request.headers[name]
@@ -259,6 +324,8 @@ class HttpGuard:
         }
         if restricted_category(request.path) is not None:
             headers[ADMIN_HEADER] = self.settings.admin_key
+        if isinstance(body, _StreamedBody):
+            headers["Content-Length"] = str(request.content_length)
         url = f"http://127.0.0.1:{self.settings.upstream_port}{request.raw_path}"
         # Health checks answer fast or not at all: a hung Triton must not hold a probe.
         health = request.path.startswith("/v2/health/") or bool(
@@ -269,7 +336,7 @@ class HttpGuard:
             async with self._session.request(
                 request.method,
                 url,
-                data=body or None,
+                data=body.chunks() if isinstance(body, _StreamedBody) else (body or None),
                 headers=headers,
                 allow_redirects=False,
                 timeout=ClientTimeout(total=timeout_s),
@@ -293,8 +360,13 @@ class HttpGuard:
                     await response.write(chunk)
                 await response.write_eof()
                 return response
-        except asyncio.TimeoutError:
-            return _error(504, f"the server did not answer within {timeout_s:g} s")
-        except (ClientError, ConnectionError, OSError) as exc:
+        except Exception as exc:
+            if isinstance(body, _StreamedBody) and body.failure is not None:
+                return _error(*body.failure)
+            if isinstance(exc, asyncio.TimeoutError):
+                return _error(504, f"the server did not answer within {timeout_s:g} s")
+            if not isinstance(exc, ClientError | ConnectionError | OSError):
+                raise
+
             LOG.debug("upstream unavailable: %r", exc)
             return _error(503, "the server is unavailable (starting or recovering); retry")

@@ -380,22 +380,28 @@ def split_inference_body(
                 "(send large tensors as binary data or through shared memory)",
             )
         return parse_json(body, limits, "inference request"), 0
+    length = check_header_length(header_length, len(body), limits)
+    return parse_json(body[:length], limits, "inference header"), len(body) - length
+
+
+def check_header_length(header_length: str, body_bytes: int, limits: RequestLimits) -> int:
+    """The ``Inference-Header-Content-Length`` of a body of ``body_bytes``, checked."""
     try:
         length = int(header_length)
     except ValueError:
         raise RequestRefusedError(
             400, f"Inference-Header-Content-Length must be an integer, got {shorten(header_length)}"
         ) from None
-    if not 0 < length <= len(body):
+    if not 0 < length <= body_bytes:
         raise RequestRefusedError(
             400,
-            f"Inference-Header-Content-Length {length} does not fit a body of {len(body)} bytes",
+            f"Inference-Header-Content-Length {length} does not fit a body of {body_bytes} bytes",
         )
     if length > limits.max_header_bytes:
         raise RequestRefusedError(
             413, f"an inference header of {length} bytes; at most {limits.max_header_bytes}"
         )
-    return parse_json(body[:length], limits, "inference header"), len(body) - length
+    return length
 
 
 def check_inference_body(body: bytes, header_length: str | None, limits: RequestLimits) -> None:
