@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException
 
 from bgblur.launcher import TritonServer
@@ -335,3 +337,44 @@ def test_a_large_binary_body_with_a_bad_header_is_refused_before_its_data(server
         )
         answer = sock.recv(4096).decode(errors="replace")
     assert answer.startswith("HTTP/1.1 400") and "declares" in answer, answer[:300]
+
+
+_json_scalars = (
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=6)
+)
+_json = st.recursive(
+    _json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    ),
+    max_leaves=25,
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    shape=st.lists(st.integers(-2, 2**33), max_size=6),
+    data=_json,
+    datatype=st.sampled_from(["UINT8", "FP32", "BYTES", "INT64", "BOOL", "nope"]),
+    parameters=st.dictionaries(
+        st.sampled_from(["blur_sigma", "sequence_id", "priority", "timeout", "x"]),
+        _json,
+        max_size=3,
+    ),
+    depth=st.integers(0, 40),
+    encoding=st.sampled_from([None, None, "gzip", "identity", "x-custom"]),
+)
+def test_structured_bodies_through_the_guard_never_crash_or_500(
+    server, shape, data, datatype, parameters, depth, encoding
+) -> None:
+    pid = server.server_pid()
+    tensor = {"name": "FRAMES", "shape": shape, "datatype": datatype, "data": data}
+    for _ in range(depth):
+        tensor["data"] = [tensor["data"]]
+    body = json.dumps({"inputs": [tensor], "parameters": parameters}).encode()
+    headers = {"Content-Encoding": encoding} if encoding else {}
+    status, answer = _request(server, INFER, body, headers)
+    assert status in (200, 400, 413, 415), (status, answer)
+    assert server.server_pid() == pid
