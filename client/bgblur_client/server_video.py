@@ -177,6 +177,8 @@ def _send_chunks(
 ) -> None:
     """Send ``chunks`` as one sequence (on a thread: reading them may block, e.g. a pipe)."""
     sequence_id = secrets.randbits(62) + 1
+    # Binds the chunks to this client: the server refuses a chunk of another token.
+    token = {"stream_token": secrets.token_urlsafe(16)}
 
     def send(index: int, chunk: bytes, end: bool) -> None:
         while index and not slots.acquire(timeout=0.2):  # the START takes no slot
@@ -191,7 +193,7 @@ def _send_chunks(
             sequence_id=sequence_id,
             sequence_start=index == 0,
             sequence_end=end,
-            parameters=(parameters or None) if index == 0 else None,
+            parameters={**parameters, **token} if index == 0 else token,
             enable_empty_final_response=True,
         )
 

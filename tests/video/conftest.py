@@ -152,6 +152,7 @@ def stream_video_chunks(
     sequence_id: int = 4242,
     end: bool = True,
     timeout_s: float = 120.0,
+    token: str = "the-stream-token-of-this-test",
 ):
     """Send ``chunks`` to ``background_blur_video`` as one chunked stream (a sequence ID, START
     on the first, END on the last unless ``end`` is False) over a gRPC stream.
@@ -175,7 +176,9 @@ def stream_video_chunks(
                 sequence_id=sequence_id,
                 sequence_start=index == 0,
                 sequence_end=end and index == len(chunks) - 1,
-                parameters=parameters if index == 0 else None,
+                parameters={**(parameters or {}), "stream_token": token}
+                if index == 0
+                else {"stream_token": token},
                 enable_empty_final_response=True,
             )
         out, done, acks, errors = bytearray(), [], 0, []

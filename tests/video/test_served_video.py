@@ -321,6 +321,84 @@ def test_a_chunk_of_no_open_stream_is_refused_and_the_server_serves_on(
     assert healthy is None
 
 
+def _send_chunk(client, chunk: bytes, sequence_id, *, start=False, end=False, parameters=None):
+    import tritonclient.grpc as grpcclient
+
+    video_input = grpcclient.InferInput("VIDEO", [len(chunk)], "UINT8")
+    video_input.set_data_from_numpy(np.frombuffer(chunk, np.uint8))
+    client.async_stream_infer(
+        "background_blur_video",
+        [video_input],
+        sequence_id=sequence_id,
+        sequence_start=start,
+        sequence_end=end,
+        parameters=parameters,
+        enable_empty_final_response=True,
+    )
+
+
+def test_another_clients_chunk_is_refused_and_the_stream_stays_whole(
+    triton_server, streamable_clip_bytes, video
+) -> None:
+    """A chunk or END sent under a stream's sequence ID without its token (another client) is
+    INVALID_ARG and leaves the stream as it was: the owner's output has every frame."""
+    import tritonclient.grpc as grpcclient
+
+    chunks = video.chunks_of(streamable_clip_bytes, 8192)
+    owner_token = {"stream_token": "owner-token-0123456789abcdef"}
+    owner = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    intruder = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    owner_answers: queue.Queue = queue.Queue()
+    intruder_answers: queue.Queue = queue.Queue()
+    owner.start_stream(callback=lambda result, error: owner_answers.put((result, error)))
+    intruder.start_stream(callback=lambda result, error: intruder_answers.put((result, error)))
+    try:
+        _send_chunk(owner, chunks[0], 707, start=True, parameters=owner_token)
+        refusals = []
+        for parameters in ({"stream_token": "intruder-token-0123456789ab"}, None):
+            _send_chunk(intruder, b"\0" * 64, 707, end=True, parameters=parameters)
+            _, error = intruder_answers.get(timeout=60)
+            refusals.append(None if error is None else error.message())
+        for index, chunk in enumerate(chunks[1:], start=1):
+            _send_chunk(owner, chunk, 707, end=index == len(chunks) - 1, parameters=owner_token)
+        out, frames_done = bytearray(), 0
+        while True:
+            result, error = owner_answers.get(timeout=120)
+            assert error is None, error.message()
+            response = result.get_response()
+            if response.id:  # acknowledgements of the later chunks carry no id here
+                continue
+            piece = result.as_numpy("VIDEO_CHUNK")
+            if piece is not None:
+                out += piece.tobytes()
+            done = result.as_numpy("FRAMES_DONE")
+            if done is not None:
+                frames_done = int(done[0])
+            if response.parameters["triton_final_response"].bool_param and frames_done == 96:
+                break
+    finally:
+        for client in (owner, intruder):
+            client.stop_stream()
+            client.close()
+    assert all(r is not None and "not the one its stream was opened with" in r for r in refusals)
+    assert frames_done == 96 and video.decode_rgb(bytes(out))[1]["frames"] == 96
+
+
+def test_a_stream_start_without_a_token_is_invalid(triton_server, streamable_clip_bytes) -> None:
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        _send_chunk(client, streamable_clip_bytes[:8192], 708, start=True)
+        _, error = answers.get(timeout=60)
+    finally:
+        client.stop_stream()
+        client.close()
+    assert error is not None and "needs a 'stream_token' parameter" in error.message()
+
+
 def test_an_abandoned_stream_is_stopped_and_forgotten(streamable_clip_bytes, video) -> None:
     """START and one chunk, then nothing: after ``chunk_timeout_s`` the START request gets the
     error, and the same sequence ID opens a new stream afterwards (nothing left behind)."""

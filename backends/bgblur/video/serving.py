@@ -43,6 +43,7 @@ START to its END, failure, cancellation or timeout.
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import logging
 import os
 import threading
@@ -138,9 +139,14 @@ class _OpenStream:
 
     growing: GrowingBytes
     start_sender: Any
+    token: str = ""
     last_chunk: float = field(default_factory=time.monotonic)
 
 
+# The secret that binds a chunked stream's chunks to the client that opened it: the START
+# request's parameter, repeated on every chunk (bgblur_client.server_video sends it).
+STREAM_TOKEN = "stream_token"
+MIN_STREAM_TOKEN_CHARS = 16
 # TRITONSERVER_REQUEST_FLAG_SEQUENCE_START / _END (tritonserver.h)
 _SEQUENCE_START, _SEQUENCE_END = 1, 2
 
@@ -231,7 +237,9 @@ class VideoModel:
         if video is None:
             # The request's memory is not ours once execute returns: keep a copy.
             video = np.array(self._video_bytes(request), copy=True)
-        options, rest = VideoOptions.split_parameters(request_parameters(request))
+        parameters = request_parameters(request)
+        parameters.pop(STREAM_TOKEN, None)
+        options, rest = VideoOptions.split_parameters(parameters)
         blur_params = BlurParams().with_overrides(rest)
         return _Session(video, options, blur_params, rest)
 
@@ -239,6 +247,13 @@ class VideoModel:
 
     def _open_stream(self, request: Any, key: Any, sender: Any) -> _Session:
         """A START request: a session over a stream that grows with the next requests."""
+        token = request_parameters(request).get(STREAM_TOKEN)
+        if not isinstance(token, str) or len(token) < MIN_STREAM_TOKEN_CHARS:
+            raise InvalidInputError(
+                f"a chunked stream's START needs a {STREAM_TOKEN!r} parameter of at least "
+                f"{MIN_STREAM_TOKEN_CHARS} random characters (e.g. secrets.token_urlsafe(16)); "
+                "every chunk of the stream carries the same"
+            )
         growing = GrowingBytes(self.settings.max_input_bytes)
         growing.append(memoryview(self._video_bytes(request)).cast("B"))
         session = self._prepare(request, growing)
@@ -248,13 +263,22 @@ class VideoModel:
                     f"sequence {key!r} already has an open video stream: a new stream needs a "
                     "new sequence ID"
                 )
-            self._streams[key] = _OpenStream(growing, sender)
+            self._streams[key] = _OpenStream(growing, sender, token=token)
         return dataclasses.replace(session, stream_key=key)
 
     def _add_chunk(self, request: Any, key: Any, *, end: bool) -> None:
         view = self._video_bytes(request)
+        token = request_parameters(request).get(STREAM_TOKEN)
         with self._streams_lock:
             stream = self._streams.get(key)
+            if stream is not None and not (
+                isinstance(token, str) and hmac.compare_digest(token, stream.token)
+            ):
+                # Another client's chunk under this sequence ID: refused, the stream untouched.
+                raise InvalidInputError(
+                    f"this chunk's {STREAM_TOKEN!r} is not the one its stream was opened with: "
+                    "only the client that sent the START may add to a stream"
+                )
             if stream is not None and end:
                 del self._streams[key]  # complete: nothing left to time out
         if stream is None:
