@@ -69,7 +69,6 @@ EXIT_TIMEOUT_S = 10
 # Locked-down defaults (docs/reliability.md): these APIs need the admin key
 # (bgblur_client.admin_key), over HTTP (the guard checks it) and gRPC (Triton checks it).
 RESTRICTED_APIS = ("model-repository", "logging", "trace")
-LOOPBACK_ADDRESSES = ("127.0.0.1", "localhost", "::1")
 # The supervisor's tiny inference (the hang check): 8x8 black pixels through the entry model.
 PROBE_MODEL = "background_blur"
 _PROBE_BODY = json.dumps(
@@ -701,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
         "--shared-memory",
         choices=("auto", "on", "off"),
         default="auto",
-        help="client shared-memory registration: auto = open on loopback, restricted otherwise",
+        help="client shared-memory registration: auto/on = admin-key holders, off = nobody",
     )
     parser.add_argument(
         "--no-supervisor", action="store_true", help="do not restart a dead stub or server"
