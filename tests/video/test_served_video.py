@@ -321,7 +321,9 @@ def test_a_chunk_of_no_open_stream_is_refused_and_the_server_serves_on(
     assert healthy is None
 
 
-def _send_chunk(client, chunk: bytes, sequence_id, *, start=False, end=False, parameters=None):
+def _send_chunk(
+    client, chunk: bytes, sequence_id, *, start=False, end=False, parameters=None, request_id=""
+):
     import tritonclient.grpc as grpcclient
 
     video_input = grpcclient.InferInput("VIDEO", [len(chunk)], "UINT8")
@@ -333,6 +335,7 @@ def _send_chunk(client, chunk: bytes, sequence_id, *, start=False, end=False, pa
         sequence_start=start,
         sequence_end=end,
         parameters=parameters,
+        request_id=request_id,
         enable_empty_final_response=True,
     )
 
@@ -353,20 +356,37 @@ def test_another_clients_chunk_is_refused_and_the_stream_stays_whole(
     owner.start_stream(callback=lambda result, error: owner_answers.put((result, error)))
     intruder.start_stream(callback=lambda result, error: intruder_answers.put((result, error)))
     try:
-        _send_chunk(owner, chunks[0], 707, start=True, parameters=owner_token)
+        _send_chunk(owner, chunks[0], 707, start=True, parameters=owner_token, request_id="0")
+        _send_chunk(owner, chunks[1], 707, parameters=owner_token, request_id="1")
+        out, frames_done, pending = bytearray(), 0, []
+        while True:  # the stream is open once its second chunk is acknowledged
+            result, error = owner_answers.get(timeout=60)
+            assert error is None, error.message()
+            pending.append(result)
+            if result.get_response().id == "1":
+                break
         refusals = []
         for parameters in ({"stream_token": "intruder-token-0123456789ab"}, None):
             _send_chunk(intruder, b"\0" * 64, 707, end=True, parameters=parameters)
             _, error = intruder_answers.get(timeout=60)
             refusals.append(None if error is None else error.message())
-        for index, chunk in enumerate(chunks[1:], start=1):
-            _send_chunk(owner, chunk, 707, end=index == len(chunks) - 1, parameters=owner_token)
-        out, frames_done = bytearray(), 0
+        for index, chunk in enumerate(chunks[2:], start=2):
+            _send_chunk(
+                owner,
+                chunk,
+                707,
+                end=index == len(chunks) - 1,
+                parameters=owner_token,
+                request_id=str(index),
+            )
         while True:
-            result, error = owner_answers.get(timeout=120)
-            assert error is None, error.message()
+            if pending:
+                result = pending.pop(0)
+            else:
+                result, error = owner_answers.get(timeout=120)
+                assert error is None, error.message()
             response = result.get_response()
-            if response.id:  # acknowledgements of the later chunks carry no id here
+            if response.id != "0":  # the later chunks' acknowledgements
                 continue
             piece = result.as_numpy("VIDEO_CHUNK")
             if piece is not None:
