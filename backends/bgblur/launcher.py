@@ -330,6 +330,7 @@ class TritonServer:
         self._guard_enabled = guard
         self._guard_options = dict(guard_options or {})
         self._repository: Path | None = None
+        self._probe_model = PROBE_MODEL
         self._lock = threading.RLock()
         self._stopping = False
 
@@ -421,6 +422,8 @@ class TritonServer:
             direct_model=self.direct_model,
         )
         self._repository = repository
+        models = self.entry_models()
+        self._probe_model = PROBE_MODEL if PROBE_MODEL in models or not models else models[0]
         self._stopping = False
         self._log_file = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
         try:
@@ -558,10 +561,8 @@ class TritonServer:
     def probe(self, timeout_s: float) -> bool:
         """A tiny inference through the entry model: True when it is served, or refused for
         overload, within ``timeout_s``; False on no answer or any other error."""
-        models = self.entry_models()
-        model = PROBE_MODEL if PROBE_MODEL in models else (models[0] if models else PROBE_MODEL)
         request = urllib.request.Request(
-            f"http://127.0.0.1:{self.triton_http_port}/v2/models/{model}/infer",
+            f"http://127.0.0.1:{self.triton_http_port}/v2/models/{self._probe_model}/infer",
             data=_PROBE_BODY,
             headers={"Content-Type": "application/json"},
             method="POST",

@@ -144,6 +144,33 @@ def brightness_report(out_nhwc_u8: np.ndarray, in_nhwc_u8: np.ndarray) -> str:
     )
 
 
+def send_video_chunk(
+    client: Any,
+    chunk: bytes,
+    sequence_id: int | str,
+    *,
+    start: bool = False,
+    end: bool = False,
+    parameters: dict[str, Any] | None = None,
+    request_id: str = "",
+) -> None:
+    """One request of a chunked stream to ``background_blur_video`` on a started gRPC stream."""
+    import tritonclient.grpc as grpcclient
+
+    video_input = grpcclient.InferInput("VIDEO", [len(chunk)], "UINT8")
+    video_input.set_data_from_numpy(np.frombuffer(chunk, np.uint8))
+    client.async_stream_infer(
+        "background_blur_video",
+        [video_input],
+        request_id=request_id,
+        sequence_id=sequence_id,
+        sequence_start=start,
+        sequence_end=end,
+        parameters=parameters,
+        enable_empty_final_response=True,
+    )
+
+
 def stream_video_chunks(
     url: str,
     chunks: list[bytes],
@@ -167,19 +194,16 @@ def stream_video_chunks(
     client.start_stream(callback=lambda result, error: answers.put((result, error)))
     try:
         for index, chunk in enumerate(chunks):
-            video_input = grpcclient.InferInput("VIDEO", [len(chunk)], "UINT8")
-            video_input.set_data_from_numpy(np.frombuffer(chunk, np.uint8))
-            client.async_stream_infer(
-                "background_blur_video",
-                [video_input],
-                request_id=str(index),
-                sequence_id=sequence_id,
-                sequence_start=index == 0,
-                sequence_end=end and index == len(chunks) - 1,
+            send_video_chunk(
+                client,
+                chunk,
+                sequence_id,
+                start=index == 0,
+                end=end and index == len(chunks) - 1,
                 parameters={**(parameters or {}), "stream_token": token}
                 if index == 0
                 else {"stream_token": token},
-                enable_empty_final_response=True,
+                request_id=str(index),
             )
         out, done, acks, errors = bytearray(), [], 0, []
         while True:
@@ -294,6 +318,7 @@ class VideoHelpers:
     chunks_of = staticmethod(chunks_of)
     stream_video = staticmethod(stream_video)
     stream_video_chunks = staticmethod(stream_video_chunks)
+    send_video_chunk = staticmethod(send_video_chunk)
 
 
 @pytest.fixture(scope="session")

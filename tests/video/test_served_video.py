@@ -321,25 +321,6 @@ def test_a_chunk_of_no_open_stream_is_refused_and_the_server_serves_on(
     assert healthy is None
 
 
-def _send_chunk(
-    client, chunk: bytes, sequence_id, *, start=False, end=False, parameters=None, request_id=""
-):
-    import tritonclient.grpc as grpcclient
-
-    video_input = grpcclient.InferInput("VIDEO", [len(chunk)], "UINT8")
-    video_input.set_data_from_numpy(np.frombuffer(chunk, np.uint8))
-    client.async_stream_infer(
-        "background_blur_video",
-        [video_input],
-        sequence_id=sequence_id,
-        sequence_start=start,
-        sequence_end=end,
-        parameters=parameters,
-        request_id=request_id,
-        enable_empty_final_response=True,
-    )
-
-
 def test_another_clients_chunk_is_refused_and_the_stream_stays_whole(
     triton_server, streamable_clip_bytes, video
 ) -> None:
@@ -356,8 +337,10 @@ def test_another_clients_chunk_is_refused_and_the_stream_stays_whole(
     owner.start_stream(callback=lambda result, error: owner_answers.put((result, error)))
     intruder.start_stream(callback=lambda result, error: intruder_answers.put((result, error)))
     try:
-        _send_chunk(owner, chunks[0], 707, start=True, parameters=owner_token, request_id="0")
-        _send_chunk(owner, chunks[1], 707, parameters=owner_token, request_id="1")
+        video.send_video_chunk(
+            owner, chunks[0], 707, start=True, parameters=owner_token, request_id="0"
+        )
+        video.send_video_chunk(owner, chunks[1], 707, parameters=owner_token, request_id="1")
         out, frames_done, pending = bytearray(), 0, []
         while True:  # the stream is open once its second chunk is acknowledged
             result, error = owner_answers.get(timeout=60)
@@ -367,11 +350,11 @@ def test_another_clients_chunk_is_refused_and_the_stream_stays_whole(
                 break
         refusals = []
         for parameters in ({"stream_token": "intruder-token-0123456789ab"}, None):
-            _send_chunk(intruder, b"\0" * 64, 707, end=True, parameters=parameters)
+            video.send_video_chunk(intruder, b"\0" * 64, 707, end=True, parameters=parameters)
             _, error = intruder_answers.get(timeout=60)
             refusals.append(None if error is None else error.message())
         for index, chunk in enumerate(chunks[2:], start=2):
-            _send_chunk(
+            video.send_video_chunk(
                 owner,
                 chunk,
                 707,
@@ -404,14 +387,16 @@ def test_another_clients_chunk_is_refused_and_the_stream_stays_whole(
     assert frames_done == 96 and video.decode_rgb(bytes(out))[1]["frames"] == 96
 
 
-def test_a_stream_start_without_a_token_is_invalid(triton_server, streamable_clip_bytes) -> None:
+def test_a_stream_start_without_a_token_is_invalid(
+    triton_server, streamable_clip_bytes, video
+) -> None:
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(triton_server.grpc_url)
     answers: queue.Queue = queue.Queue()
     client.start_stream(callback=lambda result, error: answers.put((result, error)))
     try:
-        _send_chunk(client, streamable_clip_bytes[:8192], 708, start=True)
+        video.send_video_chunk(client, streamable_clip_bytes[:8192], 708, start=True)
         _, error = answers.get(timeout=60)
     finally:
         client.stop_stream()

@@ -156,7 +156,6 @@ class HttpGuard:
         self._failure: BaseException | None = None
         self._session: ClientSession | None = None
         self._runner: web.AppRunner | None = None
-        self.refused = 0  # requests answered by the guard itself (for tests and logs)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -233,7 +232,6 @@ class HttpGuard:
         try:
             body = await self._admit(request)
         except RequestRefusedError as exc:
-            self.refused += 1
             return _error(exc.status, exc.message)
         return await self._forward(request, body)
 
