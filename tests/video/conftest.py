@@ -154,7 +154,8 @@ def send_video_chunk(
     parameters: dict[str, Any] | None = None,
     request_id: str = "",
 ) -> None:
-    """One request of a chunked stream to ``background_blur_video`` on a started gRPC stream."""
+    """One request to ``background_blur_video`` on a started gRPC stream: a chunk of the
+    stream ``sequence_id``, or a whole file when it is 0."""
     import tritonclient.grpc as grpcclient
 
     video_input = grpcclient.InferInput("VIDEO", [len(chunk)], "UINT8")
@@ -248,14 +249,7 @@ def stream_video(url: str, data: bytes, parameters: dict[str, Any] | None = None
     answers: queue.Queue = queue.Queue()
     client.start_stream(callback=lambda result, error: answers.put((result, error)))
     try:
-        video_input = grpcclient.InferInput("VIDEO", [len(data)], "UINT8")
-        video_input.set_data_from_numpy(np.frombuffer(data, np.uint8))
-        client.async_stream_infer(
-            "background_blur_video",
-            [video_input],
-            parameters=parameters,
-            enable_empty_final_response=True,
-        )
+        send_video_chunk(client, data, 0, parameters=parameters)  # sequence 0: a whole file
         out, done = bytearray(), []
         while True:
             result, error = answers.get(timeout=120)
