@@ -26,7 +26,7 @@ demo: setup  ## start the embedded server, blur a sample video -> out/demo.mp4 +
 	$(PY) -m bgblur_client.demo --out-dir out
 
 serve: setup  ## run the embedded Triton server in the foreground (Ctrl-C stops it)
-	$(PY) -m bgblur.launcher
+	$(PY) -m bgblur.server.launcher
 
 test: setup  ## run the test suite (CPU; GPU tests skip themselves without CUDA)
 	$(PY) -m ruff check .

@@ -44,9 +44,9 @@ def run_one(clip: str, model: str, frames_limit: int, threads: int, out_dir: str
     """Decode -> pre -> network -> post -> encode, frame by frame; per-stage seconds."""
     import torch
 
-    from bgblur.config import BlurParams
     from bgblur.device import Device
     from bgblur.models.registry import get_model_spec
+    from bgblur.parameters import BlurParams
     from bgblur.stages.postprocess import Postprocess
     from bgblur.stages.preprocess import Preprocess
 

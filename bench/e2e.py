@@ -169,7 +169,7 @@ def run_in_process(pipeline: Any, frames: np.ndarray, seconds: float) -> dict:
 
 
 def main() -> None:
-    from bgblur.launcher import add_model_param_argument
+    from bgblur.server.launcher import add_model_param_argument
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="a running server (default: start the embedded one)")
@@ -223,8 +223,8 @@ def main() -> None:
         os.environ[PROFILE_DIR_ENV] = str(args.profile_dir.resolve())  # the server inherits it
 
     from bgblur.device import Device, cuda_device_count
-    from bgblur.launcher import TritonServer, parse_key_values
     from bgblur.models.registry import DEFAULT_MODEL
+    from bgblur.server.launcher import TritonServer, parse_key_values
 
     model = args.model or DEFAULT_MODEL
     server = None

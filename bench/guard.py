@@ -36,11 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    from bgblur.launcher import free_port
+    from bgblur.server.launcher import free_port
 
     http, triton_http = free_port(), free_port()
     command = [
-        sys.executable, "-m", "bgblur.launcher", "--quiet", "--device", args.device,
+        sys.executable, "-m", "bgblur.server.launcher", "--quiet", "--device", args.device,
         "--http-port", str(http), "--triton-http-port", str(triton_http),
         "--grpc-port", str(free_port()), "--metrics-port", str(free_port()),
         *(["--segmentation-model", args.segmentation_model] if args.segmentation_model else []),

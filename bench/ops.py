@@ -54,8 +54,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "backends"), str(ROOT / "client")]
 
 from bgblur import ops  # noqa: E402
-from bgblur.config import BlurParams  # noqa: E402
 from bgblur.device import Device  # noqa: E402
+from bgblur.parameters import BlurParams  # noqa: E402
 from bgblur.stages.postprocess import Postprocess  # noqa: E402
 
 SIZES = {"720p": (720, 1280), "1080p": (1080, 1920), "4k": (2160, 3840)}

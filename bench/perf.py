@@ -102,7 +102,7 @@ def main() -> int:
         )
         return 2
 
-    from bgblur.launcher import TritonServer
+    from bgblur.server.launcher import TritonServer
     from bgblur_client.admin_key import admin_headers, read_admin_key
 
     server = None

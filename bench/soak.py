@@ -1,6 +1,7 @@
 """Soak: N minutes at concurrency C against the embedded server, sampling its memory.
 
-Figures, not a test. Starts the embedded Triton server (``bgblur.launcher``, GPU when usable),
+Figures, not a test. Starts the embedded Triton server (``bgblur.server.launcher``, GPU when
+usable),
 runs C client threads sending the same frames back to back, and every few seconds samples the
 RSS of the server and its Python stubs, the server's ``/dev/shm`` regions (and all of /dev/shm),
 and GPU memory when ``nvidia-smi`` is present (the whole device, and the server's own processes).
@@ -28,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from bgblur.launcher import TritonServer
-from bgblur.supervisor import process_tree_rss_bytes, shm_regions, stub_processes
+from bgblur.server.launcher import TritonServer
+from bgblur.server.supervisor import process_tree_rss_bytes, shm_regions, stub_processes
 from bgblur_client.transport import BlurClient
 
 RESULTS = Path(__file__).resolve().parent / "results"

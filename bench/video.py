@@ -253,7 +253,7 @@ def start_server(
 ) -> Any:
     """The embedded server; ``video_blur`` sets ``background_blur_video``'s ``blur``; its log
     is kept at ``log_path`` when given; ``direct_model`` also serves ``background_blur_direct``."""
-    from bgblur.launcher import TritonServer
+    from bgblur.server.launcher import TritonServer
 
     saved = os.environ.get("BGBLUR_VIDEO_BLUR")
     if video_blur is not None:

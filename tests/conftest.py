@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from bgblur.device import cuda_device_count
-from bgblur.launcher import TritonServer
 from bgblur.models.registry import DEFAULT_MODEL
+from bgblur.server.launcher import TritonServer
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import skimage.data
 
-from bgblur.config import BlurParams
 from bgblur.device import Device
 from bgblur.errors import ModelUnavailableError
+from bgblur.parameters import BlurParams
 from bgblur.pipeline import BackgroundBlurPipeline
 
 

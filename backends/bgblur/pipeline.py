@@ -8,9 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bgblur.config import BlurParams
 from bgblur.device import Device
 from bgblur.models.registry import get_model_spec
+from bgblur.parameters import BlurParams
 from bgblur.runtimes.select import build_runtime
 from bgblur.stages.postprocess import Postprocess
 from bgblur.stages.preprocess import Preprocess

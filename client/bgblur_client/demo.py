@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bgblur.launcher import ServerStartError, TritonServer
+from bgblur.server.launcher import ServerStartError, TritonServer
 from bgblur_client.cli import positive_float, positive_int, throughput_line
 from bgblur_client.errors import ClientError
 from bgblur_client.samples import make_sample_video

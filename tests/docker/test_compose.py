@@ -27,9 +27,9 @@ from typing import Any
 
 import pytest
 
-from bgblur import deploy
-from bgblur.deploy import parse_size, shm_requirement
 from bgblur.models.registry import get_model_spec
+from bgblur.server import deploy
+from bgblur.server.deploy import parse_size, shm_requirement
 
 try:
     import yaml
@@ -348,12 +348,12 @@ class TestCompose:
     def test_the_commands_parse_and_run(
         self, services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
     ) -> None:
-        """Both commands as compose gives them, through bgblur.deploy's own parser; then run,
+        """Both commands as compose gives them, through bgblur.server.deploy's own parser; then run,
         with paths moved to tmp_path, stand-in trtexec/nvidia-smi, and a dry run of serve."""
         builder = services["engine-builder"]["command"]
         triton = services["triton"]["command"]
-        assert builder[:4] == ["python3", "-m", "bgblur.deploy", "build-engine"]
-        assert triton[:4] == ["python3", "-m", "bgblur.deploy", "serve"]
+        assert builder[:4] == ["python3", "-m", "bgblur.server.deploy", "build-engine"]
+        assert triton[:4] == ["python3", "-m", "bgblur.server.deploy", "serve"]
         parser = deploy.build_parser()
         parser.parse_args(builder[3:])
         served = parser.parse_args(triton[3:])
@@ -487,7 +487,7 @@ class TestDockerfile:
         exposed = {p for k, a in instructions if k == "EXPOSE" for p in a.split()}
         assert exposed == {"8000", "8001", "8002"}
         (cmd,) = [json.loads(a) for k, a in instructions if k == "CMD"]
-        assert cmd[:4] == ["python3", "-m", "bgblur.deploy", "serve"]
+        assert cmd[:4] == ["python3", "-m", "bgblur.server.deploy", "serve"]
         deploy.build_parser().parse_args(cmd[3:])
 
     def test_the_build_context_holds_what_copy_needs_and_nothing_else(self, instructions) -> None:
@@ -511,7 +511,7 @@ class TestDockerfile:
             ".git/HEAD",
             ".cache/bgblur/selfie_general.pt",
             ".gpu-bundle/triton.tar.xz",
-            "tests/test_deploy.py",
+            "tests/server/test_deploy.py",
             "out/demo.mp4",
             "docker/compose.yaml",
             "docker/.env",
@@ -543,7 +543,7 @@ def healthcheck_script(services: dict[str, Any], port: int) -> list[str]:
 def test_the_healthcheck_command_against_the_real_server(services, triton_server) -> None:
     ok = subprocess.run(healthcheck_script(services, triton_server.http_port), timeout=30)
     assert ok.returncode == 0
-    from bgblur.launcher import free_port
+    from bgblur.server.launcher import free_port
 
     down = subprocess.run(
         healthcheck_script(services, free_port()), capture_output=True, timeout=30

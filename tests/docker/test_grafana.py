@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from bgblur.launcher import TritonServer
+from bgblur.server.launcher import TritonServer
 from bgblur.serving.metrics import metric_names, parse_exposition
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,11 +11,11 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from bgblur.config import BlurParams
 from bgblur.device import Device
-from bgblur.launcher import TritonServer
 from bgblur.models.registry import DEFAULT_MODEL
+from bgblur.parameters import BlurParams
 from bgblur.pipeline import BackgroundBlurPipeline
+from bgblur.server.launcher import TritonServer
 from bgblur_client.transport import BlurClient
 
 DIRECT = "background_blur_direct"

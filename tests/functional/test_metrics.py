@@ -17,7 +17,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from bgblur.launcher import TritonServer
+from bgblur.server.launcher import TritonServer
 from bgblur.serving.metrics import (
     FAILURE_REASONS,
     REJECTION_REASONS,

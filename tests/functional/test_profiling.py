@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from bgblur.launcher import TritonServer
+from bgblur.server.launcher import TritonServer
 from bgblur.serving import profiling
 
 

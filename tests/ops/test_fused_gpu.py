@@ -13,7 +13,6 @@ import types
 import numpy as np
 import pytest
 
-from bgblur.config import BlurParams
 from bgblur.device import Device
 from bgblur.ops.fused_gpu import (
     FusedPostprocess,
@@ -21,6 +20,7 @@ from bgblur.ops.fused_gpu import (
     fits_fused,
     fused_shared_bytes,
 )
+from bgblur.parameters import BlurParams
 from bgblur.stages.postprocess import Postprocess
 
 gpu = pytest.mark.gpu

@@ -20,7 +20,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from bgblur.launcher import MODEL_REPOSITORY, TritonServer
+from bgblur.server.launcher import MODEL_REPOSITORY, TritonServer
 
 MODEL = "background_blur"
 

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from bgblur.launcher import TritonServer
-from bgblur.supervisor import shm_regions, stub_processes
+from bgblur.server.launcher import TritonServer
+from bgblur.server.supervisor import shm_regions, stub_processes
 
 # CPU: detection <= 0.5 s + restart ~4 s + the gRPC client's reconnect backoff (~1-2 s). The GPU
 # server's restart is its model load time (docs/reliability.md: CUDA graphs ~16 s; a TensorRT

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException
 
-from bgblur.config import BlurParams
 from bgblur.errors import InvalidInputError
+from bgblur.parameters import BlurParams
 
 DTYPES = {
     "UINT8": np.uint8,

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from bgblur.launcher import MODEL_REPOSITORY, TritonServer
+from bgblur.server.launcher import MODEL_REPOSITORY, TritonServer
 from bgblur.serving.metrics import parse_exposition
 
 UNAVAILABLE = ("StatusCode.UNAVAILABLE", "503")

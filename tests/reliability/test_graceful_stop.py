@@ -9,8 +9,8 @@ import time
 
 from tritonclient.utils import InferenceServerException
 
-from bgblur.launcher import EXIT_TIMEOUT_S, TritonServer
-from bgblur.supervisor import shm_regions, stub_processes
+from bgblur.server.launcher import EXIT_TIMEOUT_S, TritonServer
+from bgblur.server.supervisor import shm_regions, stub_processes
 
 
 def test_stop_under_load_finishes_in_flight_and_refuses_new(rel) -> None:

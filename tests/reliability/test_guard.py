@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException
 
-from bgblur.launcher import TritonServer
+from bgblur.server.launcher import TritonServer
 from bgblur_client.admin_key import admin_headers
 
 BODY_TIMEOUT_S = 1.0

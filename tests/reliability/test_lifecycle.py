@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from bgblur.launcher import TritonServer, free_port
-from bgblur.supervisor import ServerState, child_pids, shm_regions, stub_processes
+from bgblur.server.launcher import TritonServer, free_port
+from bgblur.server.supervisor import ServerState, child_pids, shm_regions, stub_processes
 
 # A restart on the CPU machine: ~5-8 s of model loading, plus the backoff (capped at
 # BACKOFF_MAX_S here; the default cap is 30 s, docs/reliability.md).
@@ -142,7 +142,7 @@ def _tritonserver_child(launcher_pid: int) -> int | None:
 def test_the_service_command_outlives_every_crash(rel, tmp_path: Path) -> None:
     http, grpc, metrics = free_port(), free_port(), free_port()
     command = [
-        sys.executable, "-m", "bgblur.launcher",
+        sys.executable, "-m", "bgblur.server.launcher",
         "--device", "cpu", "--segmentation-model", "fixed_ellipse", "--quiet",
         "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
     ]  # fmt: skip

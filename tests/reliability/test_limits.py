@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from bgblur.config import MAX_REQUEST_BYTES
-from bgblur.launcher import TritonServer
+from bgblur.parameters import MAX_REQUEST_BYTES
+from bgblur.server.launcher import TritonServer
 from bgblur.server.request_checks import RequestLimits
-from bgblur.supervisor import process_tree_rss_bytes, shm_regions, stub_processes
+from bgblur.server.supervisor import process_tree_rss_bytes, shm_regions, stub_processes
 
 MB = 1 << 20
 MAX_BODY_BYTES = RequestLimits().max_body_bytes

@@ -18,7 +18,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from bgblur.launcher import TritonServer
+from bgblur.server.launcher import TritonServer
 from bgblur_client.admin_key import ADMIN_HEADER, GRPC_ADMIN_HEADER, admin_headers
 
 

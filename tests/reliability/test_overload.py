@@ -19,7 +19,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
-from bgblur.launcher import MODEL_REPOSITORY, PYTHON_MODELS, TritonServer
+from bgblur.server.launcher import MODEL_REPOSITORY, PYTHON_MODELS, TritonServer
 
 REJECT = model_config_pb2.ModelQueuePolicy.TimeoutAction.REJECT
 

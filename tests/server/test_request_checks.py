@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bgblur.config import MAX_REQUEST_BYTES
+from bgblur.parameters import MAX_REQUEST_BYTES
 from bgblur.server.request_checks import (
     RequestLimits,
     RequestRefusedError,

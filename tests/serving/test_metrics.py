@@ -8,8 +8,8 @@ from typing import Any, ClassVar
 
 import pytest
 
-from bgblur.config import BlurParams, validate_frames_shape
 from bgblur.errors import InvalidInputError
+from bgblur.parameters import BlurParams, validate_frames_shape
 from bgblur.serving.metrics import (
     BATCH_FRAMES_BUCKETS,
     COMPUTE_SECONDS_BUCKETS,

@@ -12,9 +12,9 @@ import pytest
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
-from bgblur.config import BlurParams
 from bgblur.errors import InvalidInputError
-from bgblur.launcher import MODEL_REPOSITORY
+from bgblur.parameters import BlurParams
+from bgblur.server.launcher import MODEL_REPOSITORY
 from bgblur.serving.triton_io import (
     PreparedRequest,
     blur_params_from_request,

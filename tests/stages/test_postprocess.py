@@ -10,8 +10,8 @@ import pytest
 import skimage.data
 import torch
 
-from bgblur.config import BlurParams
 from bgblur.device import Device
+from bgblur.parameters import BlurParams
 from bgblur.stages.postprocess import Postprocess
 
 NO_REFINEMENT = BlurParams(bilateral_diameter=0)

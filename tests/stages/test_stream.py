@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bgblur.config import BlurParams
 from bgblur.device import Device
 from bgblur.models.registry import get_model_spec
+from bgblur.parameters import BlurParams
 from bgblur.stages.postprocess import Postprocess
 from bgblur.stages.preprocess import Preprocess
 from bgblur.stages.stream import StageStream

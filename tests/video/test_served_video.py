@@ -407,7 +407,7 @@ def test_a_stream_start_without_a_token_is_invalid(
 def test_an_abandoned_stream_is_stopped_and_forgotten(streamable_clip_bytes, video) -> None:
     """START and one chunk, then nothing: after ``chunk_timeout_s`` the START request gets the
     error, and the same sequence ID opens a new stream afterwards (nothing left behind)."""
-    from bgblur.launcher import TritonServer
+    from bgblur.server.launcher import TritonServer
 
     chunks = video.chunks_of(streamable_clip_bytes, 8192)
     saved = os.environ.get("BGBLUR_VIDEO_CHUNK_TIMEOUT_S")

@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 
-from bgblur.config import BlurParams
 from bgblur.kernels import (
     SHARED_MEMORY_LIMIT,
     blocks,
@@ -43,6 +42,7 @@ from bgblur.kernels import (
     require_u8,
     strides,
 )
+from bgblur.parameters import BlurParams
 
 _BLOCK = (32, 8, 1)  # FU_BX, FU_BY in fused.cu
 _TILE_W = 32  # FU_TX

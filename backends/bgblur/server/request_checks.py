@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from bgblur.config import ECHO_CHARS, MAX_REQUEST_BYTES, shorten, validate_frames_shape
 from bgblur.errors import InvalidInputError
+from bgblur.parameters import ECHO_CHARS, MAX_REQUEST_BYTES, shorten, validate_frames_shape
 
 # Bytes per element of Triton's fixed-size datatypes (BYTES is variable).
 DATATYPE_BYTES = {

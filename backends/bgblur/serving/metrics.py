@@ -131,7 +131,7 @@ def rejection_reason(exc: BaseException) -> str:
     """The reason class (``REJECTION_REASONS``) of a validation error.
 
     An exception's own ``reason`` attribute wins when it names a class; otherwise the class is
-    read from the message, which ``bgblur.config`` and the adapters word consistently
+    read from the message, which ``bgblur.parameters`` and the adapters word consistently
     (``parameter 'x' ...``/``unknown parameter``, ``must not be empty``/``exceeds``).
     """
     reason = getattr(exc, "reason", None)

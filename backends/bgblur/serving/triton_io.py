@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch  # at load: NumPy outputs go through it (2 s to import on a CPU, not in a request)
 
-from bgblur.config import BlurParams, validate_frames_shape
 from bgblur.device import Device
 from bgblur.errors import InvalidInputError
 from bgblur.ops.dispatch import array_module
+from bgblur.parameters import BlurParams, validate_frames_shape
 from bgblur.serving.profiling import execute_profile
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ def input_array(pb_utils: Any, request: Any, name: str, device: Device) -> Any:
 
 
 def frames_input(pb_utils: Any, request: Any, device: Device, name: str = "FRAMES") -> Any:
-    """The frames tensor of a request, validated (``bgblur.config.validate_frames_shape``)."""
+    """The frames tensor of a request, validated (``bgblur.parameters.validate_frames_shape``)."""
     frames = input_array(pb_utils, request, name, device)
     validate_frames_shape(tuple(frames.shape), np.dtype(frames.dtype).name, name)
     return frames

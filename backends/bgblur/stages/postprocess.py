@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 
-from bgblur.config import BlurParams
 from bgblur.device import Device
 from bgblur.ops import (
     composite,
@@ -17,6 +16,7 @@ from bgblur.ops import (
     rgb_to_grey,
     upscale_mask,
 )
+from bgblur.parameters import BlurParams
 from bgblur.stages.stream import StageStream
 
 

@@ -7,7 +7,7 @@ Protocol (one request per video file; gRPC streaming, ``tritonclient.grpc`` ``st
   optional request parameters: ``batch_size``, ``crf``, ``gop_seconds``, ``chunk_bytes``,
   ``encoder`` (``auto``: NVENC where the instance's GPU has one, else libx264; ``nvenc``;
   ``x264``) (:class:`~bgblur.video.transcode.VideoOptions`) and any blur parameter of
-  :class:`~bgblur.config.BlurParams` (``blur_sigma``, ``soft_mask``, ...).
+  :class:`~bgblur.parameters.BlurParams` (``blur_sigma``, ``soft_mask``, ...).
 - responses, streamed as the output is produced: ``VIDEO_CHUNK`` UINT8 ``[M]`` (the next bytes
   of the output, a fragmented MP4: concatenate them in order) and ``FRAMES_DONE`` INT64 ``[1]``
   (frames encoded so far). The last response carries Triton's final flag (with
@@ -55,9 +55,9 @@ from typing import Any
 
 import numpy as np
 
-from bgblur.config import BlurParams
 from bgblur.device import Device
 from bgblur.errors import InvalidInputError, ModelUnavailableError
+from bgblur.parameters import BlurParams
 from bgblur.serving.triton_io import error_response, output_tensor, request_parameters
 from bgblur.video.growing import GrowingBytes
 from bgblur.video.transcode import VideoOptions, transcode

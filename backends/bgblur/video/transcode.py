@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from bgblur.config import MAX_FRAME_LONG_SIDE, MAX_FRAME_SHORT_SIDE
 from bgblur.errors import InvalidInputError, ModelUnavailableError
+from bgblur.parameters import MAX_FRAME_LONG_SIDE, MAX_FRAME_SHORT_SIDE
 from bgblur.video.encoders import (
     ENCODER_CHOICES,
     AccessUnitEncoder,

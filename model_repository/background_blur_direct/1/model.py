@@ -4,8 +4,8 @@ import json
 
 import triton_python_backend_utils as pb_utils
 
-from bgblur.config import BlurParams
 from bgblur.device import Device
+from bgblur.parameters import BlurParams
 from bgblur.pipeline import BackgroundBlurPipeline
 from bgblur.runtimes.select import describe_runtime, runtime_options
 from bgblur.serving.metrics import StageMetrics

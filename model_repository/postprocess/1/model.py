@@ -2,9 +2,9 @@
 
 import triton_python_backend_utils as pb_utils
 
-from bgblur.config import BlurParams
 from bgblur.device import Device
 from bgblur.errors import InvalidInputError
+from bgblur.parameters import BlurParams
 from bgblur.serving.metrics import StageMetrics
 from bgblur.serving.profiling import write_all as write_profiles
 from bgblur.serving.triton_io import (

@@ -12,11 +12,12 @@ The server is the real ``tritonserver`` 2.51 that PyPI's nvidia-pytriton bundles
   when it fails;
 - puts the HTTP guard (``bgblur.server.guard``) on the public HTTP port, with Triton's own
   HTTP port on loopback behind it;
-- hands the lifecycle to the supervisor (``bgblur.supervisor``): restarts after a crash or a
+- hands the lifecycle to the supervisor (``bgblur.server.supervisor``): restarts after a crash or a
   hang, start-up included, with backoff;
 - stops it on SIGINT/SIGTERM or on leaving the context, and kills only what it started.
 
-Command line (``make serve``): ``python -m bgblur.launcher [--http-port 8000] [--device auto]``.
+Command line (``make serve``): ``python -m bgblur.server.launcher [--http-port 8000]
+[--device auto]``.
 """
 
 from __future__ import annotations
@@ -43,11 +44,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from bgblur.config import CUDA_POOL_MB
 from bgblur.device import cuda_device_count
 from bgblur.models.registry import model_names
+from bgblur.parameters import CUDA_POOL_MB
 from bgblur.server.guard import GuardSettings, HttpGuard
-from bgblur.supervisor import (
+from bgblur.server.supervisor import (
     SHM_REGION_PREFIX,
     Supervisor,
     remove_shm_regions,
@@ -55,9 +56,9 @@ from bgblur.supervisor import (
 )
 from bgblur_client.admin_key import ADMIN_HEADER, load_or_create_admin_key
 
-LOG = logging.getLogger("bgblur.launcher")
+LOG = logging.getLogger("bgblur.server.launcher")
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 MODEL_REPOSITORY = PROJECT_ROOT / "model_repository"
 PYTHON_MODELS = ("preprocess", "segmentation", "postprocess")
 # Decoupled Python models, rendered like PYTHON_MODELS (one instance each) when present.
@@ -375,7 +376,7 @@ class TritonServer:
             f"--backend-config=python,shm-region-prefix-name={self.stub_shm_prefix}",
         ]
         # Intermediate tensors live in Triton's CUDA pool; when full it silently falls back to
-        # pinned host memory: bgblur.config.CUDA_POOL_MB says how it was sized.
+        # pinned host memory: bgblur.parameters.CUDA_POOL_MB says how it was sized.
         args += [f"--cuda-memory-pool-byte-size={gpu}:{CUDA_POOL_MB << 20}" for gpu in self.gpus]
         return args
 

@@ -11,7 +11,7 @@ them as two services):
   batch profile, precision, input size and the ONNX file's SHA-256); otherwise the build is
   skipped.
 - ``render``: writes the container's model repository. It is the embedded server's repository
-  (``bgblur.launcher.render_model_repository``, KIND_GPU), the one source of the ensemble, of
+  (``bgblur.server.launcher.render_model_repository``, KIND_GPU), the one source of the ensemble, of
   preprocess and postprocess and of every tensor name, dtype, dim and batching setting, with one
   change: ``segmentation`` becomes a ``tensorrt_plan`` model
   (``tensorrt_build.tensorrt_plan_config``) holding the cached plan as ``1/model.plan``.
@@ -28,10 +28,11 @@ refuse anything else with INVALID_ARG.
 
 Command line::
 
-    python -m bgblur.deploy build-engine --model M --cache /plans [--max-batch 8] [--force]
-    python -m bgblur.deploy render --model M --plans /plans --out /models [--check]
-    python -m bgblur.deploy serve --model M --plans /plans --out DIR [--dry-run] [-- TRITON_ARGS]
-    python -m bgblur.deploy shm-size [--gpus 1] [--max-batch 8] [--model M]
+    python -m bgblur.server.deploy build-engine --model M --cache /plans [--max-batch 8] [--force]
+    python -m bgblur.server.deploy render --model M --plans /plans --out /models [--check]
+    python -m bgblur.server.deploy serve --model M --plans /plans --out DIR [--dry-run] \
+        [-- TRITON_ARGS]
+    python -m bgblur.server.deploy shm-size [--gpus 1] [--max-batch 8] [--model M]
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from bgblur.config import CUDA_POOL_MB, MAX_FRAME_LONG_SIDE, MAX_FRAME_SHORT_SIDE
 from bgblur.errors import ModelUnavailableError
+from bgblur.parameters import CUDA_POOL_MB, MAX_FRAME_LONG_SIDE, MAX_FRAME_SHORT_SIDE
 
 __all__ = [
     "ADMIN_KEY_HEADER",
@@ -72,7 +73,7 @@ __all__ = [
     "visible_gpus",
 ]
 
-LOG = logging.getLogger("bgblur.deploy")
+LOG = logging.getLogger("bgblur.server.deploy")
 
 MODEL_SOURCE_ENV = "BGBLUR_MODEL_SOURCE"
 """Folder of the source model repository (the image sets it; default: the checkout's)."""
@@ -320,7 +321,7 @@ def plans_for(
             raise ModelUnavailableError(
                 f"no plan of {model} for sm{cc[0]}{cc[1]} and TensorRT {trt_version} in "
                 f"{plan_dir} (present: {present or 'none'}); run "
-                f"`python -m bgblur.deploy build-engine --model {model} --cache {plan_dir}` "
+                f"`python -m bgblur.server.deploy build-engine --model {model} --cache {plan_dir}` "
                 "(the engine-builder service) first"
             )
         found[cc] = plan
@@ -334,7 +335,7 @@ def plans_for(
 
 def default_model_source() -> Path:
     """``$BGBLUR_MODEL_SOURCE`` (set in the image), else the checkout's ``model_repository``."""
-    from bgblur.launcher import MODEL_REPOSITORY
+    from bgblur.server.launcher import MODEL_REPOSITORY
 
     value = os.environ.get(MODEL_SOURCE_ENV)
     return Path(value) if value else MODEL_REPOSITORY
@@ -409,9 +410,9 @@ def render_container_repository(
         ModelUnavailableError: unknown model, no plan for a capability, no GPU.
     """
     from bgblur.device import cuda_device_count
-    from bgblur.launcher import render_model_repository
     from bgblur.models.registry import get_model_spec
     from bgblur.runtimes.tensorrt_build import parse_plan_name, tensorrt_plan_config
+    from bgblur.server.launcher import render_model_repository
 
     spec = get_model_spec(segmentation_model)
     source = default_model_source() if source is None else Path(source)
@@ -461,7 +462,9 @@ def render_container_repository(
         )
         config += f"cc_model_filenames [\n{entries}\n]\n"
     sources = ", ".join(plan.name for plan in plans.values())
-    (folder / "config.pbtxt").write_text(f"# Rendered by bgblur.deploy from {sources}.\n" + config)
+    (folder / "config.pbtxt").write_text(
+        f"# Rendered by bgblur.server.deploy from {sources}.\n" + config
+    )
     (dest / RENDER_MARKER).write_text(json.dumps({"model": spec.name, "plans": sources}) + "\n")
     return dest
 
@@ -590,7 +593,7 @@ def shm_requirement(
     """The ``/dev/shm`` size the Python-backend models need (see ``ShmEstimate``).
 
     Defaults: one GPU, the ensemble's max_batch_size 8, the largest frame the service accepts
-    (``bgblur.config``: 7680x4320, either orientation: same bytes), selfie_general's input.
+    (``bgblur.parameters``: 7680x4320, either orientation: same bytes), selfie_general's input.
     Dynamic batching can gather 8 single-frame requests of that size into one batch, so the
     per-request byte cap (8 frames of 4K) does not bound a batch.
     """
@@ -712,7 +715,9 @@ def _prepare_out(out: Path) -> None:
     """Remove a repository this module rendered before; refuse to touch anything else."""
     if out.exists():
         if not (out / RENDER_MARKER).is_file():
-            raise ValueError(f"{out} exists and was not rendered by bgblur.deploy: not replacing")
+            raise ValueError(
+                f"{out} exists and was not rendered by bgblur.server.deploy: not replacing"
+            )
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -844,7 +849,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     names = model_names()
     parser = argparse.ArgumentParser(
-        prog="python -m bgblur.deploy",
+        prog="python -m bgblur.server.deploy",
         description="Build the TensorRT engine, render the model repository and serve, in the "
         "Docker image (docker/).",
     )
@@ -897,7 +902,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except (ModelUnavailableError, ValueError, RuntimeError, OSError) as exc:
-        print(f"bgblur.deploy {args.command}: error: {exc}", file=sys.stderr)
+        print(f"bgblur.server.deploy {args.command}: error: {exc}", file=sys.stderr)
         return 1
 
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-LOG = logging.getLogger("bgblur.supervisor")
+LOG = logging.getLogger("bgblur.server.supervisor")
 
 STUB_EXECUTABLE = "triton_python_backend_stub"
 SHM_REGION_PREFIX = "triton_python_backend_shm_region_"

@@ -16,7 +16,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from bgblur.device import cuda_device_count
-from bgblur.launcher import (
+from bgblur.models.registry import model_names
+from bgblur.server.launcher import (
     DIRECT_MODELS,
     MODEL_REPOSITORY,
     PYTHON_MODELS,
@@ -30,7 +31,6 @@ from bgblur.launcher import (
     render_model_repository,
     tritonserver_home,
 )
-from bgblur.models.registry import model_names
 
 KIND_CPU = model_config_pb2.ModelInstanceGroup.Kind.KIND_CPU
 KIND_GPU = model_config_pb2.ModelInstanceGroup.Kind.KIND_GPU

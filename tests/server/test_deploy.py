@@ -1,8 +1,8 @@
-"""bgblur.deploy: the container's model repository, the engine cache, the server's command line
-and the shared-memory estimate.
+"""bgblur.server.deploy: the container's model repository, the engine cache, the server's
+command line and the shared-memory estimate.
 
 No Docker, TensorRT or GPU here: plans are placeholder files, and ``trtexec`` / ``nvidia-smi``
-are stand-in scripts put first on PATH. They are real processes that bgblur.deploy starts and
+are stand-in scripts put first on PATH. They are real processes that bgblur.server.deploy starts and
 that record what they were asked (argv, CUDA_VISIBLE_DEVICES) and write the plan file, as the
 real trtexec does; whether a build ran is read from their log.
 """
@@ -20,8 +20,11 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from bgblur import deploy
-from bgblur.deploy import (
+from bgblur.errors import ModelUnavailableError
+from bgblur.models.registry import get_model_spec
+from bgblur.runtimes.tensorrt_build import EngineKey
+from bgblur.server import deploy
+from bgblur.server.deploy import (
     GpuInfo,
     build_engines,
     check_repository,
@@ -32,12 +35,9 @@ from bgblur.deploy import (
     triton_command,
     visible_gpus,
 )
-from bgblur.errors import ModelUnavailableError
-from bgblur.launcher import MODEL_REPOSITORY, PYTHON_MODELS, render_model_repository
-from bgblur.models.registry import get_model_spec
-from bgblur.runtimes.tensorrt_build import EngineKey
+from bgblur.server.launcher import MODEL_REPOSITORY, PYTHON_MODELS, render_model_repository
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TYPE_FP16 = model_config_pb2.DataType.TYPE_FP16
 KIND_GPU = model_config_pb2.ModelInstanceGroup.Kind.KIND_GPU
 SHARED_MODELS = ("preprocess", "postprocess", "background_blur")
@@ -455,7 +455,7 @@ class TestBuildEngines:
         foreign = tmp_path / "foreign"
         foreign.mkdir()
         assert deploy.main([*render[:-1], str(foreign), "--gpus", "1"]) == 1
-        assert "not rendered by bgblur.deploy" in capsys.readouterr().err
+        assert "not rendered by bgblur.server.deploy" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------
@@ -608,7 +608,7 @@ class TestServe:
         fake.chmod(0o755)
         args = self.args(tmp_path, "--shm-check", "off", "--tritonserver", str(fake))
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bgblur.deploy", *args, "--", "--exit-timeout-secs=30"],
+            [sys.executable, "-m", "bgblur.server.deploy", *args, "--", "--exit-timeout-secs=30"],
             stderr=subprocess.PIPE,
             text=True,
         )

@@ -8,14 +8,14 @@ import re
 
 import pytest
 
-from bgblur.config import (
+from bgblur.errors import BgblurError, InvalidInputError
+from bgblur.parameters import (
     MAX_FRAME_LONG_SIDE,
     MAX_FRAME_SHORT_SIDE,
     MAX_REQUEST_BYTES,
     BlurParams,
     validate_frames_shape,
 )
-from bgblur.errors import BgblurError, InvalidInputError
 
 FIELD_NAMES = (
     "bilateral_diameter, bilateral_sigma_color, bilateral_sigma_space, blur_ksize, blur_sigma, "
