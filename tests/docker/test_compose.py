@@ -30,6 +30,7 @@ import pytest
 from bgblur.models.registry import get_model_spec
 from bgblur.server import deploy
 from bgblur.server.deploy import parse_size, shm_requirement
+from bgblur.server.launcher import TritonServer
 
 try:
     import yaml
@@ -44,7 +45,7 @@ DOCKERFILE = DOCKER / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 RULES = DOCKER / "prometheus" / "rules.yml"
 PROMETHEUS = DOCKER / "prometheus" / "prometheus.yml"
-README = DOCKER / "README.md"
+DEPLOY_DOC = REPO / "docs" / "deploy.md"
 
 _VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?-)(?P<default>[^}]*))?\}")
 
@@ -294,19 +295,24 @@ class TestCompose:
 
     def test_stop_grace_period_outlasts_tritons_exit_timeout(self, services) -> None:
         triton = services["triton"]
-        exit_timeout = int(command_flag(triton["command"], "--exit-timeout-secs="))
-        assert seconds(triton["stop_grace_period"]) > exit_timeout + 5
-        assert triton["init"] is True  # signals reach tritonserver, zombies are reaped
+        served = deploy.build_parser().parse_args(triton["command"][3:])
+        assert seconds(triton["stop_grace_period"]) > served.exit_timeout + 5
+        assert triton["init"] is True  # signals reach the server, zombies are reaped
 
     def test_admin_apis_are_restricted_and_inference_is_not(self, services) -> None:
-        command = services["triton"]["command"]
+        triton = services["triton"]
+        # The key comes from the environment (empty by default: serve closes the APIs) ...
+        assert triton["environment"][deploy.ADMIN_KEY_ENV] == ""  # compose: ${BGBLUR_ADMIN_KEY:-}
+        assert not any("restricted" in arg for arg in triton["command"])
+        # ... and the server restricts the admin APIs over both protocols.
+        options = deploy.container_server_options(Path("/m"), gpus=[0], admin_key="k" * 32)
+        argv = TritonServer(options).command(Path("/m"))
         for flag in ("--http-restricted-api=", "--grpc-restricted-protocol="):
-            apis, _, header = command_flag(command, flag).rpartition(":")
-            assert {"model-repository", "shared-memory"} <= set(apis.split(","))
+            values = [a[len(flag) :] for a in argv if a.startswith(flag)]
+            apis = {api for v in values for api in v.rpartition(":")[0].split(",")}
+            assert {"model-repository", "shared-memory", "logging", "trace"} <= apis
             # the client checks health and reads the model config before inferring
-            assert not {"inference", "health", "metadata", "model-config"} & set(apis.split(","))
-            assert header == f"{deploy.ADMIN_KEY_HEADER}="  # empty by default: serve closes it
-        assert "--model-control-mode=explicit" not in command
+            assert not {"inference", "health", "metadata", "model-config"} & apis
 
     def test_shared_memory_covers_the_largest_frames_and_batch(self, services) -> None:
         triton = services["triton"]
@@ -648,12 +654,12 @@ def test_promtool_checks_and_unit_tests_the_rules(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# README
+# README (the deployment guide, docs/deploy.md)
 # --------------------------------------------------------------------------------------------
 
 
 def test_readme_shows_the_computed_shm_and_what_was_not_run(services) -> None:
-    text = README.read_text()
+    text = DEPLOY_DOC.read_text()
     need = shm_requirement()
     assert f"{need.total_bytes:,}" in text and f"{need.per_gpu_bytes:,}" in text
     assert "## Not run here" in text

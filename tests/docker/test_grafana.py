@@ -169,17 +169,6 @@ def compose_metrics_flags(services: dict[str, Any]) -> list[str]:
     return flags
 
 
-class _MonitoredServer(TritonServer):
-    """The embedded server with extra tritonserver flags."""
-
-    def __init__(self, extra: list[str], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.extra = extra
-
-    def command(self, repository: Path, backends: Path, home: Path) -> list[str]:
-        return [*super().command(repository, backends, home), *self.extra]
-
-
 @dataclass
 class Exported:
     """What a metrics endpoint exports: label names per metric, label values per (metric, label)."""
@@ -192,8 +181,8 @@ class Exported:
 def exported(services: dict[str, Any]) -> Exported:
     """A real scrape of the embedded Triton 2.51 (CPU) started with compose's metrics flags,
     plus Triton's GPU metrics (label names only)."""
-    server = _MonitoredServer(
-        compose_metrics_flags(services), device="cpu", segmentation_model="fixed_ellipse"
+    server = TritonServer(
+        extra_args=compose_metrics_flags(services), device="cpu", segmentation_model="fixed_ellipse"
     )
     with server:
         url = f"http://{server.metrics_url}/metrics"

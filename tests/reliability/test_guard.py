@@ -289,7 +289,7 @@ def test_binary_requests_pass_the_guard_unchanged(server, rel) -> None:
 
 
 def test_triton_http_listens_on_loopback_only_behind_the_guard(server) -> None:
-    args = server.command(server._workdir, server._workdir, server._workdir)
+    args = server.command(server._workdir)
     assert f"--http-port={server.triton_http_port}" in args
     assert "--http-address=127.0.0.1" in args
     assert server.triton_http_port != server.http_port

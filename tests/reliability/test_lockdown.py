@@ -60,9 +60,7 @@ def _non_loopback_ip() -> str | None:
 
 
 def test_binds_loopback_by_default(open_server) -> None:
-    args = " ".join(
-        open_server.command(open_server._workdir, open_server._workdir, open_server._workdir)
-    )
+    args = " ".join(open_server.command(open_server._workdir))
     for flag in (
         "--http-address=127.0.0.1",
         "--grpc-address=127.0.0.1",

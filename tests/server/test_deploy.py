@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
 import sys
 from pathlib import Path
 
@@ -28,14 +27,19 @@ from bgblur.server.deploy import (
     GpuInfo,
     build_engines,
     check_repository,
-    fill_restricted_keys,
+    container_admin_key,
+    container_server_options,
     parse_size,
     render_container_repository,
     shm_requirement,
-    triton_command,
     visible_gpus,
 )
-from bgblur.server.launcher import MODEL_REPOSITORY, PYTHON_MODELS, render_model_repository
+from bgblur.server.launcher import (
+    MODEL_REPOSITORY,
+    PYTHON_MODELS,
+    TritonServer,
+    render_model_repository,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 TYPE_FP16 = model_config_pb2.DataType.TYPE_FP16
@@ -516,29 +520,16 @@ class TestShmRequirement:
 # --------------------------------------------------------------------------------------------
 
 
-class TestRestrictedKeys:
-    flags = (
-        "--http-restricted-api=model-repository,shared-memory:bgblur-admin-key=",
-        "--grpc-restricted-protocol=model-repository:bgblur-admin-key=",
-    )
+class TestAdminKey:
+    def test_the_environment_s_key_is_used(self) -> None:
+        assert container_admin_key({"BGBLUR_ADMIN_KEY": "s3cret-key"}) == ("s3cret-key", False)
 
-    def test_an_empty_key_becomes_a_random_one(self) -> None:
-        out, generated = fill_restricted_keys(["--log-verbose=0", *self.flags])
-        assert generated and out[0] == "--log-verbose=0"
-        keys = {arg.rpartition("bgblur-admin-key=")[2] for arg in out[1:]}
-        (key,) = keys  # one key for both protocols
-        assert len(key) >= 32
-        assert out[1].startswith("--http-restricted-api=model-repository,shared-memory:")
-        again, _ = fill_restricted_keys(list(self.flags))
-        assert again[0] != out[1]  # random each start
-
-    def test_a_set_key_is_kept(self) -> None:
-        args = [f"{flag}s3cret" for flag in self.flags]
-        assert fill_restricted_keys(args) == (args, False)
-
-    def test_malformed(self) -> None:
-        with pytest.raises(ValueError, match="expected --http-restricted-api="):
-            fill_restricted_keys(["--http-restricted-api=model-repository"])
+    @pytest.mark.parametrize("value", [None, "", "  "])
+    def test_an_empty_key_becomes_a_random_one(self, value: str | None) -> None:
+        environ = {} if value is None else {"BGBLUR_ADMIN_KEY": value}
+        key, generated = container_admin_key(environ)
+        assert generated and len(key) >= 32
+        assert container_admin_key(environ)[0] != key  # random at each start
 
 
 class TestServe:
@@ -561,24 +552,47 @@ class TestServe:
             *extra,
         ]
 
-    def test_triton_command(self) -> None:
-        argv = triton_command("/m", gpus=[0, 1], cuda_pool_bytes=1 << 20, extra_args=["--x=1"])
+    def test_the_container_serves_through_the_guard_and_the_supervisor(self) -> None:
+        options = container_server_options(
+            Path("/m"), gpus=[0, 1], admin_key="k" * 32, cuda_pool_mb=1, triton_args=["--x=1"]
+        )
+        assert (options.http_port, options.grpc_port, options.metrics_port) == (8000, 8001, 8002)
+        assert options.guard and options.supervise and options.start_attempts is None
+        assert options.address == "0.0.0.0" and options.verbose  # the log: docker logs
+        server = TritonServer(options)
+        argv = server.command(Path("/m"))
         assert argv[:2] == ["tritonserver", "--model-repository=/m"]
-        assert "--model-control-mode=none" in argv and "--strict-readiness=true" in argv
-        assert {"--http-port=8000", "--grpc-port=8001", "--metrics-port=8002"} <= set(argv)
+        # Triton's own HTTP port is on loopback behind the guard (which has 8000).
+        assert "--http-address=127.0.0.1" in argv and "--http-port=8000" not in argv
+        assert server.http_port == 8000 and f"--http-port={server.triton_http_port}" in argv
+        assert {"--grpc-port=8001", "--grpc-address=0.0.0.0", "--metrics-port=8002"} <= set(argv)
+        assert "--strict-readiness=true" in argv and "--exit-timeout-secs=30" in argv
         assert argv.count("--cuda-memory-pool-byte-size=1:1048576") == 1
-        assert argv[-1] == "--x=1"  # compose's flags come last: they win
+        restricted = [a for a in argv if "restricted" in a]
+        assert restricted and all(a.endswith("bgblur-admin-key=" + "k" * 32) for a in restricted)
+        assert argv[-1] == "--x=1"  # compose's flags come last
+
+    def test_flags_the_server_sets_are_refused_from_compose(self) -> None:
+        for flag in ("--http-port=9000", "--exit-timeout-secs=30", "--http-restricted-api=x:y=z"):
+            with pytest.raises(ValueError, match="set by the launcher"):
+                container_server_options(
+                    Path("/m"), gpus=[0], admin_key="k" * 32, triton_args=[flag]
+                )
 
     def test_dry_run_renders_and_prints_the_argv_without_secrets(
-        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        flags = ["--exit-timeout-secs=30", "--http-restricted-api=shared-memory:bgblur-admin-key="]
-        code = deploy.main(self.args(tmp_path, "--dry-run", "--shm-check", "off", "--", *flags))
-        assert code == 0
-        argv = json.loads(capsys.readouterr().out)["argv"]
-        assert argv[1] == f"--model-repository={(tmp_path / 'models').resolve()}"
-        assert "--exit-timeout-secs=30" in argv
-        assert "--http-restricted-api=shared-memory:bgblur-admin-key=***" in argv
+        monkeypatch.setenv("BGBLUR_ADMIN_KEY", "a-secret-admin-key-value")
+        args = ["--dry-run", "--shm-check", "off", "--exit-timeout", "20", "--", "--log-verbose=1"]
+        assert deploy.main(self.args(tmp_path, *args)) == 0
+        out = capsys.readouterr().out
+        assert "a-secret-admin-key-value" not in out
+        shown = json.loads(out)
+        argv = shown["argv"]
+        assert f"--model-repository={(tmp_path / 'models').resolve()}" in argv
+        assert "--exit-timeout-secs=20" in argv and argv[-1] == "--log-verbose=1"
+        assert any(a.endswith("bgblur-admin-key=***") for a in argv)
+        assert shown["http_guard"] == "0.0.0.0:8000"
         check_repository(tmp_path / "models")
 
     def test_too_little_shared_memory_stops_it(
@@ -596,31 +610,6 @@ class TestServe:
         args[args.index("--gpus") + 1] = "0"
         assert deploy.main(args) == 1
         assert "no GPU visible" in capsys.readouterr().err
-
-    def test_execs_tritonserver(self, tmp_path: Path) -> None:
-        """A real exec: a stand-in tritonserver records its argv and the process it runs in."""
-        record = tmp_path / "record.json"
-        fake = tmp_path / "tritonserver"
-        fake.write_text(
-            f"#!{sys.executable}\nimport json, os, sys\n"
-            f"json.dump({{'argv': sys.argv, 'pid': os.getpid()}}, open({str(record)!r}, 'w'))\n"
-        )
-        fake.chmod(0o755)
-        args = self.args(tmp_path, "--shm-check", "off", "--tritonserver", str(fake))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bgblur.server.deploy", *args, "--", "--exit-timeout-secs=30"],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err
-        seen = json.loads(record.read_text())
-        assert seen["pid"] == proc.pid  # the same process: exec, not a child
-        assert seen["argv"][1:3] == [
-            f"--model-repository={(tmp_path / 'models').resolve()}",
-            "--model-control-mode=none",
-        ]
-        assert seen["argv"][-1] == "--exit-timeout-secs=30"
 
 
 def test_the_parser_takes_every_subcommand() -> None:

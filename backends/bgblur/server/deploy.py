@@ -16,7 +16,9 @@ them as two services):
   change: ``segmentation`` becomes a ``tensorrt_plan`` model
   (``tensorrt_build.tensorrt_plan_config``) holding the cached plan as ``1/model.plan``.
 - ``serve``: ``render``, checks that ``/dev/shm`` is large enough (``shm_requirement``), then
-  replaces itself with ``tritonserver`` (exec: the server gets the container's signals).
+  serves it as the embedded server is served (``bgblur.server.launcher.TritonServer``): the HTTP
+  guard on :8000 in front of Triton's loopback HTTP port, the supervisor restarting Triton after
+  a crash or a hang, the restricted APIs behind ``$BGBLUR_ADMIN_KEY``; SIGTERM drains and stops.
 - ``shm-size``: prints the shared memory the Python backend needs, and how it was computed.
 
 Tensor shapes across the ensemble: preprocess declares ``NETWORK_INPUT`` ``[3, -1, -1]``, the
@@ -50,12 +52,13 @@ import secrets
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from bgblur.errors import ModelUnavailableError
 from bgblur.parameters import CUDA_POOL_MB, MAX_FRAME_LONG_SIDE, MAX_FRAME_SHORT_SIDE
+from bgblur.server.launcher import ServerOptions, TritonServer, serve_until_signal
 
 __all__ = [
     "ADMIN_KEY_HEADER",
@@ -65,11 +68,11 @@ __all__ = [
     "build_engines",
     "build_parser",
     "check_repository",
+    "container_server_options",
     "find_trtexec",
     "parse_size",
     "render_container_repository",
     "shm_requirement",
-    "triton_command",
     "visible_gpus",
 ]
 
@@ -86,7 +89,6 @@ ENSEMBLE = "background_blur"
 DEFAULT_CUDA_POOL_MB = CUDA_POOL_MB
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 _LOCK_NAME = ".bgblur-build.lock"
-_RESTRICTED_FLAGS = ("--http-restricted-api=", "--grpc-restricted-protocol=")
 
 
 # --------------------------------------------------------------------------------------------
@@ -650,51 +652,58 @@ def shm_available(path: str = "/dev/shm") -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def fill_restricted_keys(args: Sequence[str]) -> tuple[list[str], bool]:
-    """``args`` with an empty restricted-API key value (``...:<key>=``, i.e. no admin key set)
-    replaced by a random one: the restricted APIs stay closed rather than open to an empty
-    header. Returns ``(args, whether a key was generated)``."""
-    generated = secrets.token_urlsafe(32)
-    out, used = [], False
-    for arg in args:
-        if arg.startswith(_RESTRICTED_FLAGS):
-            flag, _, value = arg.partition("=")
-            apis, sep, header = value.rpartition(":")
-            if not sep or "=" not in header:
-                raise ValueError(f"{arg}: expected {flag}=<api>,...:<header>=<value>")
-            name, _, key = header.partition("=")
-            if not key:
-                arg, used = f"{flag}={apis}:{name}={generated}", True
-        out.append(arg)
-    return out, used
+ADMIN_KEY_ENV = "BGBLUR_ADMIN_KEY"
+"""The restricted APIs' key in the container (compose passes it; empty: a random one, closed)."""
+# Triton flags of the container's server beyond those TritonServer sets: every metric family.
+CONTAINER_TRITON_FLAGS = (
+    "--allow-metrics=true",
+    "--allow-gpu-metrics=true",
+    "--allow-cpu-metrics=true",
+)
 
 
-def triton_command(
-    repository: str | os.PathLike,
+def container_admin_key(environ: Mapping[str, str] = os.environ) -> tuple[str, bool]:
+    """``($BGBLUR_ADMIN_KEY, False)``, or a random key and True when it is empty (the
+    restricted APIs stay closed rather than open to an empty header)."""
+    key = environ.get(ADMIN_KEY_ENV, "").strip()
+    return (key, False) if key else (secrets.token_urlsafe(32), True)
+
+
+def container_server_options(
+    repository: Path,
     *,
     gpus: Sequence[int],
-    cuda_pool_bytes: int = DEFAULT_CUDA_POOL_MB << 20,
-    extra_args: Sequence[str] = (),
+    admin_key: str,
+    cuda_pool_mb: int = DEFAULT_CUDA_POOL_MB,
+    address: str = "0.0.0.0",
+    exit_timeout_s: int = 30,
+    startup_timeout_s: float = 600.0,
     tritonserver: str = "tritonserver",
-) -> list[str]:
-    """The ``tritonserver`` argv: the rendered repository, fixed ports (8000/8001/8002; the host
-    side is compose's business), no model control, strict readiness, metrics (GPU included),
-    a CUDA memory pool per GPU (intermediate tensors stay on the GPU while it has room), then
-    ``extra_args`` (compose's flags: exit timeout, restricted APIs, metrics config, ...)."""
-    args = [
-        tritonserver,
-        f"--model-repository={repository}",
-        "--model-control-mode=none",
-        "--strict-readiness=true",
-        f"--http-port={HTTP_PORT}",
-        f"--grpc-port={GRPC_PORT}",
-        f"--metrics-port={METRICS_PORT}",
-        "--allow-metrics=true",
-        "--allow-gpu-metrics=true",
-        "--allow-cpu-metrics=true",
-    ]
-    args += [f"--cuda-memory-pool-byte-size={gpu}:{cuda_pool_bytes}" for gpu in gpus]
-    return args + list(extra_args)
+    triton_args: Sequence[str] = (),
+) -> ServerOptions:
+    """How the container serves ``repository``: the same ``TritonServer`` as the embedded
+    server (the HTTP guard on :8000 with Triton's HTTP on loopback behind it, the supervisor
+    restarting after a crash or a hang, the restricted APIs behind ``admin_key``), on the
+    fixed ports 8000/8001/8002 (the host side is compose's business), the log on stdout (the
+    container's log), a start-up that retries until ``startup_timeout_s``, and
+    ``triton_args`` (compose's flags: metrics settings, log verbosity) last."""
+    return ServerOptions(
+        http_port=HTTP_PORT,
+        grpc_port=GRPC_PORT,
+        metrics_port=METRICS_PORT,
+        address=address,
+        device="gpu",
+        gpus=list(gpus),
+        repository=repository,
+        tritonserver=tritonserver,
+        verbose=True,
+        cuda_pool_mb=cuda_pool_mb,
+        exit_timeout_s=exit_timeout_s,
+        admin_key=admin_key,
+        start_attempts=None,
+        startup_timeout_s=startup_timeout_s,
+        extra_args=(*CONTAINER_TRITON_FLAGS, *triton_args),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -797,28 +806,36 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     triton_args = list(args.triton_args)
     if triton_args[:1] == ["--"]:
         triton_args = triton_args[1:]
-    extra, generated = fill_restricted_keys(triton_args)
+    admin_key, generated = container_admin_key()
     if generated:
         LOG.warning(
-            "BGBLUR_ADMIN_KEY is empty: the restricted APIs got a random key nobody knows "
-            "(closed); set BGBLUR_ADMIN_KEY to use them"
+            "%s is empty: the restricted APIs got a random key nobody knows (closed); set it "
+            "to use them",
+            ADMIN_KEY_ENV,
         )
-    argv = triton_command(
+    options = container_server_options(
         repository,
         gpus=gpus,
-        cuda_pool_bytes=args.cuda_memory_pool_mb << 20,
-        extra_args=extra,
+        admin_key=admin_key,
+        cuda_pool_mb=args.cuda_memory_pool_mb,
+        address=args.address,
+        exit_timeout_s=args.exit_timeout,
+        startup_timeout_s=args.startup_timeout,
         tritonserver=args.tritonserver,
+        triton_args=triton_args,
     )
-    shown = [re.sub(rf"(:{ADMIN_KEY_HEADER}=).+", r"\1***", a) for a in argv]  # no secrets
+    server = TritonServer(options)
     if args.dry_run:
-        print(json.dumps({"argv": shown, "shm": dataclasses.asdict(need)}, indent=2))
+        argv = [a.replace(admin_key, "***") for a in server.command(repository)]  # no secrets
+        shown = {
+            "argv": argv,
+            "http_guard": f"{options.address}:{server.http_port}",
+            "triton_http": f"127.0.0.1:{server.triton_http_port}",
+            "shm": dataclasses.asdict(need),
+        }
+        print(json.dumps(shown, indent=2))
         return 0
-    LOG.info("exec %s", " ".join(shown))
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execvp(argv[0], argv)  # replaces this process: tritonserver gets the signals
-    return 0  # not reached
+    return serve_until_signal(server, "bgblur.server.deploy serve")
 
 
 def _cmd_shm_size(args: argparse.Namespace) -> int:
@@ -873,7 +890,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="parse it (needs tritonclient)")
     p.set_defaults(handler=_cmd_render)
 
-    p = sub.add_parser("serve", help="render, then exec tritonserver with TRITON_ARGS")
+    p = sub.add_parser(
+        "serve", help="render, then serve it (guard, supervisor) with TRITON_ARGS until SIGTERM"
+    )
     _add_render_args(p, names)
     p.add_argument("--cuda-memory-pool-mb", type=int, default=DEFAULT_CUDA_POOL_MB)
     p.add_argument(
@@ -884,7 +903,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--shm-path", default="/dev/shm")
     p.add_argument("--tritonserver", default="tritonserver")
-    p.add_argument("--dry-run", action="store_true", help="print the argv instead of exec")
+    p.add_argument("--address", default="0.0.0.0", help="where the endpoints listen")
+    p.add_argument(
+        "--exit-timeout",
+        type=int,
+        default=30,
+        help="seconds in-flight requests get at a stop (below compose's stop_grace_period)",
+    )
+    p.add_argument("--startup-timeout", type=float, default=600.0, help="seconds to become ready")
+    p.add_argument("--dry-run", action="store_true", help="print what would run, then exit")
     p.add_argument("triton_args", nargs=argparse.REMAINDER, help="-- then tritonserver flags")
     p.set_defaults(handler=_cmd_serve)
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -40,6 +41,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -99,6 +102,22 @@ def tritonserver_home() -> Path:
             "no Triton server found: install nvidia-pytriton (make setup) or set TRITONSERVER_HOME"
         ) from None
     return Path(pytriton.__file__).parent / "tritonserver"
+
+
+def bundled_server_environment(home: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: this process's environment) for the server in ``home``: this
+    interpreter first on PATH (the Python stub takes its packages from the python3 there),
+    its libpython and nvidia-pytriton's libraries first on LD_LIBRARY_PATH."""
+    env = dict(os.environ if base is None else base)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    libs = [
+        sysconfig.get_config_var("LIBDIR") or "",
+        str(home.parent.parent / "nvidia_pytriton.libs"),
+        env.get("LD_LIBRARY_PATH", ""),
+    ]
+    env["LD_LIBRARY_PATH"] = ":".join(p for p in libs if p)
+    return env
 
 
 def prepare_backends(home: Path) -> Path:
@@ -218,18 +237,20 @@ def _parameter_pattern(key: str) -> re.Pattern[str]:
     return re.compile(rf'(key: "{re.escape(key)}", value: \{{ string_value: )"[^"]*"')
 
 
-class TritonServer:
-    """The embedded Triton server, as a context manager.
+@dataclass(frozen=True)
+class ServerOptions:
+    """How ``TritonServer`` serves: the embedded default, or a prepared repository (the container).
 
-    Args:
+    Attributes:
         http_port, grpc_port, metrics_port: ports (free ones when None). ``http_port`` is the
-            HTTP guard's; Triton's own HTTP port is a free loopback port behind it.
+            HTTP guard's; Triton's own HTTP port is a loopback port behind it.
         device: ``"auto"`` (GPU when the GPU stages can run), ``"gpu"`` or ``"cpu"``.
         segmentation_model: network to serve instead of the repository's default.
         startup_timeout_s: how long to wait for readiness.
         log_path: where the server log goes (when None: a temporary file, removed when the
             server stops with exit code 0 and kept, with a warning naming it, otherwise).
-        verbose: also echo the server log to stderr.
+        verbose: the server log goes to this process's stdout/stderr instead of a file.
+        model_repository: the source the embedded repository is rendered from.
         instance_counts: instances per GPU of a Python model, e.g. ``{"postprocess": 1}``
             (default: ``GPU_INSTANCE_COUNTS`` on GPUs, else 1 each; the counts given replace
             those of the models they name).
@@ -253,68 +274,131 @@ class TritonServer:
             None).
         start_attempts: start attempts ``start()`` makes before it raises (each crash during
             start-up is followed by another, with backoff); None: until ``startup_timeout_s``.
+        repository: serve this model repository as it is instead of rendering one (the
+            container renders its own: ``bgblur.server.deploy``); ``device`` still says
+            whether the server gets CUDA memory pools.
+        tritonserver: the server executable; None: ``$TRITONSERVER_HOME``'s or the one
+            nvidia-pytriton bundles (with this interpreter's Python stub and libraries).
+        backend_directory: ``--backend-directory`` for ``tritonserver`` (None: its default).
+        gpus: the GPUs for CUDA memory pools (default: every visible one on ``device="gpu"``).
+        cuda_pool_mb: Triton's CUDA memory pool per GPU (MiB).
+        exit_timeout_s: how long Triton waits for in-flight requests at a stop (also the
+            drain's deadline).
+        admin_key: the key of the restricted APIs; None: this user's key file
+            (``bgblur_client.admin_key``).
+        extra_args: more ``tritonserver`` flags, last (metrics settings, log verbosity); the
+            flags this class sets (ports, addresses, repository, restricted APIs) are refused.
     """
 
-    def __init__(
-        self,
-        *,
-        http_port: int | None = None,
-        grpc_port: int | None = None,
-        metrics_port: int | None = None,
-        device: str = "auto",
-        segmentation_model: str | None = None,
-        startup_timeout_s: float = 180.0,
-        log_path: Path | None = None,
-        verbose: bool = False,
-        model_repository: Path = MODEL_REPOSITORY,
-        instance_counts: dict[str, int] | None = None,
-        queue_delay_us: int | None = None,
-        model_parameters: dict[str, str] | None = None,
-        address: str = "127.0.0.1",
-        shared_memory: str = "auto",
-        supervise: bool = True,
-        direct_model: bool = False,
-        guard: bool = True,
-        supervision: dict[str, float] | None = None,
-        guard_options: dict[str, Any] | None = None,
-        start_attempts: int | None = 3,
-        triton_http_port: int | None = None,
-    ) -> None:
-        if shared_memory not in ("auto", "on", "off"):
-            raise ValueError(f"shared_memory must be auto, on or off, got {shared_memory!r}")
-        if device not in ("auto", "cpu", "gpu"):
-            raise ValueError(f"device must be auto, cpu or gpu, got {device!r}")
+    http_port: int | None = None
+    grpc_port: int | None = None
+    metrics_port: int | None = None
+    device: str = "auto"
+    segmentation_model: str | None = None
+    startup_timeout_s: float = 180.0
+    log_path: Path | None = None
+    verbose: bool = False
+    model_repository: Path = MODEL_REPOSITORY
+    instance_counts: Mapping[str, int] | None = None
+    queue_delay_us: int | None = None
+    model_parameters: Mapping[str, str] = field(default_factory=dict)
+    address: str = "127.0.0.1"
+    shared_memory: str = "auto"
+    supervise: bool = True
+    direct_model: bool = False
+    guard: bool = True
+    supervision: Mapping[str, float] = field(default_factory=dict)
+    guard_options: Mapping[str, Any] = field(default_factory=dict)
+    start_attempts: int | None = 3
+    triton_http_port: int | None = None
+    repository: Path | None = None
+    tritonserver: str | None = None
+    backend_directory: Path | None = None
+    gpus: Sequence[int] | None = None
+    cuda_pool_mb: int = CUDA_POOL_MB
+    exit_timeout_s: int = EXIT_TIMEOUT_S
+    admin_key: str | None = None
+    extra_args: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        if self.shared_memory not in ("auto", "on", "off"):
+            raise ValueError(f"shared_memory must be auto, on or off, got {self.shared_memory!r}")
+        if self.device not in ("auto", "cpu", "gpu"):
+            raise ValueError(f"device must be auto, cpu or gpu, got {self.device!r}")
+        owned = [a for a in self.extra_args if a.split("=", 1)[0] in OWNED_FLAGS]
+        if owned:
+            raise ValueError(
+                f"{', '.join(owned)}: set by the launcher (ServerOptions fields), not extra_args"
+            )
+
+
+# tritonserver flags ``TritonServer`` sets itself (``ServerOptions.extra_args`` may not).
+OWNED_FLAGS = frozenset(
+    {
+        "--model-repository",
+        "--backend-directory",
+        "--http-port",
+        "--grpc-port",
+        "--metrics-port",
+        "--http-address",
+        "--grpc-address",
+        "--metrics-address",
+        "--model-control-mode",
+        "--load-model",
+        "--http-restricted-api",
+        "--grpc-restricted-protocol",
+        "--exit-timeout-secs",
+        "--cuda-memory-pool-byte-size",
+    }
+)
+
+
+class TritonServer:
+    """The Triton server behind the HTTP guard, owned by the supervisor; a context manager.
+
+    ``TritonServer(ServerOptions(device="cpu"))`` or, the same, ``TritonServer(device="cpu")``:
+    keywords are ``ServerOptions`` fields.
+    """
+
+    def __init__(self, options: ServerOptions | None = None, /, **fields: Any) -> None:
+        if options is None:
+            options = ServerOptions(**fields)
+        elif fields:
+            options = dataclasses.replace(options, **fields)
+        self.options = options
         gpu_count = cuda_device_count()
-        if device == "gpu" and gpu_count == 0:
+        if options.device == "gpu" and gpu_count == 0 and options.gpus is None:
             raise ServerStartError("--device gpu: no CUDA GPU usable by CuPy on this machine")
+        device = options.device
         self.device = ("gpu" if gpu_count else "cpu") if device == "auto" else device
-        self.gpus = list(range(gpu_count)) if self.device == "gpu" else []
-        self.http_port = http_port or free_port()
-        self.triton_http_port = (triton_http_port or free_port()) if guard else self.http_port
-        self.grpc_port = grpc_port or free_port()
-        self.metrics_port = metrics_port or free_port()
-        self.segmentation_model = segmentation_model
-        self.startup_timeout_s = startup_timeout_s
-        self.model_repository = model_repository
-        self.instance_counts = instance_counts_for(
-            self.device, instance_counts, direct_model=direct_model
+        if self.device == "gpu":
+            self.gpus = list(options.gpus) if options.gpus is not None else list(range(gpu_count))
+        else:
+            self.gpus = []
+        self.http_port = options.http_port or free_port()
+        guard = options.guard
+        self.triton_http_port = (
+            (options.triton_http_port or free_port()) if guard else self.http_port
         )
-        self.queue_delay_us = queue_delay_us
-        self.direct_model = direct_model
-        self.model_parameters = dict(model_parameters or {})
-        self.verbose = verbose
+        self.grpc_port = options.grpc_port or free_port()
+        self.metrics_port = options.metrics_port or free_port()
+        self.startup_timeout_s = options.startup_timeout_s
+        self.instance_counts = instance_counts_for(
+            self.device, dict(options.instance_counts or {}), direct_model=options.direct_model
+        )
+        self.verbose = options.verbose
         self._workdir = Path(tempfile.mkdtemp(prefix="bgblur-triton-"))
-        self.log_path = log_path or self._workdir / "tritonserver.log"
+        self.log_path = options.log_path or self._workdir / "tritonserver.log"
         # The temporary folder (rendered repository, log) goes at a clean stop; a log the
         # caller placed, or one of a server that did not exit cleanly, stays.
-        self._keep_log = log_path is not None
+        self._keep_log = options.log_path is not None
         self._process: subprocess.Popen[bytes] | None = None
         self._log_file = None
-        self.address = address
-        self.shared_memory_open = shared_memory != "off"
+        self.address = options.address
+        self.shared_memory_open = options.shared_memory != "off"
         # The restricted APIs answer holders of this user's admin key (bgblur_client.admin_key);
         # shared memory, when off, a per-launch key nobody is given.
-        self.admin_key = load_or_create_admin_key()
+        self.admin_key = options.admin_key or load_or_create_admin_key()
         self._shared_memory_key = (
             self.admin_key if self.shared_memory_open else secrets.token_urlsafe(32)
         )
@@ -322,14 +406,12 @@ class TritonServer:
         # at any moment (start-up included) every one of them is found and removed.
         self.stub_shm_prefix = f"{SHM_REGION_PREFIX}{secrets.token_hex(6)}_"
         self.supervisor = (
-            Supervisor(self, startup_timeout_s=startup_timeout_s, **(supervision or {}))
-            if supervise
+            Supervisor(self, startup_timeout_s=self.startup_timeout_s, **options.supervision)
+            if options.supervise
             else None
         )
-        self.start_attempts = start_attempts
+        self.start_attempts = options.start_attempts
         self.guard: HttpGuard | None = None
-        self._guard_enabled = guard
-        self._guard_options = dict(guard_options or {})
         self._repository: Path | None = None
         self._probe_model = PROBE_MODEL
         self._lock = threading.RLock()
@@ -347,17 +429,27 @@ class TritonServer:
     def metrics_url(self) -> str:
         return f"localhost:{self.metrics_port}"
 
-    def command(self, repository: Path, backends: Path, home: Path) -> list[str]:
-        http_address = "127.0.0.1" if self._guard_enabled else self.address
+    def command(self, repository: Path) -> list[str]:
+        """The ``tritonserver`` argv that serves ``repository``."""
+        options = self.options
+        http_address = "127.0.0.1" if options.guard else self.address
         restricted = ",".join(RESTRICTED_APIS)
-        args = [
-            str(home / "bin" / "tritonserver"),
+        if options.tritonserver is None:  # the bundled server, with this Python's stub
+            home = tritonserver_home()
+            args = [
+                str(home / "bin" / "tritonserver"),
+                f"--backend-directory={prepare_backends(home)}",
+            ]
+        else:
+            args = [options.tritonserver]
+            if options.backend_directory is not None:
+                args.append(f"--backend-directory={options.backend_directory}")
+        args += [
             f"--model-repository={repository}",
-            f"--backend-directory={backends}",
             f"--http-port={self.triton_http_port}",
             f"--grpc-port={self.grpc_port}",
             f"--metrics-port={self.metrics_port}",
-            f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
+            f"--exit-timeout-secs={options.exit_timeout_s}",
             "--strict-readiness=true",
             "--log-info=true",
             # Locked-down defaults (docs/reliability.md): loopback only; model control is
@@ -377,8 +469,9 @@ class TritonServer:
         ]
         # Intermediate tensors live in Triton's CUDA pool; when full it silently falls back to
         # pinned host memory: bgblur.parameters.CUDA_POOL_MB says how it was sized.
-        args += [f"--cuda-memory-pool-byte-size={gpu}:{CUDA_POOL_MB << 20}" for gpu in self.gpus]
-        return args
+        pool_bytes = options.cuda_pool_mb << 20
+        args += [f"--cuda-memory-pool-byte-size={gpu}:{pool_bytes}" for gpu in self.gpus]
+        return args + list(options.extra_args)
 
     @property
     def admin_headers(self) -> dict[str, str]:
@@ -390,18 +483,12 @@ class TritonServer:
         process = self._process
         return None if process is None else process.pid
 
-    def environment(self, home: Path) -> dict[str, str]:
-        env = dict(os.environ)
-        # The stub takes its packages from the python3 first on PATH: this interpreter's.
-        env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-        libs = [
-            sysconfig.get_config_var("LIBDIR") or "",
-            str(home.parent.parent / "nvidia_pytriton.libs"),
-        ]
-        libs.append(env.get("LD_LIBRARY_PATH", ""))
-        env["LD_LIBRARY_PATH"] = ":".join(p for p in libs if p)
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        return env
+    def environment(self) -> dict[str, str]:
+        """The server's environment: for the bundled server, this interpreter first on PATH
+        (the stub takes its packages from the python3 there) and its libraries first."""
+        if self.options.tritonserver is not None:
+            return {**os.environ, "PYTHONUNBUFFERED": os.environ.get("PYTHONUNBUFFERED", "1")}
+        return bundled_server_environment(tritonserver_home())
 
     def start(self) -> TritonServer:
         """Start the server and wait until it is ready (raises ``ServerStartError``).
@@ -409,26 +496,28 @@ class TritonServer:
         Supervised, a crash during start-up is followed by another attempt with backoff, up to
         ``start_attempts`` attempts within ``startup_timeout_s``.
         """
-        home = tritonserver_home()
-        prepare_backends(home)
-        repository = render_model_repository(
-            self._workdir / "model_repository",
-            device=self.device,
-            gpus=self.gpus,
-            segmentation_model=self.segmentation_model,
-            source=self.model_repository,
-            instance_counts=self.instance_counts,
-            queue_delay_us=self.queue_delay_us,
-            model_parameters=self.model_parameters,
-            direct_model=self.direct_model,
-        )
-        self._repository = repository
+        options = self.options
+        if options.repository is not None:
+            self._repository = options.repository
+        else:
+            self._repository = render_model_repository(
+                self._workdir / "model_repository",
+                device=self.device,
+                gpus=self.gpus,
+                segmentation_model=options.segmentation_model,
+                source=options.model_repository,
+                instance_counts=self.instance_counts,
+                queue_delay_us=options.queue_delay_us,
+                model_parameters=dict(options.model_parameters),
+                direct_model=options.direct_model,
+            )
+        self.command(self._repository)  # fails here, not in the supervisor, without a server
         models = self.entry_models()
         self._probe_model = PROBE_MODEL if PROBE_MODEL in models or not models else models[0]
         self._stopping = False
         self._log_file = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
         try:
-            if self._guard_enabled:
+            if options.guard:
                 self.guard = HttpGuard(
                     GuardSettings(
                         host=self.address,
@@ -439,7 +528,7 @@ class TritonServer:
                         # Cheap (no I/O on the guard's event loop): the request itself is
                         # forwarded to Triton's readiness after this says yes.
                         ready=lambda: self.supervisor is None or self.supervisor.ready,
-                        **self._guard_options,
+                        **options.guard_options,
                     )
                 ).start()
             if self.supervisor is None:
@@ -482,11 +571,10 @@ class TritonServer:
                 note = f"\n=== bgblur supervisor: {reason}; restarting ===\n"
                 self._log_file.write(note.encode())
                 self._log_file.flush()
-            home = tritonserver_home()
             assert self._repository is not None
             self._process = subprocess.Popen(
-                self.command(self._repository, prepare_backends(home), home),
-                env=self.environment(home),
+                self.command(self._repository),
+                env=self.environment(),
                 stdout=None if self.verbose else self._log_file,
                 stderr=subprocess.STDOUT if not self.verbose else None,
                 start_new_session=True,  # a terminal's Ctrl-C reaches the launcher, which stops it
@@ -514,10 +602,11 @@ class TritonServer:
             steps.update(re.findall(r'model_name:\s*"([^"]+)"', text))
         return [m for m in models if m not in steps]
 
-    def drain(self, timeout_s: float = EXIT_TIMEOUT_S) -> bool:
+    def drain(self, timeout_s: float | None = None) -> bool:
         """Unload the entry models: new requests are refused at once, requests in flight through
         an ensemble finish (a plain SIGTERM in 2.51 refuses their next step). True when every
-        entry model is gone within ``timeout_s``."""
+        entry model is gone within ``timeout_s`` (default: the exit timeout)."""
+        timeout_s = self.options.exit_timeout_s if timeout_s is None else timeout_s
         base = f"http://127.0.0.1:{self.triton_http_port}/v2/repository"
         deadline = time.monotonic() + timeout_s
         try:
@@ -621,7 +710,7 @@ class TritonServer:
                 self._stop_guard()  # Triton's exit waits for open HTTP connections: the guard's
                 process.send_signal(signal.SIGTERM)
                 try:
-                    process.wait(timeout=EXIT_TIMEOUT_S + 10)
+                    process.wait(timeout=self.options.exit_timeout_s + 10)
                 except subprocess.TimeoutExpired:
                     os.killpg(process.pid, signal.SIGKILL)  # its own session: only what we started
                     process.wait()
@@ -748,6 +837,14 @@ def main(argv: list[str] | None = None) -> int:
         # A service retries a crashing start-up until --startup-timeout, then exits 1.
         start_attempts=None,
     )
+    return serve_until_signal(server, "bgblur-server")
+
+
+def serve_until_signal(server: TritonServer, name: str) -> int:
+    """Start ``server``, serve until SIGINT/SIGTERM, stop it gracefully (drain, then stop).
+
+    Returns 0 after a requested stop; 1 when it could not start, or stopped by itself (an
+    unsupervised server that exited)."""
     stop_requested = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -759,10 +856,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server.start()
     except ServerStartError as exc:
-        print(f"bgblur-server: {exc}", file=sys.stderr)
+        print(f"{name}: {exc}", file=sys.stderr)
         return 1
     print(
-        f"bgblur-server: ready on {server.device} — gRPC {server.grpc_url}, "
+        f"{name}: ready on {server.device} — gRPC {server.grpc_url}, "
         f"HTTP {server.http_url}, metrics {server.metrics_url}. Ctrl-C stops.",
         file=sys.stderr,
         flush=True,
@@ -770,7 +867,7 @@ def main(argv: list[str] | None = None) -> int:
     while not stop_requested and server.running():
         time.sleep(0.2)
     code = server.stop()
-    print(f"bgblur-server: stopped (tritonserver exit code {code})", file=sys.stderr)
+    print(f"{name}: stopped (tritonserver exit code {code})", file=sys.stderr)
     return 0 if stop_requested else 1
 
 
