@@ -68,6 +68,38 @@ def load_or_create_admin_key(path: Path | None = None) -> str:
     return key
 
 
+def server_uid_path() -> Path:
+    """Where a launcher started by this user records the account its server runs as."""
+    return admin_key_path().with_name("server.uid")
+
+
+def record_server_uid(uid: int) -> None:
+    """Record ``uid``, the account this user's servers run as (``server_uid`` reads it)."""
+    path = server_uid_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".server-uid-")
+    with os.fdopen(descriptor, "w") as file:
+        file.write(f"{uid}\n")
+    os.replace(temporary, path)
+
+
+def server_uid() -> int | None:
+    """The account this user's servers run as, when a launcher recorded one, else None."""
+    try:
+        return int(server_uid_path().read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def give_region_to_server(name: str) -> None:
+    """Give the ``/dev/shm`` region ``name`` (mode 0600), created by this process, to the
+    account the server runs as, so that Triton can map it: only when this process is root and
+    its servers run as another account (``server_uid``); otherwise nothing to do."""
+    uid = server_uid() if os.geteuid() == 0 else None
+    if uid not in (None, 0):
+        os.chown(Path("/dev/shm") / name.lstrip("/"), uid, -1)
+
+
 def admin_headers(protocol: str, key: str | None = None) -> dict[str, str]:
     """Headers that carry the key for ``protocol`` ("grpc" or "http"); empty without a key."""
     key = key if key is not None else read_admin_key()

@@ -51,13 +51,20 @@ from bgblur.device import cuda_device_count
 from bgblur.models.registry import model_names
 from bgblur.parameters import CUDA_POOL_MB
 from bgblur.server.guard import GuardSettings, HttpGuard
+from bgblur.server.privileges import (
+    ServerAccount,
+    account_cannot_serve,
+    give_to_account,
+    resolve_server_account,
+)
 from bgblur.server.supervisor import (
     SHM_REGION_PREFIX,
+    STUB_EXECUTABLE,
     Supervisor,
     remove_shm_regions,
     shm_regions,
 )
-from bgblur_client.admin_key import ADMIN_HEADER, load_or_create_admin_key
+from bgblur_client.admin_key import ADMIN_HEADER, load_or_create_admin_key, record_server_uid
 
 LOG = logging.getLogger("bgblur.server.launcher")
 
@@ -118,6 +125,12 @@ def bundled_server_environment(home: Path, base: Mapping[str, str] | None = None
     ]
     env["LD_LIBRARY_PATH"] = ":".join(p for p in libs if p)
     return env
+
+
+def weights_cache_dir() -> Path:
+    """Where the networks' weights are cached: ``$BGBLUR_CACHE`` or ``~/.cache/bgblur``."""
+    configured = os.environ.get("BGBLUR_CACHE")
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "bgblur"
 
 
 def prepare_backends(home: Path) -> Path:
@@ -286,6 +299,9 @@ class ServerOptions:
             drain's deadline).
         admin_key: the key of the restricted APIs; None: this user's key file
             (``bgblur_client.admin_key``).
+        user: the account tritonserver and its stubs run as (``bgblur.server.privileges``):
+            ``"auto"`` (started by root: ``bgblur`` or ``nobody`` when it can run the server,
+            else root with a warning), a name, or None (this process's user).
         extra_args: more ``tritonserver`` flags, last (metrics settings, log verbosity); the
             flags this class sets (ports, addresses, repository, restricted APIs) are refused.
     """
@@ -318,6 +334,7 @@ class ServerOptions:
     cuda_pool_mb: int = CUDA_POOL_MB
     exit_timeout_s: int = EXIT_TIMEOUT_S
     admin_key: str | None = None
+    user: str | None = "auto"
     extra_args: Sequence[str] = ()
 
     def __post_init__(self) -> None:
@@ -411,6 +428,7 @@ class TritonServer:
             else None
         )
         self.start_attempts = options.start_attempts
+        self.account: ServerAccount | None = None  # set at start (_server_account)
         self.guard: HttpGuard | None = None
         self._repository: Path | None = None
         self._probe_model = PROBE_MODEL
@@ -485,10 +503,51 @@ class TritonServer:
 
     def environment(self) -> dict[str, str]:
         """The server's environment: for the bundled server, this interpreter first on PATH
-        (the stub takes its packages from the python3 there) and its libraries first."""
+        (the stub takes its packages from the python3 there) and its libraries first; run as
+        another account, a home of its own (the launch's folder) and the weights cache named."""
         if self.options.tritonserver is not None:
-            return {**os.environ, "PYTHONUNBUFFERED": os.environ.get("PYTHONUNBUFFERED", "1")}
-        return bundled_server_environment(tritonserver_home())
+            env = {**os.environ, "PYTHONUNBUFFERED": os.environ.get("PYTHONUNBUFFERED", "1")}
+        else:
+            env = bundled_server_environment(tritonserver_home())
+        if self.account is not None:
+            env["BGBLUR_CACHE"] = str(weights_cache_dir())
+            env["HOME"] = str(self._workdir)
+            env.pop("XDG_CACHE_HOME", None)
+        return env
+
+    def _server_account(self) -> ServerAccount | None:
+        """The account the server runs as (None: this process's), checked to be able to."""
+        self.account = None
+        try:
+            account = resolve_server_account(self.options.user)
+        except ValueError as exc:
+            raise ServerStartError(str(exc)) from None
+        if account is None:
+            return None
+        assert self._repository is not None
+        argv = self.command(self._repository)
+        binary = Path(shutil.which(argv[0]) or argv[0])
+        readable = [self._repository, binary.parent]
+        if weights_cache_dir().exists():
+            readable.append(weights_cache_dir())
+        executable = [binary]
+        if self.options.tritonserver is None:
+            executable.append(prepare_backends(tritonserver_home()) / "python" / STUB_EXECUTABLE)
+        give_to_account(self._workdir, account)  # its home; the repository is inside
+        environment = {**self.environment(), "HOME": str(self._workdir)}
+        reason = account_cannot_serve(
+            account, readable=readable, executable=executable, environment=environment
+        )
+        if reason is None:
+            record_server_uid(account.uid)
+            LOG.info("tritonserver runs as %s (uid %d)", account.name, account.uid)
+            return account
+        os.chown(self._workdir, os.geteuid(), os.getegid())
+        message = f"account {account.name!r} cannot run the server: {reason}"
+        if self.options.user != "auto":
+            raise ServerStartError(message)
+        LOG.warning("tritonserver runs as root: %s", message)
+        return None
 
     def start(self) -> TritonServer:
         """Start the server and wait until it is ready (raises ``ServerStartError``).
@@ -512,6 +571,7 @@ class TritonServer:
                 direct_model=options.direct_model,
             )
         self.command(self._repository)  # fails here, not in the supervisor, without a server
+        self.account = self._server_account()
         models = self.entry_models()
         self._probe_model = PROBE_MODEL if PROBE_MODEL in models or not models else models[0]
         self._stopping = False
@@ -572,12 +632,16 @@ class TritonServer:
                 self._log_file.write(note.encode())
                 self._log_file.flush()
             assert self._repository is not None
+            account = self.account
             self._process = subprocess.Popen(
                 self.command(self._repository),
                 env=self.environment(),
                 stdout=None if self.verbose else self._log_file,
                 stderr=subprocess.STDOUT if not self.verbose else None,
                 start_new_session=True,  # a terminal's Ctrl-C reaches the launcher, which stops it
+                user=None if account is None else account.uid,
+                group=None if account is None else account.gid,
+                extra_groups=None if account is None else [],
             )
 
     def _kill(self) -> None:
@@ -812,6 +876,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also serve background_blur_direct: the service in one model (one backend hop)",
     )
+    parser.add_argument(
+        "--user",
+        default="auto",
+        help="the account tritonserver runs as (auto: started by root, bgblur or nobody when "
+        "that account can run it; '' keeps this process's)",
+    )
     add_model_param_argument(parser)
     args = parser.parse_args(argv)
     try:
@@ -834,6 +904,7 @@ def main(argv: list[str] | None = None) -> int:
         direct_model=args.direct_model,
         guard=not args.no_guard,
         triton_http_port=args.triton_http_port,
+        user=args.user or None,
         # A service retries a crashing start-up until --startup-timeout, then exits 1.
         start_attempts=None,
     )
