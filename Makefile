@@ -23,7 +23,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $@
 
 demo: setup  ## start the embedded server, blur a sample video -> out/demo.mp4 + out/demo_preview.png
-	$(PY) -m bgblur_client.demo --out-dir out
+	$(PY) -m bgblur.demo --out-dir out
 
 serve: setup  ## run the embedded Triton server in the foreground (Ctrl-C stops it)
 	$(PY) -m bgblur.server.launcher

@@ -1,12 +1,15 @@
-"""The HTTP guard's cost: binary HTTP requests through the guard and straight to Triton's own HTTP
-port of the same server, interleaved in one run (same server, same models, same frames). The
-server runs as the service does (``bgblur-server`` in its own process), so the clients here do
-not share the guard's interpreter.
+"""The guards' cost: requests through the HTTP or gRPC guard and straight to Triton's own port
+of the same server, interleaved in one run (same server, same models, same frames). The server
+runs as the service does (``bgblur-server`` in its own process), so the clients here do not
+share the guards' interpreter.
 
-For each size and concurrency it prints latency p50/p99 and frames/s both ways and the ratio;
-``--out`` records the rows as JSON with the device, date and command.
+For each transport (protocol and shared memory: ``http:none`` binary HTTP, ``grpc:none`` raw
+gRPC, ``grpc:cuda`` CUDA shared memory), size and concurrency it prints latency p50/p99 and
+frames/s both ways and the ratio; ``--out`` records the rows as JSON with the device, date and
+command.
 
-    python bench/guard.py --sizes 1080p --concurrency 1,8 --seconds 10 --out bench/results/x.json
+    python bench/guard.py --transports http:none,grpc:none --sizes 1080p --concurrency 1,8 \
+        --seconds 10 --out bench/results/x.json
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from e2e import _gpu_name, frames_of, run_served  # bench/ is the script's folde
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--transports", default="http:none", help="PROTOCOL:SHM,...")
     parser.add_argument("--sizes", default="1080p")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--concurrency", default="1,8")
@@ -38,11 +42,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from bgblur.server.launcher import free_port
 
-    http, triton_http = free_port(), free_port()
+    http, triton_http, grpc, triton_grpc = (free_port() for _ in range(4))
     command = [
         sys.executable, "-m", "bgblur.server.launcher", "--quiet", "--device", args.device,
         "--http-port", str(http), "--triton-http-port", str(triton_http),
-        "--grpc-port", str(free_port()), "--metrics-port", str(free_port()),
+        "--grpc-port", str(grpc), "--triton-grpc-port", str(triton_grpc),
+        "--metrics-port", str(free_port()),
         *(["--segmentation-model", args.segmentation_model] if args.segmentation_model else []),
     ]  # fmt: skip
     service = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
@@ -57,42 +62,51 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"bgblur-server exited with {service.wait()}")
         # Keep reading what it says (a full pipe would block it).
         threading.Thread(target=lambda: [None for _ in service.stderr], daemon=True).start()
-        urls = {"guard": f"localhost:{http}", "direct": f"localhost:{triton_http}"}
-        for size in args.sizes.split(","):
+        ports = {"http": (http, triton_http), "grpc": (grpc, triton_grpc)}
+        cases = [
+            (transport.split(":")[0], transport.split(":")[1], size, concurrency)
+            for transport in args.transports.split(",")
+            for size in args.sizes.split(",")
+            for concurrency in (int(c) for c in args.concurrency.split(","))
+        ]
+        for protocol, shm, size, concurrency in cases:
+            guarded, direct = ports[protocol]
+            urls = {"guard": f"localhost:{guarded}", "direct": f"localhost:{direct}"}
             frames = frames_of(size, args.batch)
-            for concurrency in (int(c) for c in args.concurrency.split(",")):
-                runs: dict[str, list[dict]] = {"guard": [], "direct": []}
-                for _ in range(args.rounds):
-                    for path, url in urls.items():
-                        runs[path].append(
-                            run_served(url, "http", frames, concurrency, args.seconds)
-                        )
-                best = {p: max(r, key=lambda x: x["frames_per_s"]) for p, r in runs.items()}
-                row = {
-                    "size": size,
-                    "batch": args.batch,
-                    "concurrency": concurrency,
-                    **{
-                        f"{p}_{k}": round(best[p][k], 2)
-                        for p in best
-                        for k in ("frames_per_s", "latency_ms_p50", "latency_ms_p99")
-                    },
-                }
-                row["throughput_ratio"] = round(
-                    row["guard_frames_per_s"] / row["direct_frames_per_s"], 3
-                )
-                row["p50_added_ms"] = round(
-                    row["guard_latency_ms_p50"] - row["direct_latency_ms_p50"], 2
-                )
-                rows.append(row)
-                print(
-                    f"{size} b{args.batch} c{concurrency}: guard "
-                    f"{row['guard_frames_per_s']:.1f} fps p50 {row['guard_latency_ms_p50']:.2f} ms"
-                    f" | direct {row['direct_frames_per_s']:.1f} fps p50 "
-                    f"{row['direct_latency_ms_p50']:.2f} ms | ratio {row['throughput_ratio']:.3f},"
-                    f" +{row['p50_added_ms']:.2f} ms",
-                    flush=True,
-                )
+            runs: dict[str, list[dict]] = {"guard": [], "direct": []}
+            for _ in range(args.rounds):
+                for path, url in urls.items():
+                    runs[path].append(
+                        run_served(url, protocol, frames, concurrency, args.seconds, shm)
+                    )
+            best = {p: max(r, key=lambda x: x["frames_per_s"]) for p, r in runs.items()}
+            row = {
+                "protocol": protocol,
+                "shared_memory": shm,
+                "size": size,
+                "batch": args.batch,
+                "concurrency": concurrency,
+                **{
+                    f"{p}_{k}": round(best[p][k], 2)
+                    for p in best
+                    for k in ("frames_per_s", "latency_ms_p50", "latency_ms_p99")
+                },
+            }
+            row["throughput_ratio"] = round(
+                row["guard_frames_per_s"] / row["direct_frames_per_s"], 3
+            )
+            row["p50_added_ms"] = round(
+                row["guard_latency_ms_p50"] - row["direct_latency_ms_p50"], 2
+            )
+            rows.append(row)
+            print(
+                f"{protocol}:{shm} {size} b{args.batch} c{concurrency}: guard "
+                f"{row['guard_frames_per_s']:.1f} fps p50 {row['guard_latency_ms_p50']:.2f} ms"
+                f" | direct {row['direct_frames_per_s']:.1f} fps p50 "
+                f"{row['direct_latency_ms_p50']:.2f} ms | ratio {row['throughput_ratio']:.3f},"
+                f" +{row['p50_added_ms']:.2f} ms",
+                flush=True,
+            )
     finally:
         service.send_signal(signal.SIGTERM)
         service.wait(60)

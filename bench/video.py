@@ -19,7 +19,7 @@ per stream at the same time and reports aggregate frames/s (frames of all stream
   MP4, 64 KiB chunks under one sequence ID, ``bgblur_client.server_video.
   blur_stream_server_side``): what a live stream's chunking costs beside ``server``;
 - ``server-inprocess``: the same with the model's ``blur: in_process`` (its own pipeline, no
-  BLS hops): a second embedded server started with ``$BGBLUR_VIDEO_BLUR=in_process`` (the
+  BLS hops): a second embedded server started with the model parameter ``blur=in_process`` (the
   setting is per model, not per request), so skipped with ``--url``;
 - ``--client-model background_blur_direct``: the client-* and decode-* paths call the one-hop
   model (the whole service in one Python model) instead of the ensemble: one server-side CUDA
@@ -50,6 +50,7 @@ import os
 import platform
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -105,7 +106,7 @@ def one_stream(path_name: str, url: str, clip: Path, out: Path, args: argparse.N
     if path_name == "server-chunked":  # the same file as a stream: 64 KiB chunks, fMP4
         from bgblur_client.server_video import blur_stream_server_side
 
-        data = fragmented_copy(clip).read_bytes()
+        data = fragmented_copy(clip, out.parent).read_bytes()
         pieces = (data[start : start + CHUNK_BYTES] for start in range(0, len(data), CHUNK_BYTES))
         return blur_stream_server_side(
             url, pieces, out, batch_size=args.batch, progress=False, timeout_s=600
@@ -209,15 +210,17 @@ CHUNK_BYTES = 1 << 16
 _FRAGMENTED_MP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
 
 
-def fragmented_copy(clip: Path) -> Path:
-    """``clip`` remuxed (no re-encode) into a fragmented MP4 beside it, made once: a stream
-    the server can decode front to back (``server-chunked``)."""
-    out = clip.with_name(f"{clip.stem}-fragmented.mp4")
+def fragmented_copy(clip: Path, work: Path) -> Path:
+    """``clip`` remuxed (no re-encode) into a fragmented MP4 in the folder ``work`` (not beside
+    a ``--clip`` of the user's), made once: a stream the server can decode front to back
+    (``server-chunked``)."""
+    out = work / f"{clip.stem}-fragmented.mp4"
     if out.exists():
         return out
     import av
 
-    partial = out.with_suffix(f".{os.getpid()}.part")
+    # one partial file per process and thread: streams of one row may start together
+    partial = out.with_suffix(f".{os.getpid()}-{threading.get_ident()}.part")
     with (
         av.open(str(clip)) as source,
         av.open(str(partial), "w", format="mp4", options=_FRAGMENTED_MP4) as target,
@@ -255,18 +258,12 @@ def start_server(
     is kept at ``log_path`` when given; ``direct_model`` also serves ``background_blur_direct``."""
     from bgblur.server.launcher import TritonServer
 
-    saved = os.environ.get("BGBLUR_VIDEO_BLUR")
-    if video_blur is not None:
-        os.environ["BGBLUR_VIDEO_BLUR"] = video_blur  # the server's environment is copied
-    try:
-        return TritonServer(
-            segmentation_model=model, log_path=log_path, direct_model=direct_model
-        ).start()
-    finally:
-        if saved is None:
-            os.environ.pop("BGBLUR_VIDEO_BLUR", None)
-        else:
-            os.environ["BGBLUR_VIDEO_BLUR"] = saved
+    return TritonServer(
+        segmentation_model=model,
+        log_path=log_path,
+        direct_model=direct_model,
+        model_parameters={"blur": video_blur} if video_blur is not None else {},
+    ).start()
 
 
 def merged_rows(earlier: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -325,8 +322,14 @@ def main() -> None:
     unknown = sorted(set(paths) - set(PATHS))
     if unknown:
         parser.error(f"unknown paths {unknown}; choose from {PATHS}")
+    # the generated clip and every output go to a temporary folder, removed however the run ends
+    with tempfile.TemporaryDirectory(prefix="bgblur-bench-video-") as work:
+        measure(args, paths, Path(work))
 
-    work = Path(tempfile.mkdtemp(prefix="bgblur-bench-video-"))
+
+def measure(args: argparse.Namespace, paths: list[str], work: Path) -> None:
+    """Every path of ``paths`` measured as ``args`` says, the rows written to the report after
+    each one; ``work`` holds the generated clip and the outputs."""
     clip = args.clip or make_clip(work / f"clip-{args.size}.mp4", args.size, args.frames)
     command = " ".join([Path(sys.executable).name, *sys.argv])
     report: dict[str, Any] = {

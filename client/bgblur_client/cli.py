@@ -1,21 +1,36 @@
 """Command line: ``bgblur image|video|sample-video ...`` (also ``python -m bgblur_client``).
 
-Exit status: 0 on success; 2 with a one-line ``bgblur: error: ...`` message for usage
-errors and for any :class:`~bgblur_client.errors.ClientError` (bad file, server down,
-unknown model, parameter refused by the server); 130 when interrupted with Ctrl-C.
+Exit status (:data:`EXIT_STATUS_HELP`, also in ``bgblur --help``): 0 on success; 2 for usage
+errors (argparse's, and :class:`~bgblur_client.errors.UsageError`: bad or conflicting options,
+an input that is missing or a directory, an output format that cannot hold the video, an
+option that needs a package not installed here); 1 when the work fails (any other
+:class:`~bgblur_client.errors.ClientError`: server down or speaking the other protocol, model
+not served, request refused by the server, unreadable input); 130 when interrupted with
+Ctrl-C. Errors are one line, ``bgblur: error: ...``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bgblur.video.encoders import ENCODER_CHOICES
-from bgblur_client.errors import ClientError
+from bgblur_client.encoding import (
+    DEFAULT_CRF,
+    DEFAULT_PRESET,
+    ENCODER_CHOICES,
+    MAX_VP9_CRF,
+    X264_PRESETS,
+    EncoderSettings,
+    check_settings_for,
+    video_codec_for,
+)
+from bgblur_client.errors import ClientError, UsageError
+from bgblur_client.files import check_output_path
 from bgblur_client.image import blur_image_file, check_image_writable
 from bgblur_client.preview import write_preview
 from bgblur_client.samples import make_sample_video
@@ -24,7 +39,7 @@ from bgblur_client.server_video import (
     blur_stream_server_side,
     blur_video_server_side,
 )
-from bgblur_client.shm import SHARED_MEMORY_CHOICES
+from bgblur_client.shm import SHARED_MEMORY_CHOICES, require_cupy
 from bgblur_client.transport import (
     DEFAULT_MODEL,
     DEFAULT_TIMEOUT_S,
@@ -41,8 +56,48 @@ STDIN_CHUNK_BYTES = 1 << 20  # a chunk of a piped stream, at most
 
 PROG = "bgblur"
 EXIT_OK = 0
-EXIT_ERROR = 2
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+# Distributions that hold this package: the client alone, or the repository's development
+# install of server and client together.
+_DISTRIBUTIONS = ("bgblur-client", "bgblur")
+
+EXIT_STATUS_HELP = """\
+exit status:
+  0    success
+  1    the work failed: the server is unreachable or its port speaks the other protocol,
+       the model is not served, the server refused the request (e.g. a bad --param value,
+       a corrupt video), the input cannot be decoded, an output cannot be written
+  2    usage error: a bad or conflicting option, an input that is missing or a directory,
+       an output extension that cannot hold the video, an option that needs a package not
+       installed here (e.g. --shared-memory cuda without CuPy)
+  130  interrupted (Ctrl-C)
+A failed run leaves existing output files as they were: outputs are written beside them
+and take their names only when complete."""
+
+
+def client_version() -> str:
+    """This client's version, from the installed package metadata ("unknown" when run from
+    a source tree that is not installed)."""
+    for name in _DISTRIBUTIONS:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "unknown"
+
+
+def crf_value(text: str) -> int:
+    """argparse ``type`` for ``--crf``: an integer 0..63 (H.264 takes 0..51)."""
+    try:
+        value = int(text)
+    except ValueError:
+        message = f"expected an integer 0..{MAX_VP9_CRF}, got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+    if not 0 <= value <= MAX_VP9_CRF:
+        raise argparse.ArgumentTypeError(f"expected an integer 0..{MAX_VP9_CRF}, got {text!r}")
+    return value
 
 
 def parse_param_value(text: str) -> ParameterValue:
@@ -106,7 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Blur the background behind people in images and videos, on a Triton "
         "Inference Server running the background_blur ensemble.",
+        epilog=EXIT_STATUS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {client_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     server = argparse.ArgumentParser(add_help=False)
@@ -123,8 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=SHARED_MEMORY_CHOICES,
         default="auto",
         help="how frames reach the server: cuda (GPU memory shared with a server on this "
-        "host, needs CuPy), system (RAM shared with a server on this host) or none (in the "
-        "request); default: auto, the first of those the server really maps (tried at connect)",
+        "host, needs CuPy: pip install cupy-cuda12x), system (RAM shared with a server on "
+        "this host) or none (in the request); default: auto, the first of those the server "
+        "really maps (tried at connect)",
     )
     group.add_argument(
         "--timeout",
@@ -148,14 +207,22 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--preview", type=Path, metavar="PNG", help="before|after image")
 
     image = commands.add_parser(
-        "image", parents=[server, outputs], help="blur the background of an image"
+        "image",
+        parents=[server, outputs],
+        help="blur the background of an image",
+        epilog=EXIT_STATUS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     image.add_argument("input", type=Path, help="input image (any format OpenCV reads)")
     image.add_argument("output", type=Path, help="output image; format from the extension")
     image.add_argument("--mask", type=Path, metavar="PNG", help="write the foreground mask")
 
     video = commands.add_parser(
-        "video", parents=[server, outputs], help="blur the background of a video"
+        "video",
+        parents=[server, outputs],
+        help="blur the background of a video",
+        epilog=EXIT_STATUS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     video.add_argument(
         "input",
@@ -164,7 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
         "it to the server in chunks as it comes (--server-side; a format readable front to "
         "back, e.g. ffmpeg ... -f mpegts -)",
     )
-    video.add_argument("output", type=Path, help="output video (.mp4, .mkv or .mov)")
+    video.add_argument(
+        "output",
+        type=Path,
+        help="output video: .mp4, .m4v, .mkv or .mov (H.264), or .webm (VP9, client side "
+        "only); written beside it and renamed into place when complete",
+    )
     video.add_argument("--mask", type=Path, metavar="MP4", help="write the mask as a video")
     video.add_argument(
         "--batch",
@@ -202,6 +274,21 @@ def build_parser() -> argparse.ArgumentParser:
         "PyNvVideoCodec; an error where there is none); default auto: NVENC where an encoder "
         "session opens, else x264. With --server-side it is sent as the 'encoder' parameter",
     )
+    encoding = video.add_argument_group("encoder settings (client side and --server-side alike)")
+    encoding.add_argument(
+        "--crf",
+        type=crf_value,
+        metavar="N",
+        help=f"constant rate factor, lower is better and larger: 0..51 for H.264 (libx264; "
+        f"NVENC's quality target), 0..{MAX_VP9_CRF} for VP9 (default: {DEFAULT_CRF})",
+    )
+    encoding.add_argument(
+        "--preset",
+        choices=X264_PRESETS,
+        metavar="NAME",
+        help=f"libx264 preset, {X264_PRESETS[0]} .. {X264_PRESETS[-1]} (speed against size; "
+        f"NVENC takes the matching P1..P7, VP9 a matching speed; default: {DEFAULT_PRESET})",
+    )
 
     sample = commands.add_parser(
         "sample-video", help="write a sample clip (pan/zoom over a portrait photo)"
@@ -224,13 +311,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "sample-video":
             return _run_sample_video(args)
+        if args.shared_memory == "cuda" and not getattr(args, "server_side", False):
+            require_cupy("--shared-memory cuda")  # before any work: it maps the GPU memory
         if args.command == "image":
             return _run_image(args, parameters)
         return _run_video(args, parameters)
     except ClientError as exc:
         message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         print(f"{PROG}: error: {message}", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAILURE
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -253,14 +342,33 @@ def _run_image(args: argparse.Namespace, parameters: dict[str, ParameterValue]) 
     return EXIT_OK
 
 
+def _encoder_settings(args: argparse.Namespace) -> EncoderSettings:
+    crf = DEFAULT_CRF if args.crf is None else args.crf
+    preset = DEFAULT_PRESET if args.preset is None else args.preset
+    return EncoderSettings(crf=crf, preset=preset, encoder=args.encoder)
+
+
+def _check_video_outputs(args: argparse.Namespace, settings: EncoderSettings) -> None:
+    """Everything about the outputs that can be checked before connecting."""
+    check_settings_for(video_codec_for(args.output, server_side=args.server_side), settings)
+    check_output_path(args.output, "video")
+    if args.mask is not None:
+        check_settings_for(video_codec_for(args.mask), settings)
+        check_output_path(args.mask, "video")
+    if args.preview is not None:
+        check_image_writable(args.preview)
+
+
 def _run_video(args: argparse.Namespace, parameters: dict[str, ParameterValue]) -> int:
     if str(args.input) == STDIN:
         if not args.server_side:
-            raise ClientError("reading the video from stdin ('-') needs --server-side")
+            raise UsageError("reading the video from stdin ('-') needs --server-side")
     else:
         _require_input(args.input, "video")
     if args.server_side:
         return _run_server_side_video(args, parameters)
+    settings = _encoder_settings(args)
+    _check_video_outputs(args, settings)
     with _connect(args) as client:
         summary = blur_video(
             client,
@@ -275,6 +383,8 @@ def _run_video(args: argparse.Namespace, parameters: dict[str, ParameterValue]) 
             progress=not args.no_progress,
             decoder=args.decoder,
             encoder=args.encoder,
+            crf=settings.crf,
+            preset=settings.preset,
         )
         transport = f"frames via {client.shared_memory} shared memory"
         if client.shared_memory == "none":
@@ -290,12 +400,14 @@ def _run_video(args: argparse.Namespace, parameters: dict[str, ParameterValue]) 
 
 def _run_server_side_video(args: argparse.Namespace, parameters: dict[str, ParameterValue]) -> int:
     if args.protocol != "grpc":
-        raise ClientError("--server-side streams over gRPC: use --protocol grpc")
+        raise UsageError("--server-side streams over gRPC: use --protocol grpc")
     for option in ("mask", "preview"):
         if getattr(args, option) is not None:
-            raise ClientError(f"--{option} needs the client-side path (drop --server-side)")
-    if args.encoder != "auto":  # the model's default is auto; older servers lack the parameter
-        parameters = {**parameters, "encoder": args.encoder}
+            raise UsageError(f"--{option} needs the client-side path (drop --server-side)")
+    settings = _encoder_settings(args)
+    _check_video_outputs(args, settings)
+    # Only settings given are sent: the model's defaults are the same (CRF 18, medium, auto).
+    given = args.crf is not None or args.preset is not None or args.encoder != "auto"
     url = default_url("grpc") if args.url is None else args.url
     common: dict[str, Any] = {
         "model": DEFAULT_VIDEO_MODEL if args.model == DEFAULT_MODEL else args.model,
@@ -303,6 +415,7 @@ def _run_server_side_video(args: argparse.Namespace, parameters: dict[str, Param
         "batch_size": args.batch,
         "timeout_s": args.timeout,
         "progress": not args.no_progress,
+        "settings": settings if given else None,
     }
     if str(args.input) == STDIN:  # a pipe: sent in chunks as it is read
         stdin = sys.stdin.buffer
@@ -326,7 +439,7 @@ def _run_sample_video(args: argparse.Namespace) -> int:
             audio=not args.no_audio,
         )
     except ValueError as exc:  # size/duration checks of make_sample_video
-        raise ClientError(str(exc)) from exc
+        raise UsageError(str(exc)) from exc
     frames = round(args.seconds * args.fps)
     audio = "no audio" if args.no_audio else "AAC audio"
     size = f"{args.width}x{args.height}"
@@ -336,8 +449,11 @@ def _run_sample_video(args: argparse.Namespace) -> int:
 
 def _require_input(path: Path, kind: str) -> None:
     # Checked before connecting: a missing file must not be reported as "server unreachable".
+    if path.is_dir():
+        a_file = "an image file" if kind == "image" else f"a {kind} file"
+        raise UsageError(f"cannot read {kind} '{path}': it is a directory, not {a_file}")
     if not path.is_file():
-        raise ClientError(f"cannot read {kind} '{path}': no such file")
+        raise UsageError(f"cannot read {kind} '{path}': no such file")
 
 
 def _connect(args: argparse.Namespace) -> BlurClient:

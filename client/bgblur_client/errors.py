@@ -2,7 +2,9 @@
 
 Every failure a user can cause or fix (bad path, server down, wrong model name, a
 parameter the server refuses) is a :class:`ClientError`; the CLI prints its message on
-one line and exits with status 2. Anything else is a bug and keeps its traceback.
+one line. A :class:`UsageError` (the command line cannot be carried out as given, found
+before any work) exits with status 2, any other :class:`ClientError` (the work failed)
+with status 1. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -10,6 +12,12 @@ from __future__ import annotations
 
 class ClientError(Exception):
     """A failure with a message meant for the user (no traceback needed)."""
+
+
+class UsageError(ClientError):
+    """The request cannot work as given: a bad or conflicting option, an input that is not a
+    file, an output format that cannot hold the video, or an option that needs a package this
+    machine lacks. Raised before anything is sent or written."""
 
 
 class ServerUnreachableError(ClientError):

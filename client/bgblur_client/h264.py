@@ -16,6 +16,7 @@ import numpy as np
 from av.video.reformatter import ColorPrimaries, ColorRange, ColorTrc
 
 CRF = 18
+PRESET = "medium"
 PIXEL_FORMAT = "yuv420p"
 
 # FFmpeg's AVColorSpace code for BT.709; PyAV has no enum for AVColorSpace.
@@ -68,8 +69,10 @@ def add_h264_stream(
     rotation: int = 0,
     sample_aspect_ratio: Fraction | None = None,
     threads: int = 0,
+    crf: int = CRF,
+    preset: str = PRESET,
 ) -> av.video.stream.VideoStream:
-    """Add a libx264 yuv420p stream (CRF 18) to ``container``.
+    """Add a libx264 yuv420p stream (CRF 18, preset medium by default) to ``container``.
 
     Args:
         container: Output container, before anything was muxed into it.
@@ -82,13 +85,15 @@ def add_h264_stream(
         sample_aspect_ratio: Pixel aspect ratio of anamorphic sources; ``None`` for square.
         threads: Encoder threads; 0 lets x264 choose. Output is bit-identical across runs
             only for a fixed non-zero count.
+        crf: Constant rate factor 0..51 (lower: better and larger).
+        preset: libx264 preset (``ultrafast`` .. ``placebo``).
 
     Returns:
         The new stream.
     """
     if width % 2 or height % 2:
         raise ValueError(f"{PIXEL_FORMAT} needs an even width and height, got {width}x{height}")
-    stream = container.add_stream("libx264", rate=rate, options={"crf": str(CRF)})
+    stream = container.add_stream("libx264", rate=rate, options={"crf": str(crf), "preset": preset})
     stream.width = width
     stream.height = height
     stream.pix_fmt = PIXEL_FORMAT

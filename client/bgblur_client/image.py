@@ -2,7 +2,9 @@
 
 Images are read and written with OpenCV (any format it supports; EXIF orientation is
 applied on read). Arrays in this package are RGB; OpenCV's BGR order stays inside this
-module.
+module. Outputs are encoded in memory and appear whole (:mod:`bgblur_client.files`): the
+blurred image and its mask only once both are ready, so a failed run leaves existing files
+as they were.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bgblur_client.errors import ClientError
+from bgblur_client.errors import ClientError, UsageError
+from bgblur_client.files import check_output_path, write_bytes_whole
+from bgblur_client.png import without_icc_profile
 from bgblur_client.transport import BlurClient, ParameterValue
 
 
@@ -43,9 +47,18 @@ def read_image_rgb(path: str | Path) -> np.ndarray:
         ClientError: The file is missing or not an image OpenCV can decode.
     """
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"cannot read image '{path}': it is a directory, not an image file")
     if not path.is_file():
-        raise ClientError(f"cannot read image '{path}': no such file")
-    image_bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        raise UsageError(f"cannot read image '{path}': no such file")
+    # Decoded from memory without a PNG's colour profile, which OpenCV ignores anyway: libpng
+    # warns on stderr about faulty ones (bgblur_client.png).
+    try:
+        encoded = path.read_bytes()
+    except OSError as exc:  # e.g. no read permission
+        raise ClientError(f"cannot read image '{path}': {exc.strerror or exc}") from exc
+    data = np.frombuffer(without_icc_profile(encoded), np.uint8)
+    image_bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image_bgr is None:
         raise ClientError(f"cannot read image '{path}': not an image format OpenCV can decode")
     return cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
@@ -55,25 +68,40 @@ def check_image_writable(path: str | Path) -> None:
     """Fail early, before any work, if :func:`write_image` could not write ``path``.
 
     Raises:
-        ClientError: Unsupported extension or missing directory.
+        UsageError: Unsupported extension, a directory, or a missing directory.
     """
     path = Path(path)
     if not cv2.haveImageWriter(str(path)):
-        raise ClientError(f"cannot write image '{path}': unsupported file extension")
-    if not path.parent.is_dir():
-        raise ClientError(f"cannot write image '{path}': directory '{path.parent}' does not exist")
+        raise UsageError(f"cannot write image '{path}': unsupported file extension")
+    check_output_path(path, "image")
+
+
+def encode_image_file(path: str | Path, image_u8: np.ndarray) -> bytes:
+    """The bytes of an image file of uint8 RGB ``[H, W, 3]`` or grayscale ``[H, W]``, in the
+    format of ``path``'s extension.
+
+    Raises:
+        ClientError: Unsupported extension or the encoder failed.
+    """
+    check_image_writable(path)
+    pixels = cv2.cvtColor(image_u8, cv2.COLOR_RGB2BGR) if image_u8.ndim == 3 else image_u8
+    try:
+        ok, encoded = cv2.imencode(Path(path).suffix, pixels)
+    except cv2.error as exc:
+        raise ClientError(f"cannot write image '{path}': {exc}") from exc
+    if not ok:
+        raise ClientError(f"cannot write image '{path}'")
+    return encoded.tobytes()
 
 
 def write_image(path: str | Path, image_u8: np.ndarray) -> None:
     """Write uint8 RGB ``[H, W, 3]`` or grayscale ``[H, W]``; the format follows the extension.
+    The file appears whole (written beside it, then renamed).
 
     Raises:
         ClientError: Unsupported extension, missing directory or failed write.
     """
-    check_image_writable(path)
-    pixels = cv2.cvtColor(image_u8, cv2.COLOR_RGB2BGR) if image_u8.ndim == 3 else image_u8
-    if not cv2.imwrite(str(path), pixels):
-        raise ClientError(f"cannot write image '{path}'")
+    write_bytes_whole(path, encode_image_file(path, image_u8))
 
 
 def blur_image_file(
@@ -104,8 +132,11 @@ def blur_image_file(
     started = time.perf_counter()
     result = client.blur(image_rgb, want_mask=mask_path is not None, parameters=parameters)
     seconds = time.perf_counter() - started
-    write_image(out_path, result.blurred_nhwc_u8)
+    # Both encoded before either is written: a failure leaves neither file changed.
+    encoded = [(out_path, encode_image_file(out_path, result.blurred_nhwc_u8))]
     if mask_path is not None:
         assert result.mask_nhw_u8 is not None  # requested above
-        write_image(mask_path, result.mask_nhw_u8)
+        encoded.append((mask_path, encode_image_file(mask_path, result.mask_nhw_u8)))
+    for path, data in encoded:
+        write_bytes_whole(path, data)
     return ImageBlur(image_rgb, result.blurred_nhwc_u8, result.mask_nhw_u8, seconds)

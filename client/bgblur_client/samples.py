@@ -15,9 +15,8 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
-import skimage.data
 
-from bgblur_client.errors import ClientError
+from bgblur_client.errors import ClientError, UsageError
 from bgblur_client.h264 import BT709_LIMITED, add_h264_stream, encode_image
 
 AUDIO_SAMPLE_RATE = 48_000
@@ -31,7 +30,19 @@ _ENCODER_THREADS = 4
 
 
 def sample_image_rgb() -> np.ndarray:
-    """The astronaut portrait (Eileen Collins) from scikit-image, uint8 RGB ``[512, 512, 3]``."""
+    """The astronaut portrait (Eileen Collins) from scikit-image, uint8 RGB ``[512, 512, 3]``.
+
+    Raises:
+        UsageError: scikit-image is not installed (it is the ``samples`` extra of the client:
+            ``pip install 'bgblur-client[samples]'`` or ``pip install scikit-image``).
+    """
+    try:
+        import skimage.data
+    except ModuleNotFoundError:
+        raise UsageError(
+            "the sample photo comes from scikit-image, which is not installed: "
+            "pip install scikit-image (or the client's 'samples' extra)"
+        ) from None
     return skimage.data.astronaut()
 
 

@@ -6,13 +6,22 @@ the server decodes, blurs in batches and encodes (H.264 in fragmented MP4, the s
 copied, fps and timestamps kept) and streams the output back in chunks, which are written to
 the output file as they arrive. Progress comes from each chunk's ``FRAMES_DONE``.
 
-Ctrl-C cancels the request on the server (the stream is stopped with ``cancel_requests``)
-and keeps the chunks received so far: fragmented MP4 plays up to its last complete fragment.
-Any other failure deletes the partial output.
+The server writes fragmented MP4; an ``.mp4``/``.m4v`` output is that file as it came, a
+``.mov`` or ``.mkv`` output is remuxed here (PyAV, packets copied, no re-encoding) once the
+stream ends, and ``.webm`` is refused before anything is sent (WebM cannot hold H.264). The
+encoder settings (``crf``, ``preset``, ``encoder``: :class:`~bgblur_client.encoding.
+EncoderSettings`) are the video model's request parameters of those names.
+
+The output is received into a hidden partial file beside it and takes its name only when
+complete (:mod:`bgblur_client.files`): any failure deletes the partial file and leaves an
+existing output as it was. Ctrl-C cancels the request on the server (the stream is stopped
+with ``cancel_requests``) and keeps the chunks received so far: fragmented MP4 plays up to
+its last complete fragment (remuxed for ``.mov``/``.mkv``, when any fragment is complete).
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import secrets
 import threading
@@ -28,14 +37,24 @@ import tritonclient.grpc as grpcclient
 from tqdm import tqdm
 from tritonclient.utils import InferenceServerException
 
+from bgblur_client.encoding import EncoderSettings, check_settings_for, video_codec_for
 from bgblur_client.errors import (
     ClientError,
     ModelNotFoundError,
     RequestRejectedError,
     ServerUnreachableError,
+    UsageError,
 )
-from bgblur_client.transport import DEFAULT_TIMEOUT_S, ParameterValue
+from bgblur_client.files import check_output_path, commit, discard, partial_path
+from bgblur_client.transport import (
+    DEFAULT_TIMEOUT_S,
+    ParameterValue,
+    how_to_serve,
+    wrong_port_hint,
+)
 from bgblur_client.video import AudioHandling, VideoSummary
+
+log = logging.getLogger(__name__)
 
 DEFAULT_VIDEO_MODEL = "background_blur_video"
 INPUT_VIDEO = "VIDEO"
@@ -44,6 +63,8 @@ OUTPUT_FRAMES_DONE = "FRAMES_DONE"
 _FINAL_FLAG = "triton_final_response"
 # Audio codecs MP4 holds as they are (the server copies these, re-encodes others to AAC).
 _MP4_AUDIO = {"aac", "mp3", "ac3", "eac3", "opus", "alac", "flac"}
+# Outputs written as the server sends them (its fragmented MP4); others are remuxed.
+_AS_SENT = (".mp4", ".m4v")
 
 
 def blur_video_server_side(
@@ -56,35 +77,45 @@ def blur_video_server_side(
     batch_size: int | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     progress: bool = True,
+    settings: EncoderSettings | None = None,
 ) -> VideoSummary:
     """Blur ``in_path`` on the server at ``url`` (gRPC) and write the result to ``out_path``.
 
     Args:
         url: ``host:port`` of Triton's gRPC endpoint.
         in_path: Any video file the server's FFmpeg reads (H.264/HEVC/AV1/VP9/... codecs).
-        out_path: Output file: an MP4 (fragmented) whatever its extension.
+        out_path: Output file: ``.mp4``/``.m4v`` (the server's fragmented MP4), ``.mov`` or
+            ``.mkv`` (remuxed here); it appears only when complete.
         model: The decoupled video model's name.
         parameters: Blur parameters (``blur_sigma``, ...) and the model's own
-            (``batch_size``, ``crf``, ``gop_seconds``, ``chunk_bytes``).
+            (``batch_size``, ``crf``, ``preset``, ``gop_seconds``, ``chunk_bytes``,
+            ``encoder``).
         batch_size: Frames per blur call on the server (sets ``batch_size``).
         timeout_s: Longest wait for the next chunk.
         progress: Show a progress bar.
+        settings: Encoder settings, sent as ``crf``, ``preset`` (and ``encoder``); None
+            leaves the model's defaults (CRF 18, medium, auto).
 
     Returns:
         A :class:`~bgblur_client.video.VideoSummary` (frames, seconds, audio).
 
     Raises:
+        UsageError: The input is missing or a directory, the output's extension is not one
+            of the above, the output is the input or a directory, or bad encoder settings.
         ClientError: Unreadable input, unwritable output, server down, model missing, or
             the server refused the video (corrupt, unsupported codec, bad parameter).
         KeyboardInterrupt: After cancelling the request and closing the partial output.
     """
     in_path, out_path = Path(in_path), Path(out_path)
+    if in_path.is_dir():
+        raise UsageError(f"cannot read video '{in_path}': it is a directory, not a video file")
     if not in_path.is_file():
-        raise ClientError(f"cannot read video '{in_path}': no such file")
+        raise UsageError(f"cannot read video '{in_path}': no such file")
     if out_path.resolve() == in_path.resolve():
-        raise ClientError(f"output '{out_path}' is the input file")
-    _check_output_dir(out_path)
+        raise UsageError(f"output '{out_path}' is the input file")
+    _check_output(out_path, settings)
     declared_frames, audio = _probe(in_path)
+    parameters = _with_settings(parameters, settings)
     request = _Request(url, model, out_path, parameters, batch_size, timeout_s, progress)
     return request.stream(
         declared_frames, audio, label=in_path.name, video_bytes=np.fromfile(in_path, np.uint8)
@@ -103,6 +134,7 @@ def blur_stream_server_side(
     progress: bool = True,
     label: str = "stream",
     chunks_in_flight: int = 8,
+    settings: EncoderSettings | None = None,
 ) -> VideoSummary:
     """Blur a video that arrives in pieces (a pipe, a camera, an upload) on the server at
     ``url`` and write the result to ``out_path`` as it comes back.
@@ -115,18 +147,69 @@ def blur_stream_server_side(
     producer is paced by the server. Arguments and errors as :func:`blur_video_server_side`.
     """
     out_path = Path(out_path)
-    _check_output_dir(out_path)
+    _check_output(out_path, settings)
     if chunks_in_flight < 1:
         raise ValueError(f"chunks_in_flight must be >= 1, got {chunks_in_flight}")
+    parameters = _with_settings(parameters, settings)
     request = _Request(url, model, out_path, parameters, batch_size, timeout_s, progress)
     return request.stream(
         0, "unknown", label=label, chunks=chunks, chunks_in_flight=chunks_in_flight
     )
 
 
-def _check_output_dir(out_path: Path) -> None:
-    if not out_path.parent.is_dir():
-        raise ClientError(f"cannot write video '{out_path}': directory does not exist")
+def _check_output(out_path: Path, settings: EncoderSettings | None) -> None:
+    """Refuse, before anything is sent, an output the server's H.264 cannot go into."""
+    check_settings_for(video_codec_for(out_path, server_side=True), settings or EncoderSettings())
+    check_output_path(out_path, "video")
+
+
+def _with_settings(
+    parameters: Mapping[str, ParameterValue] | None, settings: EncoderSettings | None
+) -> dict[str, ParameterValue]:
+    """The request parameters with the encoder settings' (a key given twice is refused)."""
+    merged: dict[str, ParameterValue] = dict(parameters or {})
+    if settings is not None:
+        for key, value in settings.server_parameters().items():
+            if key in merged and merged[key] != value:
+                raise UsageError(
+                    f"parameter {key!r} given twice ({merged[key]!r} and {value!r}): "
+                    f"use --{key} only"
+                )
+            merged[key] = value
+    return merged
+
+
+def remux(source_path: str | Path, target_path: str | Path) -> None:
+    """Copy the video and audio packets of ``source_path`` into a new container at
+    ``target_path`` (format from its extension), without re-encoding.
+
+    A truncated source (an interrupted fragmented MP4) gives the packets up to where it
+    breaks off.
+
+    Raises:
+        ClientError: The source cannot be read or the target cannot hold its streams.
+    """
+    try:
+        with av.open(str(source_path)) as source, av.open(str(target_path), "w") as target:
+            streams = [s for s in source.streams if s.type in ("video", "audio")]
+            copies = {s.index: target.add_stream_from_template(s) for s in streams}
+            for stream in streams:
+                if stream.type == "video" and stream.average_rate:
+                    # The MP4 demuxer's codec frame rate is its time base (1/15360 -> 15360):
+                    # Matroska would write that as the frame duration.
+                    copies[stream.index].codec_context.framerate = stream.average_rate
+            try:
+                for packet in source.demux(streams):
+                    if packet.dts is None:  # the demuxer's end-of-stream marker
+                        continue
+                    if packet.is_corrupt:  # the last one of a cut-off file: incomplete
+                        break
+                    packet.stream = copies[packet.stream.index]
+                    target.mux(packet)
+            except av.FFmpegError:  # cut off mid-fragment: keep the packets that came whole
+                pass
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise ClientError(f"cannot write video '{target_path}': {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -143,27 +226,55 @@ class _Request:
 
     def stream(self, declared_frames: int, audio: AudioHandling, **source: Any) -> VideoSummary:
         """:func:`_stream` on a new connection (checked live, the model ready); ``source``:
-        ``label`` and ``video_bytes`` or ``chunks`` (and ``chunks_in_flight``)."""
+        ``label`` and ``video_bytes`` or ``chunks`` (and ``chunks_in_flight``).
+
+        The server's MP4 goes to a partial file, which becomes ``out_path`` (remuxed first for
+        ``.mov``/``.mkv``) when the stream ends or is interrupted."""
         parameters: dict[str, Any] = dict(self.parameters or {})
         if self.batch_size is not None:
             parameters["batch_size"] = self.batch_size
+        received = partial_path(self.out_path.with_suffix(".mp4"))
         client = grpcclient.InferenceServerClient(self.url)
         try:
             _check_ready(client, self.url, self.model)
-            return _stream(
-                client,
-                self.url,
-                self.model,
-                self.out_path,
-                parameters,
-                self.timeout_s,
-                self.progress,
-                declared_frames,
-                audio,
-                **source,
-            )
+            try:
+                summary = _stream(
+                    client,
+                    self.url,
+                    self.model,
+                    received,
+                    parameters,
+                    self.timeout_s,
+                    self.progress,
+                    declared_frames,
+                    audio,
+                    **source,
+                )
+            except KeyboardInterrupt:
+                if received.exists():
+                    try:
+                        self._finish(received)
+                    except ClientError as exc:  # nothing whole arrived: nothing to keep
+                        log.warning("interrupted; nothing of '%s' kept: %s", self.out_path, exc)
+                raise
+            self._finish(received)
+            return summary
         finally:
+            discard(received)
             client.close()
+
+    def _finish(self, received: Path) -> None:
+        """Give the received MP4 the output's name, remuxed into its container."""
+        if self.out_path.suffix.lower() in _AS_SENT:
+            commit(received, self.out_path)
+            return
+        target = partial_path(self.out_path)
+        try:
+            remux(received, target)
+        except BaseException:
+            discard(target)
+            raise
+        commit(target, self.out_path)
 
 
 def _send_chunks(
@@ -233,6 +344,9 @@ def _check_ready(client: grpcclient.InferenceServerClient, url: str, model: str)
     try:
         live = client.is_server_live(client_timeout=10.0)
     except Exception as exc:
+        hint = wrong_port_hint(url, "grpc")
+        if hint is not None:
+            raise ServerUnreachableError(hint) from exc
         raise ServerUnreachableError(
             f"cannot reach Triton at {url} over grpc: {exc} — is the server running? (make serve)"
         ) from exc
@@ -243,7 +357,7 @@ def _check_ready(client: grpcclient.InferenceServerClient, url: str, model: str)
     except InferenceServerException as exc:
         raise ClientError(f"cannot query model {model!r} on {url}: {exc.message()}") from exc
     if not ready:
-        raise ModelNotFoundError(f"model {model!r} is not ready on {url}")
+        raise ModelNotFoundError(f"model {model!r} is not ready on {url}{how_to_serve(model)}")
 
 
 def _stream(

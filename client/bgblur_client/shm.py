@@ -16,17 +16,40 @@ import base64
 import contextlib
 import os
 import uuid
+import warnings
 from typing import Any, Literal
 
 import numpy as np
 
-from bgblur_client.admin_key import SHARED_MEMORY_PREFIX, admin_headers_for
+from bgblur_client.admin_key import (
+    SHARED_MEMORY_PREFIX,
+    admin_headers_for,
+    give_region_to_server,
+)
+from bgblur_client.errors import UsageError
 
 SharedMemoryKind = Literal["none", "system", "cuda"]
 SHARED_MEMORY_KINDS: tuple[SharedMemoryKind, ...] = ("none", "system", "cuda")
 SharedMemoryChoice = Literal["auto", "none", "system", "cuda"]
 SHARED_MEMORY_CHOICES: tuple[SharedMemoryChoice, ...] = ("auto", *SHARED_MEMORY_KINDS)
 _PROBE_BYTES = 4096
+CUPY_PACKAGE = "cupy-cuda12x"
+
+
+def require_cupy(feature: str) -> Any:
+    """The ``cupy`` module, for ``feature`` (named in the error).
+
+    Raises:
+        UsageError: CuPy is not installed (or does not import): names what to install.
+    """
+    try:
+        import cupy
+    except ImportError as exc:
+        raise UsageError(
+            f"{feature} needs CuPy, which is not installed here ({exc}): pip install "
+            f"{CUPY_PACKAGE} (or the client's 'gpu' extra), or use --shared-memory system/none"
+        ) from None
+    return cupy
 
 
 class _Regions:
@@ -84,7 +107,11 @@ class SystemSharedMemory(_Regions):
     """POSIX shared-memory regions (``/dev/shm``) registered with the server."""
 
     def __init__(self, client: Any) -> None:
-        import tritonclient.utils.shared_memory as system_shm
+        with warnings.catch_warnings():
+            # tritonclient's module imports setuptools' deprecated pkg_resources (to find its
+            # C library): a warning on every run that the user can do nothing about.
+            warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
+            import tritonclient.utils.shared_memory as system_shm
 
         super().__init__(client)
         self._shm = system_shm
@@ -92,6 +119,7 @@ class SystemSharedMemory(_Regions):
     def _allocate(self, name: str, nbytes: int) -> Any:
         handle = self._shm.create_shared_memory_region(name, f"/{name}", nbytes)
         try:
+            give_region_to_server(name)
             self._client.register_system_shared_memory(
                 name, f"/{name}", nbytes, headers=self._headers
             )
@@ -122,8 +150,7 @@ class CudaSharedMemory(_Regions):
     """
 
     def __init__(self, client: Any, device: int = 0) -> None:
-        import cupy
-
+        cupy = require_cupy("CUDA shared memory")
         super().__init__(client)
         self._cupy = cupy
         self.device = device

@@ -33,6 +33,7 @@ from bgblur_client.shm import (
     SharedMemoryChoice,
     SharedMemoryKind,
     open_regions,
+    require_cupy,
     usable_shared_memory,
 )
 from bgblur_client.stats import StatsSnapshot
@@ -47,6 +48,13 @@ DEFAULT_TIMEOUT_S = 60.0
 # generous inference timeout.
 _HEALTH_TIMEOUT_S = 10.0
 
+# Models the server serves only when asked to, and how to ask (bgblur-server's options).
+OPT_IN_MODELS: dict[str, str] = {
+    "background_blur_direct": "start the server with --direct-model (bgblur-server "
+    "--direct-model, or TritonServer(direct_model=True))",
+}
+_PROBE_TIMEOUT_S = 3.0
+
 INPUT_FRAMES = "FRAMES"
 OUTPUT_BLURRED = "BLURRED"
 OUTPUT_MASK = "MASK"
@@ -55,6 +63,43 @@ OUTPUT_MASK = "MASK"
 def default_url(protocol: ProtocolName) -> str:
     """Triton's default local endpoint for ``protocol`` (gRPC 8001, HTTP 8000)."""
     return {"grpc": "localhost:8001", "http": "localhost:8000"}[protocol]
+
+
+def how_to_serve(model: str) -> str:
+    """``": start the server with ..."`` for a model served only on request, else ``""``."""
+    hint = OPT_IN_MODELS.get(model)
+    return f": {hint}" if hint else ""
+
+
+def wrong_port_hint(url: str, protocol: ProtocolName) -> str | None:
+    """When ``url`` answers the other protocol's health check, a message saying so (e.g.
+    ``"localhost:8001 answers gRPC, not HTTP: use --protocol grpc or the HTTP port"``);
+    None when it does not (nothing listens, or something else does)."""
+    other: ProtocolName = "grpc" if protocol == "http" else "http"
+    try:
+        if other == "grpc":
+            probe: Any = grpcclient.InferenceServerClient(url)
+            try:
+                live = probe.is_server_live(client_timeout=_PROBE_TIMEOUT_S)
+            finally:
+                probe.close()
+        else:
+            probe = httpclient.InferenceServerClient(
+                url, connection_timeout=_PROBE_TIMEOUT_S, network_timeout=_PROBE_TIMEOUT_S
+            )
+            try:
+                live = probe.is_server_live()
+            finally:
+                probe.close()
+    except Exception:  # nothing speaks the other protocol there either
+        return None
+    if not live:
+        return None
+    names = {"grpc": "gRPC", "http": "HTTP"}
+    return (
+        f"{url} answers {names[other]}, not {names[protocol]}: use --protocol {other} or the "
+        f"{names[protocol]} port (Triton's defaults: HTTP 8000, gRPC 8001)"
+    )
 
 
 @dataclass(frozen=True)
@@ -119,6 +164,8 @@ class BlurClient:
             raise ValueError(
                 f"shared_memory must be one of {SHARED_MEMORY_CHOICES}, got {shared_memory!r}"
             )
+        if shared_memory == "cuda":
+            require_cupy("--shared-memory cuda")
         self.shared_memory: SharedMemoryKind = "none" if shared_memory == "auto" else shared_memory
         self.shared_memory_reason = "requested"
         self.cuda_device = cuda_device
@@ -271,6 +318,9 @@ class BlurClient:
         # Connection failures surface as tritonclient, socket, gevent or HTTP-parser errors
         # (the last when the port speaks the other protocol); all mean "not reachable".
         except Exception as exc:
+            hint = wrong_port_hint(self.url, self.protocol)
+            if hint is not None:
+                raise ServerUnreachableError(hint) from exc
             raise ServerUnreachableError(
                 f"cannot reach Triton at {self.url} over {self.protocol}: {_describe(exc)}"
                 " — is the server running? (make serve)"
@@ -302,14 +352,17 @@ class BlurClient:
             # The repository API is restricted (the launcher's locked-down default).
             return (
                 f"model {self.model!r} is not ready on {self.url} (the server does not list "
-                "its models to clients)"
+                f"its models to clients){how_to_serve(self.model)}"
             )
         available = sorted({e["name"] for e in entries if e.get("state") == "READY"})
         own = next((e for e in entries if e["name"] == self.model), None)
         state = ""
         if own is not None:  # known to the server but not loaded: say why
             state = f" ({own.get('state', 'UNKNOWN')}: {own.get('reason') or 'no reason given'})"
-        return f"model {self.model!r} is not ready on {self.url}{state}; available: {available}"
+        return (
+            f"model {self.model!r} is not ready on {self.url}{state}; available: {available}"
+            f"{how_to_serve(self.model)}"
+        )
 
     def _prepare(self, frames_nhwc_u8: np.ndarray) -> _PreparedBatch:
         on_gpu = type(frames_nhwc_u8).__module__.startswith("cupy")

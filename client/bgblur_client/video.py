@@ -3,19 +3,23 @@
 Pipeline (one process, the main thread decodes and encodes; inference runs on the
 client's worker threads, see :meth:`BlurClient.blur_batches`)::
 
-    PyAV demux/decode (CPU) -> RGB batches [B, H, W, 3] -> Triton -> H.264 encode -> mux
-                         \\-> audio packets copied (or re-encoded to AAC) --------/
+    PyAV demux/decode (CPU) -> RGB batches [B, H, W, 3] -> Triton -> H.264/VP9 encode -> mux
+                         \\-> audio packets copied (or re-encoded to AAC) ------------/
 
 Output choices:
 
-* Video is H.264 (libx264, yuv420p, CRF 18) with the source's time base and frame
-  timestamps, so frame count, frame rate and A/V sync are kept. Colour tags (matrix,
-  range, primaries, transfer) are copied from the source and used for the RGB->YUV
-  conversion, so colours round-trip. Sample aspect ratio is copied.
-* Or NVENC (``encoder="nvenc"``, or ``"auto"`` where the GPU has one; PyNvVideoCodec, see
-  :mod:`bgblur.video.encoders`): the same timestamps, rotation and aspect ratio, but NVENC
-  converts RGB->YUV itself with BT.601 limited range, so the stream is tagged that way
-  (primaries and transfer still the source's).
+* Video is H.264 (libx264, yuv420p, CRF 18 and preset medium unless told otherwise, see
+  :mod:`bgblur_client.encoding`) with the source's time base and frame timestamps, so
+  frame count, frame rate and A/V sync are kept. Colour tags (matrix, range, primaries,
+  transfer) are copied from the source and used for the RGB->YUV conversion, so colours
+  round-trip. Sample aspect ratio is copied.
+* Or VP9 (libvpx-vp9) for a ``.webm`` output, with the audio copied when WebM holds its
+  codec (Opus, Vorbis) and re-encoded to Opus otherwise.
+* Or NVENC (``encoder="nvenc"``, or ``"auto"`` where the GPU has one; PyNvVideoCodec through
+  the server library's :mod:`bgblur.video.encoders`, when it is installed): the same
+  timestamps, rotation and aspect ratio, but NVENC converts RGB->YUV itself with BT.601
+  limited range, so the stream is tagged that way (primaries and transfer still the
+  source's).
 * Rotation metadata (phone videos) is kept; frames are turned upright for the server,
   since segmentation expects upright people, and turned back before encoding.
 * yuv420p needs an even width and height. An odd-sized source is cropped by one pixel
@@ -23,9 +27,12 @@ Output choices:
   invisible, whereas 4:4:4 output (which allows odd sizes) does not play in browsers
   or QuickTime.
 * The first audio stream is copied packet for packet when the output container accepts
-  its codec, otherwise re-encoded to AAC. Other streams (subtitles, data) are dropped.
-* Ctrl-C stops reading, flushes the encoder and closes the file, so the partial output
-  plays; any other failure deletes the partial output.
+  its codec, otherwise re-encoded to AAC (Opus in WebM). Other streams (subtitles, data)
+  are dropped.
+* Outputs are written to hidden partial files beside them and renamed into place when
+  complete (:mod:`bgblur_client.files`): any failure deletes the partial files and leaves
+  existing outputs as they were. Ctrl-C stops reading, flushes the encoder and closes the
+  file, which then takes the output's name, so the partial output plays.
 """
 
 from __future__ import annotations
@@ -47,13 +54,16 @@ import numpy as np
 from av.video.reformatter import Interpolation
 from tqdm import tqdm
 
-from bgblur.video.encoders import (
-    NvencH264Encoder,
-    PreEncodedH264Track,
-    choose_encoder,
+from bgblur_client.encoding import (
+    VP9_ENCODER,
+    EncoderSettings,
+    check_settings_for,
+    choose_h264_encoder,
+    video_codec_for,
 )
-from bgblur_client.errors import ClientError
-from bgblur_client.h264 import CRF, ColorTags, add_h264_stream, encode_image
+from bgblur_client.errors import ClientError, UsageError
+from bgblur_client.files import check_output_path, commit, discard, partial_path
+from bgblur_client.h264 import CRF, PRESET, ColorTags, add_h264_stream, encode_image
 from bgblur_client.image import check_image_writable
 from bgblur_client.preview import write_preview
 from bgblur_client.transport import BlurClient, ParameterValue
@@ -81,7 +91,8 @@ class VideoSummary:
         frames: Frames written.
         seconds: Wall time of decoding, inference and encoding (output closed).
         audio: Whether the audio was copied, re-encoded to AAC, or absent.
-        encoder: The H.264 encoder used, ``"x264"`` or ``"nvenc"`` ("" when not encoded here).
+        encoder: The encoder used, ``"x264"``, ``"nvenc"`` (H.264) or ``"vp9"`` (WebM); ""
+            when not encoded here.
         encoder_reason: Why that encoder (e.g. why NVENC was not used).
     """
 
@@ -137,14 +148,17 @@ def blur_video(
     progress: bool = True,
     decoder: str = "pyav",
     encoder: str = "auto",
+    crf: int = CRF,
+    preset: str = PRESET,
 ) -> VideoSummary:
     """Blur the background of every frame of ``in_path`` and write ``out_path``.
 
     Args:
         client: Connected client.
         in_path: Any video PyAV/FFmpeg can decode; its first video stream is used.
-        out_path: Output file; the container follows the extension (``.mp4``, ``.mkv``,
-            ``.mov``).
+        out_path: Output file; the container follows the extension (``.mp4``, ``.m4v``,
+            ``.mkv``, ``.mov``: H.264; ``.webm``: VP9). It appears only when complete; an
+            existing file is replaced then, and kept as it was when the run fails.
         batch_size: Frames per request (1 to the model's max_batch_size).
         in_flight: Requests outstanding at once, overlapping decode/encode with inference.
         parameters: Optional server parameters, e.g. ``{"blur_ksize": 31}``.
@@ -157,13 +171,20 @@ def blur_video(
         encoder: ``x264`` (libx264 on the CPU), ``nvenc`` (the GPU's encoder through
             PyNvVideoCodec, on ``client.cuda_device``; an error where there is none) or ``auto``
             (NVENC where an encoder session opens, else libx264; the summary says why).
+            A ``.webm`` output is VP9 (``auto`` only).
+        crf: Constant rate factor: 0..51 for H.264 (libx264, or NVENC's quality target),
+            0..63 for VP9; lower is better and larger.
+        preset: libx264 preset (``ultrafast`` .. ``placebo``); NVENC takes the matching
+            P1..P7, VP9 a matching speed.
 
     Returns:
         A :class:`VideoSummary`.
 
     Raises:
-        ClientError: Unreadable input, unwritable output, invalid batch size, an unknown or
-            unavailable encoder, or a server-side failure.
+        UsageError: Unsupported output extension or encoder settings, an unavailable
+            encoder, an input that is missing or a directory, an output that is a directory.
+        ClientError: Unreadable input, unwritable output, invalid batch size, or a server-side
+            failure.
         KeyboardInterrupt: After closing the partial output so that it plays.
     """
     in_path, out_path = Path(in_path), Path(out_path)
@@ -173,7 +194,16 @@ def blur_video(
             f"batch size must be between 1 and {client.max_batch_size} (max_batch_size of "
             f"model {client.model!r}), got {batch_size}"
         )
+    settings = EncoderSettings(crf=crf, preset=preset, encoder=encoder)
+    codec = video_codec_for(out_path)
+    check_settings_for(codec, settings)
+    mask_codec = None if mask_path is None else video_codec_for(mask_path)
+    if mask_codec is not None:
+        check_settings_for(mask_codec, settings)
     _check_distinct(in_path, out_path, mask_path)
+    for path in (out_path, mask_path):
+        if path is not None:
+            check_output_path(path, "video")
     if preview_path is not None:
         check_image_writable(preview_path)
 
@@ -188,25 +218,30 @@ def blur_video(
             width,
             height,
         )
-    try:
-        encoder_kind, encoder_reason = choose_encoder(
+    if codec == "vp9":
+        encoder_kind, encoder_reason = "vp9", f"{VP9_ENCODER} for WebM"
+    else:
+        encoder_kind, encoder_reason = choose_h264_encoder(
             encoder, width=width, height=height, rate=source_format.rate, gpu=client.cuda_device
         )
-    except (ValueError, RuntimeError) as exc:
-        raise ClientError(str(exc)) from None
-    log.info("'%s': H.264 encoder %s (%s)", out_path, encoder_kind, encoder_reason)
+    log.info("'%s': video encoder %s (%s)", out_path, encoder_kind, encoder_reason)
 
     with _open_input(in_path) as source:
         in_video = source.streams.video[0]
         in_video.thread_type = "AUTO"
         in_audio = source.streams.audio[0] if source.streams.audio else None
+        mask_encoder = "vp9" if mask_codec == "vp9" else encoder_kind
+        if mask_codec == "h264" and encoder_kind == "vp9":
+            mask_encoder = "x264"
         outputs = _Outputs(
             out_path,
             mask_path,
             source_format,
             audio_source=in_audio,
             encoder=encoder_kind,
+            mask_encoder=mask_encoder,
             gpu=client.cuda_device,
+            settings=settings,
         )
         # Batches in flight, oldest first: source timestamps and the upright input frames.
         pending: deque[tuple[list[int | None], np.ndarray]] = deque()
@@ -465,17 +500,29 @@ class _Outputs:
         *,
         audio_source: av.audio.stream.AudioStream | None,
         encoder: str = "x264",
+        mask_encoder: str | None = None,
         gpu: int = 0,
+        settings: EncoderSettings | None = None,
     ) -> None:
         self._source_format = source_format
         self._video = _H264Writer(
-            out_path, source_format, audio_source=audio_source, encoder=encoder, gpu=gpu
+            out_path,
+            source_format,
+            audio_source=audio_source,
+            encoder=encoder,
+            gpu=gpu,
+            settings=settings,
         )
         self._mask: _H264Writer | None = None
         if mask_path is not None:
             try:
                 self._mask = _H264Writer(
-                    mask_path, source_format, audio_source=None, encoder=encoder, gpu=gpu
+                    mask_path,
+                    source_format,
+                    audio_source=None,
+                    encoder=mask_encoder or encoder,
+                    gpu=gpu,
+                    settings=settings,
                 )
             except BaseException:
                 self._video.abort()
@@ -497,9 +544,15 @@ class _Outputs:
         self._video.write_audio(packet)
 
     def finish(self) -> None:
-        """Flush and close every file."""
+        """Flush and close every file; each takes its name only when all are complete."""
+        try:
+            for writer in self._writers():
+                writer.finish(commit_file=False)
+        except BaseException:
+            self.abort()
+            raise
         for writer in self._writers():
-            writer.finish()
+            writer.commit()
 
     def abort(self) -> None:
         """Close and delete every file."""
@@ -511,11 +564,13 @@ class _Outputs:
 
 
 class _H264Writer:
-    """One output file: an H.264 video stream and optionally the source's audio.
+    """One output file: a video stream (H.264, or VP9 for WebM) and optionally the source's
+    audio, written to a partial file that takes ``path``'s name on :meth:`finish`.
 
     ``encoder="x264"`` encodes with libx264 through PyAV; ``"nvenc"`` with ``video_encoder``
     (by default an :class:`~bgblur.video.encoders.NvencH264Encoder` on GPU ``gpu``, fed from
-    host memory), whose access units are muxed as they are.
+    host memory), whose access units are muxed as they are; ``"vp9"`` with libvpx-vp9 through
+    PyAV. ``settings`` gives the CRF and preset (defaults: CRF 18, medium).
     """
 
     def __init__(
@@ -527,28 +582,35 @@ class _H264Writer:
         encoder: str = "x264",
         gpu: int = 0,
         video_encoder: Any = None,
+        settings: EncoderSettings | None = None,
     ) -> None:
-        if encoder not in ("x264", "nvenc"):
-            raise ValueError(f"encoder must be 'x264' or 'nvenc', got {encoder!r}")
+        if encoder not in ("x264", "nvenc", "vp9"):
+            raise ValueError(f"encoder must be 'x264', 'nvenc' or 'vp9', got {encoder!r}")
         if not path.parent.is_dir():
-            raise ClientError(
+            raise UsageError(
                 f"cannot write video '{path}': directory '{path.parent}' does not exist"
             )
+        settings = settings or EncoderSettings()
         self.path = path
+        self._partial = partial_path(path)
+        self._committed = False
         self._source_path = source_format.path
         self._color = source_format.color
         self._frame_step = source_format.frame_step
         self._last_pts: int | None = None
         try:
-            self._container = av.open(str(path), "w")
+            self._container = av.open(str(self._partial), "w")
         except (ValueError, OSError) as exc:
+            discard(self._partial)
             raise ClientError(f"cannot write video '{path}': {exc}") from exc
         width, height = source_format.even_size
-        self._track: PreEncodedH264Track | None = None
+        self._track: Any = None
         try:
             if encoder == "nvenc":
-                self._track = self._nvenc_track(source_format, video_encoder, gpu)
+                self._track = self._nvenc_track(source_format, video_encoder, gpu, settings)
                 self._video = self._track.stream
+            elif encoder == "vp9":
+                self._video = self._vp9_stream(source_format, settings)
             else:
                 self._video = add_h264_stream(
                     self._container,
@@ -559,6 +621,8 @@ class _H264Writer:
                     color=source_format.color,
                     rotation=source_format.rotation,
                     sample_aspect_ratio=source_format.sample_aspect_ratio,
+                    crf=settings.crf,
+                    preset=settings.preset,
                 )
             self._audio: av.audio.stream.AudioStream | None = None
             self.audio_handling: AudioHandling = "none"
@@ -566,6 +630,10 @@ class _H264Writer:
                 if audio_source.codec_context.name in self._container.supported_codecs:
                     self._audio = self._container.add_stream_from_template(audio_source)
                     self.audio_handling = "copied"
+                elif encoder == "vp9":  # WebM's audio is Opus or Vorbis; Opus runs at 48 kHz
+                    self._audio = self._container.add_stream("libopus", rate=48000)
+                    self._audio.layout = av.AudioLayout(f"{audio_source.layout.nb_channels}c")
+                    self.audio_handling = "re-encoded"
                 else:
                     self._audio = self._container.add_stream("aac", rate=audio_source.rate)
                     # The AAC encoder needs a known channel order, which sources such as
@@ -575,19 +643,47 @@ class _H264Writer:
         except (ValueError, RuntimeError) as exc:  # e.g. the format cannot hold H.264
             self._close_track()
             self._container.close()
+            discard(self._partial)
             raise ClientError(f"cannot write video '{path}': {exc}") from exc
         except BaseException:
             self._close_track()
             self._container.close()
+            discard(self._partial)
             raise
 
+    def _vp9_stream(
+        self, source_format: _SourceFormat, settings: EncoderSettings
+    ) -> av.video.stream.VideoStream:
+        width, height = source_format.even_size
+        stream = self._container.add_stream(
+            VP9_ENCODER, rate=source_format.rate, options=settings.vp9_options()
+        )
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.time_base = source_format.time_base
+        source_format.color.apply_to(stream.codec_context)
+        if source_format.sample_aspect_ratio:
+            stream.codec_context.sample_aspect_ratio = source_format.sample_aspect_ratio
+        if source_format.rotation:
+            stream.set_display_rotation(source_format.rotation)
+        return stream
+
     def _nvenc_track(
-        self, source_format: _SourceFormat, video_encoder: Any, gpu: int
-    ) -> PreEncodedH264Track:
+        self, source_format: _SourceFormat, video_encoder: Any, gpu: int, settings: EncoderSettings
+    ) -> Any:
+        # The NVENC path is the server library's (PyNvVideoCodec); encoder="nvenc" is chosen
+        # only where it imports (bgblur_client.encoding.choose_h264_encoder).
+        from bgblur.video.encoders import NvencH264Encoder, PreEncodedH264Track
+
         width, height = source_format.even_size
         if video_encoder is None:
             video_encoder = NvencH264Encoder(
-                width, height, rate=source_format.rate, gop=_NVENC_GOP, quality=CRF, gpu=gpu
+                width,
+                height,
+                rate=source_format.rate,
+                gop=_NVENC_GOP,
+                quality=settings.crf,
+                gpu=gpu,
+                preset=settings.preset,
             )
         try:
             return PreEncodedH264Track(
@@ -636,8 +732,9 @@ class _H264Writer:
             for frame in _decode(packet, self._source_path):
                 self._mux(self._audio.encode(frame))
 
-    def finish(self) -> None:
-        """Flush the encoders and close the file."""
+    def finish(self, *, commit_file: bool = True) -> None:
+        """Flush the encoders and close the file; it then takes its name (``path``) unless
+        ``commit_file`` is False (then :meth:`commit` does that)."""
         try:
             if self._track is not None:
                 self._mux(self._track.flush())
@@ -645,17 +742,33 @@ class _H264Writer:
                 self._mux(self._video.encode(None))
             if self.audio_handling == "re-encoded":
                 self._mux(self._audio.encode(None))
-        finally:
-            self._close_track()
+        except BaseException:
+            self.abort()
+            raise
+        self._close_track()
+        try:
             self._container.close()
+        except (av.FFmpegError, OSError) as exc:
+            discard(self._partial)
+            raise ClientError(f"cannot write video '{self.path}': {exc}") from exc
+        if commit_file:
+            self.commit()
+
+    def commit(self) -> None:
+        """Give the finished file its name, replacing what was there."""
+        if not self._committed:
+            self._committed = True
+            commit(self._partial, self.path)
 
     def abort(self) -> None:
-        """Close and delete the partial file."""
+        """Close and delete the partial file (the file at ``path`` is left as it was)."""
         try:
             self._close_track()
             self._container.close()
+        except (av.FFmpegError, OSError):
+            log.debug("closing the partial '%s' failed", self._partial, exc_info=True)
         finally:
-            self.path.unlink(missing_ok=True)
+            discard(self._partial)
 
     def _close_track(self) -> None:
         if self._track is not None:
@@ -686,8 +799,10 @@ def _check_distinct(in_path: Path, out_path: Path, mask_path: Path | None) -> No
 
 
 def _open_input(path: Path) -> av.container.InputContainer:
+    if path.is_dir():
+        raise UsageError(f"cannot read video '{path}': it is a directory, not a video file")
     if not path.is_file():
-        raise ClientError(f"cannot read video '{path}': no such file")
+        raise UsageError(f"cannot read video '{path}': no such file")
     try:
         source = av.open(str(path), "r")
     except (av.FFmpegError, OSError) as exc:

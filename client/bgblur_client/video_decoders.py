@@ -24,7 +24,7 @@ from typing import Any
 
 import av
 
-from bgblur_client.errors import ClientError
+from bgblur_client.errors import UsageError
 
 DECODER_CHOICES: tuple[str, ...] = ("auto", "pyav", "nvdec", "dali")
 
@@ -51,7 +51,11 @@ def decoder_available(name: str) -> bool:
     if name == "pyav":
         return True
     if name == "nvdec":
-        return importlib.util.find_spec("PyNvVideoCodec") is not None and _gpu_present()
+        return (
+            _module_present("PyNvVideoCodec")
+            and _module_present("bgblur.video.nvdec")
+            and _gpu_present()
+        )
     if name == "dali":
         return _module_present("nvidia.dali") and _gpu_present()
     raise ValueError(f"decoder must be one of {DECODER_CHOICES}, got {name!r}")
@@ -60,14 +64,12 @@ def decoder_available(name: str) -> bool:
 def resolve_decoder(choice: str) -> str:
     """``choice`` or, for ``auto``, the best decoder present (nvdec, dali, pyav)."""
     if choice not in DECODER_CHOICES:
-        raise ClientError(f"--decoder must be one of {', '.join(DECODER_CHOICES)}, got {choice!r}")
+        raise UsageError(f"--decoder must be one of {', '.join(DECODER_CHOICES)}, got {choice!r}")
     if choice == "auto":
         return next(name for name in ("nvdec", "dali", "pyav") if decoder_available(name))
     if not decoder_available(choice):
-        need = {"nvdec": "PyNvVideoCodec", "dali": "nvidia-dali"}[choice]
-        raise ClientError(
-            f"--decoder {choice} needs {need}, CuPy and an NVIDIA GPU on this machine"
-        )
+        need = {"nvdec": "PyNvVideoCodec, the bgblur server library", "dali": "nvidia-dali"}[choice]
+        raise UsageError(f"--decoder {choice} needs {need}, CuPy and an NVIDIA GPU on this machine")
     return choice
 
 

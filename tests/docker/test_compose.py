@@ -167,6 +167,12 @@ def in_build_context(path: str, rules: list[tuple[bool, re.Pattern[str]]]) -> bo
     return not excluded
 
 
+def published_port(port: str) -> tuple[str, str, str]:
+    """``(host address, host port, container port)`` of a Compose short port syntax."""
+    address, host, container = port.split(":")
+    return address, host, container
+
+
 def command_flag(command: list[str], prefix: str) -> str:
     (value,) = [arg[len(prefix) :] for arg in command if arg.startswith(prefix)]
     return value
@@ -252,6 +258,13 @@ class TestComposeValidates:
             assert "selfie_landscape" in services[name]["command"]
         published = {(str(p["published"]), int(p["target"])) for p in triton["ports"]}
         assert ("9001", 8001) in published
+        assert {p["host_ip"] for p in triton["ports"]} == {"127.0.0.1"}
+
+    def test_the_bind_address_switch_reaches_every_published_port(self, binary: list[str]) -> None:
+        out = self.run(binary, "--profile", "monitoring", "config", BGBLUR_BIND_ADDRESS="0.0.0.0")
+        services = read_yaml(out)["services"]
+        for name in ("triton", "prometheus", "grafana"):
+            assert {p["host_ip"] for p in services[name]["ports"]} == {"0.0.0.0"}, name
 
 
 class TestCompose:
@@ -281,9 +294,89 @@ class TestCompose:
         assert triton["restart"] in ("unless-stopped", "always")
 
     def test_ports(self, services) -> None:
-        ports = services["triton"]["ports"]
-        assert {p.rpartition(":")[2] for p in ports} == {"8000", "8001", "8002"}
-        assert {p.partition(":")[0] for p in ports} == {"8000", "8001", "8002"}  # defaults
+        ports = [published_port(p) for p in services["triton"]["ports"]]
+        assert {container for _, _, container in ports} == {"8000", "8001", "8002"}
+        assert {host for _, host, _ in ports} == {"8000", "8001", "8002"}  # defaults
+
+    def test_every_port_is_published_on_loopback_unless_configured(self) -> None:
+        published = 0
+        for env, address in ({}, "127.0.0.1"), ({"BGBLUR_BIND_ADDRESS": "0.0.0.0"}, "0.0.0.0"):
+            for name, service in load_compose(env)["services"].items():
+                for port in service.get("ports", []):
+                    assert published_port(port)[0] == address, (name, port)
+                    published += 1
+        assert published == 2 * 5  # Triton's three, Prometheus, Grafana
+        value, comments = read_env_file()["BGBLUR_BIND_ADDRESS"]
+        assert value == "127.0.0.1"
+        assert "0.0.0.0" in " ".join(comments)  # the documented switch to all interfaces
+
+    def test_every_service_has_a_memory_limit_from_the_env_file(self, services) -> None:
+        raw = read_yaml(COMPOSE.read_text())["services"]
+        env = read_env_file()
+        for name, service in services.items():
+            variable = re.fullmatch(r"\$\{(BGBLUR_\w+_MEMORY):-[^}]+\}", raw[name]["mem_limit"])
+            assert variable is not None, name
+            assert parse_size(service["mem_limit"]) == parse_size(env[variable.group(1)][0])
+            assert parse_size(service["mem_limit"]) >= 256 << 20, name
+        # /dev/shm is tmpfs inside the container: its pages count against the server's limit
+        triton = services["triton"]
+        assert parse_size(triton["mem_limit"]) >= 2 * parse_size(triton["shm_size"])
+
+    def test_every_long_running_service_has_a_health_check(self, services) -> None:
+        endpoints = {
+            "triton": "http://127.0.0.1:8000/v2/health/ready",
+            "prometheus": "http://127.0.0.1:9090/-/healthy",
+            "grafana": "http://127.0.0.1:3000/api/health",
+        }
+        assert set(endpoints) | {"engine-builder"} == set(services)
+        for name, url in endpoints.items():
+            check = services[name]["healthcheck"]
+            assert check["test"][0] == "CMD", name
+            assert url in " ".join(check["test"]), name
+            assert seconds(check["timeout"]) < seconds(check["interval"]), name
+            assert int(check["retries"]) >= 1 and seconds(check["start_period"]) > 0, name
+            container_port = url.split(":")[2].split("/")[0]
+            assert any(published_port(p)[2] == container_port for p in services[name]["ports"])
+        # the engine builder is a one-shot job: the server waits for its exit code instead
+        assert "healthcheck" not in services["engine-builder"]
+        assert services["engine-builder"]["restart"] == "no"
+
+    def test_grafana_has_no_default_password(self, services) -> None:
+        raw = read_yaml(COMPOSE.read_text())["services"]["grafana"]
+        assert raw["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == (
+            "${BGBLUR_GRAFANA_ADMIN_PASSWORD:-}"
+        )
+        assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == ""
+        assert read_env_file()["BGBLUR_GRAFANA_ADMIN_PASSWORD"][0] == ""
+
+    @pytest.mark.parametrize(
+        ("password", "starts"), [("", False), ("admin", False), ("a long passphrase", True)]
+    )
+    def test_grafana_refuses_to_start_without_a_password(
+        self, services, tmp_path: Path, password: str, starts: bool
+    ) -> None:
+        """The entrypoint as the container runs it (Compose's $$ unescaped), with Grafana's
+        own /run.sh replaced by a stand-in that reports it was started."""
+        entrypoint = [a.replace("$$", "$") for a in services["grafana"]["entrypoint"]]
+        assert entrypoint[:2] == ["/bin/sh", "-c"] and "exec /run.sh" in entrypoint[2]
+        stand_in = tmp_path / "run.sh"
+        stand_in.write_text('#!/bin/sh\necho "grafana started $*"\n')
+        stand_in.chmod(0o755)
+        script = entrypoint[2].replace("/run.sh", str(stand_in))
+        env = {"PATH": os.environ["PATH"], "GF_SECURITY_ADMIN_PASSWORD": password}
+        proc = subprocess.run(
+            ["/bin/sh", "-c", script, *entrypoint[3:], "--extra"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if starts:
+            assert proc.returncode == 0 and proc.stdout == "grafana started --extra\n"
+        else:
+            assert proc.returncode == 1 and "grafana started" not in proc.stdout
+            assert "BGBLUR_GRAFANA_ADMIN_PASSWORD" in proc.stderr
 
     def test_healthcheck_asks_triton_for_readiness(self, services) -> None:
         check = services["triton"]["healthcheck"]
@@ -562,7 +655,7 @@ def rule_metrics() -> set[str]:
     names: set[str] = set()
     for group in rules["groups"]:
         for rule in group["rules"]:
-            names |= set(re.findall(r"\b(nv_[a-z_]+)\b", rule["expr"]))
+            names |= set(re.findall(r"\b((?:nv|bgblur)_[a-z_]+)\b", rule["expr"]))
     return names
 
 
@@ -570,6 +663,10 @@ def test_rules_record_per_stage_figures_of_the_ensemble_models() -> None:
     rules = read_yaml(RULES.read_text())
     records = [r["record"] for g in rules["groups"] for r in g["rules"]]
     assert all(r.startswith("bgblur:stage_") for r in records)
+    assert set(records) == set(EXPECTED)
+    # base units in the recorded names too (seconds, not ms/us)
+    assert not [r for r in records if re.search(r"_(ms|us|milliseconds|microseconds)\b", r)]
+    assert {"nv_inference_count", "bgblur_frames_total"} <= rule_metrics()
     models = set()
     for group in rules["groups"]:
         for rule in group["rules"]:
@@ -588,14 +685,16 @@ def test_the_rules_metric_names_exist_in_tritons_metrics(triton_server) -> None:
 
     with urllib.request.urlopen(f"http://{triton_server.metrics_url}/metrics", timeout=10) as r:
         text = r.read().decode()
-    exported = set(re.findall(r"^(nv_[a-z_]+)\{", text, re.MULTILINE))
+    exported = set(re.findall(r"^((?:nv|bgblur)_[a-z_]+)\{", text, re.MULTILINE))
     assert rule_metrics() <= exported, rule_metrics() - exported
     for model in ("preprocess", "segmentation", "postprocess", "background_blur"):
         assert f'nv_inference_count{{model="{model}"' in text
 
 
-# Synthetic Triton counters for one stage, sampled every 15 s: per second 8 frames in 1 batch
-# execution for 2 requests, 200 us queueing, 1200 us compute and 2000 us end to end in total.
+# Synthetic counters for one stage, sampled every 15 s: per second 8 frames in 1 batch
+# execution for 2 requests, 200 us queueing, 1200 us compute and 2000 us end to end in total
+# (Triton's); the model ran them as 2 batches of 4 frames, 1/1024 s of compute per frame (its
+# bgblur_*: a power-of-two ratio to the frames keeps the expected quotient exact).
 PER_15S = {
     "nv_inference_count": 120,
     "nv_inference_exec_count": 15,
@@ -606,21 +705,29 @@ PER_15S = {
     "nv_inference_compute_infer_duration_us": 15000,
     "nv_inference_compute_output_duration_us": 1500,
     "nv_inference_request_duration_us": 30000,
+    "bgblur_frames_total": 120,
+    "bgblur_batch_compute_seconds_sum": 120 / 1024,
+    "bgblur_batch_frames_sum": 120,
+    "bgblur_batch_frames_count": 30,
 }
 EXPECTED = {
     "bgblur:stage_frames_per_second": 8,
     "bgblur:stage_requests_per_second": 2,
     "bgblur:stage_batch_frames:avg": 8,
-    "bgblur:stage_queue_ms_per_request": 0.1,
-    "bgblur:stage_compute_ms_per_request": 0.6,
-    "bgblur:stage_request_ms": 1,
+    "bgblur:stage_queue_seconds_per_request": 0.0001,
+    "bgblur:stage_compute_seconds_per_request": 0.0006,
+    "bgblur:stage_request_seconds": 0.001,
     "bgblur:stage_failures_per_second": 0,
+    "bgblur:stage_compute_seconds_per_frame": 1 / 1024,
+    "bgblur:stage_frames_per_batch:avg": 4,
 }
 
 
 def promtool_unit_test(rules: Path) -> str:
+    # Triton's series carry the model's version; the models' own bgblur_* only the model
+    labels = {"nv": 'model="segmentation",version="1"', "bgblur": 'model="segmentation"'}
     series = [
-        {"series": f'{name}{{model="segmentation",version="1"}}', "values": f"0+{step}x40"}
+        {"series": f"{name}{{{labels[name.split('_')[0]]}}}", "values": f"0+{step}x40"}
         for name, step in PER_15S.items()
     ]
     checks = [

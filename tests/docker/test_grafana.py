@@ -7,9 +7,11 @@ Checked without a Docker engine or Grafana:
 - every PromQL expression (template variables substituted as Grafana does) parses (promtool,
   where installed) and names only metrics and labels that exist: Triton's ``nv_*`` as a real
   scrape of the embedded Triton 2.51 shows them, started with the metrics flags compose gives
-  the container, plus the GPU metrics (documented; no GPU here) and the models' ``bgblur_*``;
+  the container, plus the GPU metrics (documented; no GPU here), and the models' ``bgblur_*``
+  as the same scrape shows them;
 - the dashboard shows what the deployment promises (throughput, latency, queue and compute time
-  per stage, the bgblur_* metrics, GPU utilisation and memory).
+  per stage, the bgblur_* metrics, GPU utilisation and memory), and its latency panels show data
+  against the embedded server as ``make serve`` starts it (without compose's metrics flags).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import pytest
 import yaml
 
 from bgblur.server.launcher import TritonServer
-from bgblur.serving.metrics import metric_names, parse_exposition
+from bgblur.serving.metrics import parse_exposition
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
@@ -283,7 +285,8 @@ def test_every_expression_names_metrics_that_exist(dashboard, exported) -> None:
         for group in yaml.safe_load(RULES.read_text())["groups"]
         for rule in group["rules"]
     }
-    known = set(exported.labels) | metric_names() | recorded
+    known = set(exported.labels) | recorded  # the scrape (+ the GPU metrics) and the rules
+    assert {"bgblur_frames_total", "bgblur_batch_frames_count"} <= known
     for title, expr in expressions(dashboard):
         names = metric_names_in(expr)
         assert names, (title, expr)
@@ -319,8 +322,9 @@ def test_the_dashboard_shows_what_the_deployment_promises(dashboard) -> None:
         "nv_inference_queue_summary_us",
         "nv_inference_compute_infer_duration_us",  # compute per stage
         "bgblur_batch_compute_seconds_bucket",
-        "bgblur_compute_us_total",
-        "bgblur_batches_total",  # batch sizes
+        "bgblur_batch_compute_seconds_sum",
+        "bgblur_batch_frames_sum",  # batch sizes
+        "bgblur_batch_frames_count",
         "bgblur_rejected_requests_total",  # validation
         "bgblur_failed_requests_total",
         "nv_gpu_utilization",  # GPU
@@ -330,6 +334,29 @@ def test_the_dashboard_shows_what_the_deployment_promises(dashboard) -> None:
     assert promised <= used, promised - used
     quantiles = " ".join(e for _, e in expressions(dashboard) if "request_summary" in e)
     assert "0.5" in quantiles and "0.99" in quantiles
+
+
+TIME_UNITS = {"s", "ms", "µs", "ns"}
+
+
+@pytest.mark.slow
+def test_every_latency_panel_shows_data_against_the_embedded_server(
+    dashboard, triton_server
+) -> None:
+    """The server ``make serve`` starts has none of compose's ``--metrics-*`` flags (Triton's
+    latency summaries are off there): every panel in a unit of time has a target whose metrics
+    that server exports, and reports seconds (the metrics' base unit; Grafana scales it)."""
+    with urllib.request.urlopen(f"http://{triton_server.metrics_url}/metrics", timeout=10) as r:
+        plain = {name for name, _ in parse_exposition(r.read().decode())}
+    timed = [
+        p for p in panels(dashboard) if p.get("fieldConfig", {}).get("defaults", {}).get("unit")
+    ]
+    timed = [p for p in timed if p["fieldConfig"]["defaults"]["unit"] in TIME_UNITS]
+    assert {"Request latency (server side)", "Queue time per stage"} <= {p["title"] for p in timed}
+    for panel in timed:
+        assert panel["fieldConfig"]["defaults"]["unit"] == "s", panel["title"]
+        shown = [t for t in panel["targets"] if metric_names_in(t["expr"]) <= plain]
+        assert shown, (panel["title"], [t["expr"] for t in panel["targets"]])
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")

@@ -108,14 +108,14 @@ def test_image_round_trip_with_mask_and_preview_via_python_m(
     assert cv2.imread(str(preview)).shape == (256, 512, 3)
 
 
-def test_unknown_model_is_exit_2_naming_the_model(
+def test_unknown_model_is_exit_1_naming_the_model(
     triton_server, photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     out = tmp_path / "out.png"
 
     code = bgblur("image", photo, out, "--url", triton_server.grpc_url, "--model", "no_such_model")
 
-    assert code == 2
+    assert code == 1
     err = capsys.readouterr().err
     assert err.startswith("bgblur: error: model 'no_such_model' is not ready on ")
     # The embedded server restricts its repository API (docs/reliability.md): no model list.
@@ -124,7 +124,7 @@ def test_unknown_model_is_exit_2_naming_the_model(
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
-def test_bad_parameter_is_exit_2_with_the_servers_message(
+def test_bad_parameter_is_exit_1_with_the_servers_message(
     triton_server, clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture, protocol: str
 ) -> None:
     out = tmp_path / "out.mp4"
@@ -133,15 +133,15 @@ def test_bad_parameter_is_exit_2_with_the_servers_message(
 
     code = bgblur("video", clip, out, "--url", url, "--protocol", protocol, "--param=blur_ksize=4")
 
-    assert code == 2
+    assert code == 1
     err = capsys.readouterr().err
     assert err.startswith("bgblur: error: server rejected the request: ")
     assert "blur_ksize" in err
     assert "Traceback" not in err
-    assert not out.exists()  # the partial output is removed
+    assert list(tmp_path.iterdir()) == []  # no output and no partial file left
 
 
-def test_corrupt_video_is_exit_2_naming_the_file(
+def test_corrupt_video_is_exit_1_naming_the_file(
     triton_server, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     corrupt = tmp_path / "corrupt.mp4"
@@ -149,8 +149,294 @@ def test_corrupt_video_is_exit_2_naming_the_file(
 
     code = bgblur("video", corrupt, tmp_path / "out.mp4", "--url", triton_server.grpc_url)
 
-    assert code == 2
+    assert code == 1
     assert capsys.readouterr().err.startswith(f"bgblur: error: cannot read video '{corrupt}': ")
+
+
+# ---- a failed run leaves an existing output as it was ---------------------------------------
+
+
+@pytest.mark.parametrize("server_side", [False, True], ids=["client-side", "server-side"])
+def test_failed_video_run_keeps_an_existing_output(
+    triton_server, clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture, server_side: bool
+) -> None:
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"an earlier result")
+    side = ["--server-side"] if server_side else []
+
+    code = bgblur(
+        "video", clip, out, "--url", triton_server.grpc_url, "--param=blur_ksize=4", *side
+    )
+
+    assert code == 1
+    assert "blur_ksize" in capsys.readouterr().err
+    assert out.read_bytes() == b"an earlier result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]  # no partial file
+
+
+def test_failed_image_run_keeps_existing_outputs(
+    triton_server, photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out, mask = tmp_path / "out.png", tmp_path / "mask.png"
+    out.write_bytes(b"an earlier result")
+    mask.mkdir()  # a mask that cannot be written
+
+    code = bgblur("image", photo, out, "--mask", mask, "--url", triton_server.grpc_url)
+
+    assert code == 2
+    assert capsys.readouterr().err == (
+        f"bgblur: error: cannot write image '{mask}': it is a directory; give a file name\n"
+    )
+    assert out.read_bytes() == b"an earlier result"
+
+
+def test_image_bad_parameter_keeps_an_existing_output(
+    triton_server, photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "out.png"
+    out.write_bytes(b"an earlier result")
+
+    code = bgblur(
+        "image",
+        photo,
+        out,
+        "--url",
+        triton_server.http_url,
+        "--protocol",
+        "http",
+        "--param",
+        "blur_ksize=4",
+    )
+
+    assert code == 1
+    assert "blur_ksize" in capsys.readouterr().err
+    assert out.read_bytes() == b"an earlier result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+
+
+def test_successful_run_replaces_an_existing_output(
+    triton_server, clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"an earlier result")
+
+    code = bgblur("video", clip, out, "--url", triton_server.grpc_url, "--no-progress")
+
+    assert code == 0, capsys.readouterr().err
+    assert video_properties(out)["frames"] == 30
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
+
+
+# ---- --server-side honours the output's container --------------------------------------------
+
+
+def container_format(path: Path) -> str:
+    with av.open(str(path)) as container:
+        return container.format.name
+
+
+@pytest.mark.parametrize(("suffix", "format_name"), [(".mkv", "matroska"), (".mov", "mov")])
+def test_server_side_output_is_in_the_container_its_extension_names(
+    triton_server,
+    clip: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    suffix: str,
+    format_name: str,
+) -> None:
+    out = tmp_path / f"out{suffix}"
+
+    code = bgblur("video", clip, out, "--server-side", "--url", triton_server.grpc_url)
+
+    assert code == 0, capsys.readouterr().err
+    with out.open("rb") as head:  # the file itself, not only what FFmpeg makes of it
+        magic = head.read(12)
+    if suffix == ".mkv":
+        assert magic.startswith(b"\x1a\x45\xdf\xa3")  # EBML
+    else:
+        assert magic[4:8] in (b"ftyp", b"moov", b"wide") and b"qt" in magic
+    assert format_name in container_format(out).split(",")
+    expected = {"frames": 30, "size": (WIDTH, HEIGHT), "rate": Fraction(FPS), "audio": ["aac"]}
+    assert video_properties(out) == expected
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+
+
+def test_server_side_webm_is_refused_before_anything_is_sent(
+    triton_server, clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "out.webm"
+
+    code = bgblur("video", clip, out, "--server-side", "--url", triton_server.grpc_url)
+
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "the server encodes H.264, which WebM cannot hold" in err
+    assert "drop --server-side to encode VP9 here" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---- encoder options, the same on both paths; WebM ------------------------------------------
+
+
+@pytest.mark.parametrize("server_side", [False, True], ids=["client-side", "server-side"])
+def test_crf_and_preset_reach_the_encoder(
+    triton_server, clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture, server_side: bool
+) -> None:
+    side = ["--server-side"] if server_side else []
+    sizes = {}
+    for crf in (12, 40):
+        out = tmp_path / f"crf{crf}.mp4"
+        code = bgblur(
+            *("video", clip, out, "--url", triton_server.grpc_url, "--no-progress", *side),
+            *("--crf", crf, "--preset", "veryfast"),
+        )
+        assert code == 0, capsys.readouterr().err
+        assert video_properties(out)["frames"] == 30
+        sizes[crf] = out.stat().st_size
+    assert sizes[40] < sizes[12] / 2  # a CRF of 40 compresses far harder than one of 12
+
+
+def test_server_side_refuses_a_bad_preset_parameter(
+    triton_server, clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "out.mp4"
+    url = triton_server.grpc_url
+
+    code = bgblur("video", clip, out, "--server-side", "--url", url, "--param", "preset=quick")
+
+    assert code == 1
+    assert "parameter 'preset' must be one of ultrafast, superfast" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_webm_output_is_vp9_with_opus_audio(
+    triton_server, clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "out.webm"
+
+    code = bgblur(
+        "video",
+        clip,
+        out,
+        "--url",
+        triton_server.grpc_url,
+        "--crf",
+        40,
+        "--preset",
+        "ultrafast",
+        "--no-progress",
+    )
+
+    assert code == 0, capsys.readouterr().err
+    assert "encoder vp9: libvpx-vp9 for WebM" in capsys.readouterr().out
+    with av.open(str(out)) as container:
+        assert "webm" in container.format.name.split(",")
+        assert container.streams.video[0].codec_context.name == "vp9"
+    props = video_properties(out)
+    assert props["frames"] == 30 and props["size"] == (WIDTH, HEIGHT)
+    assert props["audio"] == ["opus"]  # the AAC source re-encoded: WebM holds Opus or Vorbis
+
+
+# ---- what the errors say ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("protocol", "port", "message"),
+    [
+        ("http", "grpc", "answers gRPC, not HTTP: use --protocol grpc or the HTTP port"),
+        ("grpc", "http", "answers HTTP, not gRPC: use --protocol http or the gRPC port"),
+    ],
+)
+def test_the_wrong_port_for_the_protocol_is_named(
+    triton_server,
+    photo: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    protocol: str,
+    port: str,
+    message: str,
+) -> None:
+    url = url_for(triton_server, port)
+
+    code = bgblur("image", photo, tmp_path / "out.png", "--url", url, "--protocol", protocol)
+
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err == f"bgblur: error: {url} {message} (Triton's defaults: HTTP 8000, gRPC 8001)\n"
+
+
+def test_server_side_on_the_http_port_is_named(
+    triton_server, clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    url = triton_server.http_url
+
+    code = bgblur("video", clip, tmp_path / "out.mp4", "--server-side", "--url", url)
+
+    assert code == 1
+    assert f"{url} answers HTTP, not gRPC" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("server_side", [False, True], ids=["client-side", "server-side"])
+def test_a_model_served_on_request_names_how_to_serve_it(
+    triton_server, clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture, server_side: bool
+) -> None:
+    side = ["--server-side"] if server_side else []
+    url = triton_server.grpc_url
+
+    code = bgblur(
+        "video", clip, tmp_path / "o.mp4", "--url", url, "--model", "background_blur_direct", *side
+    )
+
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("bgblur: error: model 'background_blur_direct' is not ready on ")
+    assert "start the server with --direct-model" in err
+
+
+@pytest.mark.parametrize("command", ["image", "video"])
+def test_a_directory_as_input_says_so(
+    triton_server, tmp_path: Path, capsys: pytest.CaptureFixture, command: str
+) -> None:
+    code = bgblur(command, tmp_path, tmp_path / "out.png", "--url", triton_server.grpc_url)
+
+    assert code == 2
+    a_file = "an image file" if command == "image" else "a video file"
+    assert capsys.readouterr().err == (
+        f"bgblur: error: cannot read {command} '{tmp_path}': it is a directory, not {a_file}\n"
+    )
+
+
+def cupy_missing() -> bool:
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        return True
+    return False
+
+
+@pytest.mark.skipif(not cupy_missing(), reason="CuPy is installed here")
+@pytest.mark.parametrize("command", ["image", "video"])
+def test_cuda_shared_memory_without_cupy_names_what_to_install(
+    triton_server, clip: Path, photo: Path, tmp_path: Path, command: str
+) -> None:
+    source, out = (photo, "out.png") if command == "image" else (clip, "out.mp4")
+
+    completed = subprocess.run(
+        [
+            *(sys.executable, "-m", "bgblur_client", command, str(source), str(tmp_path / out)),
+            *("--url", triton_server.grpc_url, "--shared-memory", "cuda"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert completed.returncode == 2
+    assert completed.stderr.startswith("bgblur: error: --shared-memory cuda needs CuPy")
+    assert "pip install cupy-cuda12x" in completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert completed.stderr.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
 
 
 # Ctrl-C of a video run (client side and --server-side): tests/video/test_interrupt.py

@@ -562,10 +562,13 @@ class TestServe:
         server = TritonServer(options)
         argv = server.command(Path("/m"))
         assert argv[:2] == ["tritonserver", "--model-repository=/m"]
-        # Triton's own HTTP port is on loopback behind the guard (which has 8000).
-        assert "--http-address=127.0.0.1" in argv and "--http-port=8000" not in argv
-        assert server.http_port == 8000 and f"--http-port={server.triton_http_port}" in argv
-        assert {"--grpc-port=8001", "--grpc-address=0.0.0.0", "--metrics-port=8002"} <= set(argv)
+        # Triton's own HTTP and gRPC ports are on loopback behind the guards (8000, 8001).
+        assert "--http-address=127.0.0.1" in argv and "--grpc-address=127.0.0.1" in argv
+        assert (server.http_port, server.grpc_port) == (8000, 8001)
+        assert f"--http-port={server.triton_http_port}" in argv
+        assert f"--grpc-port={server.triton_grpc_port}" in argv
+        assert not {"--http-port=8000", "--grpc-port=8001"} & set(argv)
+        assert {"--metrics-port=8002", "--metrics-address=0.0.0.0"} <= set(argv)
         assert "--strict-readiness=true" in argv and "--exit-timeout-secs=30" in argv
         assert argv.count("--cuda-memory-pool-byte-size=1:1048576") == 1
         restricted = [a for a in argv if "restricted" in a]

@@ -17,8 +17,11 @@ from bgblur.parameters import MAX_REQUEST_BYTES
 from bgblur.server.request_checks import (
     RequestLimits,
     RequestRefusedError,
+    check_grpc_infer_request,
+    check_grpc_shared_memory_key,
     check_inference_body,
     check_shared_memory_registration,
+    grpc_infer_header,
     parse_json,
 )
 
@@ -247,3 +250,84 @@ def test_random_bytes_are_refused_never_crash(body: bytes, header_length) -> Non
         check_inference_body(body, header_length, LIMITS)
     except RequestRefusedError as exc:
         assert exc.status in (400, 413)
+
+
+# --------------------------------------------------------------------------------------------
+# gRPC ModelInferRequest
+# --------------------------------------------------------------------------------------------
+
+
+def _grpc_request(shape, raw=(), contents=None, datatype="UINT8", shm=False):
+    from tritonclient.grpc import service_pb2
+
+    request = service_pb2.ModelInferRequest(model_name="background_blur")
+    tensor = request.inputs.add(name="FRAMES", datatype=datatype)
+    tensor.shape.extend(shape)
+    if contents is not None:
+        field, values = contents
+        getattr(tensor.contents, field).extend(values)
+    if shm:
+        tensor.parameters["shared_memory_region"].string_param = "bgblur_in"
+        tensor.parameters["shared_memory_byte_size"].int64_param = 192
+    request.raw_input_contents.extend(raw)
+    return request
+
+
+class TestGrpcInferRequest:
+    def test_raw_blobs_become_binary_sizes_in_order(self) -> None:
+        header, raw_bytes = grpc_infer_header(_grpc_request([1, 8, 8, 3], [b"\0" * 192]))
+        assert raw_bytes == 192
+        assert header["inputs"][0]["parameters"]["binary_data_size"] == 192
+        check_grpc_infer_request(_grpc_request([1, 8, 8, 3], [b"\0" * 192]), LIMITS)
+
+    def test_shared_memory_and_contents_inputs_take_no_blob(self) -> None:
+        check_grpc_infer_request(_grpc_request([1, 8, 8, 3], shm=True), LIMITS)
+        check_grpc_infer_request(
+            _grpc_request([1, 8, 8, 3], contents=("uint_contents", [255] * 192)), LIMITS
+        )
+        with pytest.raises(RequestRefusedError, match="no input's binary_data_size"):
+            check_grpc_infer_request(_grpc_request([1, 8, 8, 3], [b"\0" * 192], shm=True), LIMITS)
+
+    @pytest.mark.parametrize(
+        ("request_args", "expected"),
+        [
+            (([2**62, 2**62, 8, 3], [b""]), "elements"),
+            (([1, -1, 8, 3], [b""]), ">= 0"),
+            (([1, 8, 8, 3], [b"\0" * 192, b"\0" * 192]), "accounts for"),
+            (([1, 8, 8, 3], [b"\0" * 191]), "needs 192 bytes"),
+        ],
+    )
+    def test_shapes_and_blobs(self, request_args, expected: str) -> None:
+        with pytest.raises(RequestRefusedError, match=expected):
+            check_grpc_infer_request(_grpc_request(*request_args), LIMITS)
+
+    @pytest.mark.parametrize(
+        ("datatype", "contents", "expected"),
+        [
+            ("UINT8", ("uint_contents", [256] * 192), "256, not a UINT8"),
+            ("INT8", ("int_contents", [-129] * 192), "-129, not a INT8"),
+            ("UINT8", ("uint_contents", [1] * 191), "191 values"),
+            ("UINT8", ("fp32_contents", [1.0] * 192), "carries contents in fp32_contents"),
+        ],
+    )
+    def test_contents_values_within_their_datatype(self, datatype, contents, expected) -> None:
+        request = _grpc_request([1, 8, 8, 3], contents=contents, datatype=datatype)
+        with pytest.raises(RequestRefusedError, match=expected):
+            check_grpc_infer_request(request, LIMITS)
+
+    def test_parameters_are_checked_as_over_http(self) -> None:
+        request = _grpc_request([1, 8, 8, 3], [b"\0" * 192])
+        for index in range(LIMITS.max_parameters + 1):
+            request.parameters[f"p{index}"].string_param = "x"
+        with pytest.raises(RequestRefusedError, match="parameters; at most"):
+            check_grpc_infer_request(request, LIMITS)
+        request = _grpc_request([1, 8, 8, 3], [b"\0" * 192])
+        request.parameters["sequence_id"].bool_param = True
+        with pytest.raises(RequestRefusedError, match="sequence_id"):
+            check_grpc_infer_request(request, LIMITS)
+
+    def test_system_region_keys(self) -> None:
+        check_grpc_shared_memory_key("/bgblur_frames_0")
+        for key in ("/etc_passwd", "/triton_python_backend_shm_region_1", "/bgblur_/../x"):
+            with pytest.raises(RequestRefusedError):
+                check_grpc_shared_memory_key(key)

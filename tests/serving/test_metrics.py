@@ -11,12 +11,13 @@ import pytest
 from bgblur.errors import InvalidInputError
 from bgblur.parameters import BlurParams, validate_frames_shape
 from bgblur.serving.metrics import (
-    BATCH_FRAMES_BUCKETS,
     COMPUTE_SECONDS_BUCKETS,
     FAILURE_REASONS,
     FAMILIES,
     REJECTION_REASONS,
     StageMetrics,
+    batch_frames_buckets,
+    exposition_types,
     metric_names,
     parse_exposition,
     rejection_reason,
@@ -75,28 +76,43 @@ def series(families: dict[str, FakeMetricFamily], name: str, **labels: str) -> F
     return families[name].metrics[frozenset(labels.items())]
 
 
-STAGE = {"model": "preprocess", "stage": "preprocess"}
+STAGE = {"model": "preprocess"}
+
+
+def stage_metrics(stage: str, model: str | None = None, max_batch_size: int = 8) -> StageMetrics:
+    return StageMetrics(
+        FakePbUtils, stage=stage, model=model or stage, max_batch_size=max_batch_size
+    )
 
 
 def test_creates_every_family_with_prefix_and_labels(families) -> None:
-    StageMetrics(FakePbUtils, stage="preprocess", model="preprocess")
+    stage_metrics("preprocess")
     assert set(families) == set(FAMILIES)
     for name, family in families.items():
         assert name.startswith("bgblur_")
         assert family.kind == getattr(FakeMetricFamily, FAMILIES[name][0])
         assert family.description
         for labels in family.metrics:
-            assert {"model", "stage"} <= dict(labels).keys()
+            assert dict(labels)["model"] == "preprocess"
+            assert dict(labels).keys() <= {"model", "reason"}
     # rejection series exist from the start, one per reason
     for name in ("bgblur_rejected_requests_total", "bgblur_rejected_frames_total"):
         reasons = {dict(k)["reason"] for k in families[name].metrics}
         assert reasons == set(REJECTION_REASONS)
     failed = {dict(k)["reason"] for k in families["bgblur_failed_requests_total"].metrics}
     assert failed == set(FAILURE_REASONS) == {"error", "gpu_oom"}
-    assert series(families, "bgblur_batch_frames", **STAGE).buckets == list(BATCH_FRAMES_BUCKETS)
+    assert series(families, "bgblur_batch_frames", **STAGE).buckets == [1, 2, 4, 8]
     assert series(families, "bgblur_batch_compute_seconds", **STAGE).buckets == list(
         COMPUTE_SECONDS_BUCKETS
     )
+
+
+@pytest.mark.parametrize(
+    ("max_batch_size", "buckets"),
+    [(8, (1, 2, 4, 8)), (6, (1, 2, 4, 6)), (16, (1, 2, 4, 8, 16)), (1, (1,)), (0, (1,))],
+)
+def test_batch_frames_buckets_end_at_the_batch_limit(max_batch_size: int, buckets) -> None:
+    assert batch_frames_buckets(max_batch_size) == buckets
 
 
 def test_metric_names_lists_histogram_series() -> None:
@@ -107,19 +123,17 @@ def test_metric_names_lists_histogram_series() -> None:
 
 
 def test_batch_records_frames_time_and_histograms(families) -> None:
-    metrics = StageMetrics(FakePbUtils, stage="postprocess", model="postprocess")
+    metrics = stage_metrics("postprocess")
     metrics.batch(3, 0.002)
     metrics.batch(1, 0.5)
-    labels = {"model": "postprocess", "stage": "postprocess"}
+    labels = {"model": "postprocess"}
     assert series(families, "bgblur_frames_total", **labels).value == 4
-    assert series(families, "bgblur_batches_total", **labels).value == 2
-    assert series(families, "bgblur_compute_us_total", **labels).value == pytest.approx(502_000)
     assert series(families, "bgblur_batch_compute_seconds", **labels).observed == [0.002, 0.5]
     assert series(families, "bgblur_batch_frames", **labels).observed == [3, 1]
 
 
 def test_rejections_by_reason_and_failures(families) -> None:
-    metrics = StageMetrics(FakePbUtils, stage="preprocess", model="preprocess")
+    metrics = stage_metrics("preprocess")
     metrics.rejected(InvalidInputError("parameter 'blur_sigma' must be in (0, 100]"), 2)
     metrics.rejected(InvalidInputError("unknown parameter 'x'; known parameters: a"), 1)
     metrics.rejected(InvalidInputError("FRAMES must not be empty, got shape [1, 0, 4, 3]"), 1)
@@ -175,14 +189,12 @@ def test_an_explicit_reason_attribute_wins() -> None:
 
 
 def test_recording_errors_never_reach_the_request(families, caplog) -> None:
-    metrics = StageMetrics(FakePbUtils, stage="segmentation", model="segmentation")
+    metrics = stage_metrics("segmentation")
 
     def broken(value: float) -> None:
         raise RuntimeError("stub gone")
 
-    series(
-        families, "bgblur_frames_total", model="segmentation", stage="segmentation"
-    ).increment = broken
+    series(families, "bgblur_frames_total", model="segmentation").increment = broken
     metrics.batch(1, 0.1)
     metrics.batch(1, 0.1)
     assert sum("recording failed" in r.message for r in caplog.records) == 1
@@ -192,27 +204,32 @@ def test_for_model_is_none_without_the_api(families) -> None:
     class NoMetrics:
         pass
 
-    args = {"model_name": "preprocess"}
-    assert StageMetrics.for_model(NoMetrics, args, "preprocess") is None
-    made = StageMetrics.for_model(FakePbUtils, args, "preprocess")
-    assert made is not None and (made.model, made.stage) == ("preprocess", "preprocess")
+    args = {"model_name": "background_blur_direct", "model_config": '{"max_batch_size": 4}'}
+    assert StageMetrics.for_model(NoMetrics, args, "direct") is None
+    made = StageMetrics.for_model(FakePbUtils, args, "direct")
+    assert made is not None and (made.model, made.stage) == ("background_blur_direct", "direct")
+    assert made.batch_frames_buckets == (1, 2, 4)
+    (labels,) = families["bgblur_batch_frames"].metrics
+    assert dict(labels) == {"model": "background_blur_direct"}
+    assert families["bgblur_batch_frames"].metrics[labels].buckets == [1, 2, 4]
 
 
 def test_parse_exposition() -> None:
     text = (
         "# HELP bgblur_frames_total Frames\n"
         "# TYPE bgblur_frames_total counter\n"
-        'bgblur_frames_total{model="preprocess",stage="preprocess"} 6\n'
-        'bgblur_batch_frames_bucket{model="m",stage="s",le="+Inf"} 3\n'
+        'bgblur_frames_total{model="preprocess"} 6\n'
+        'bgblur_batch_frames_bucket{model="m",le="+Inf"} 3\n'
         'nv_gpu_utilization{gpu_uuid="GPU-1"} 0.25\n'
         "nv_cpu_utilization 0.5\n"
         'x{a="with \\"quote\\", comma"} 1e3\n'
     )
     samples = parse_exposition(text)
     assert samples[("bgblur_frames_total", frozenset(STAGE.items()))] == 6
-    bucket = frozenset({"model": "m", "stage": "s", "le": "+Inf"}.items())
+    bucket = frozenset({"model": "m", "le": "+Inf"}.items())
     assert samples[("bgblur_batch_frames_bucket", bucket)] == 3
     assert samples[("nv_cpu_utilization", frozenset())] == 0.5
     assert samples[("x", frozenset({("a", 'with \\"quote\\", comma')}))] == 1000
+    assert exposition_types(text) == {"bgblur_frames_total": "counter"}
     with pytest.raises(ValueError):
         parse_exposition("not a sample line with spaces")

@@ -50,6 +50,7 @@ from typing import Any
 from bgblur.device import cuda_device_count
 from bgblur.models.registry import model_names
 from bgblur.parameters import CUDA_POOL_MB
+from bgblur.server.grpc_guard import GrpcGuard, GrpcGuardSettings
 from bgblur.server.guard import GuardSettings, HttpGuard
 from bgblur.server.privileges import (
     ServerAccount,
@@ -279,12 +280,12 @@ class ServerOptions:
         supervise: let the supervisor own the lifecycle (restart after a crash or a hang).
         direct_model: also serve ``background_blur_direct`` (the service in one Python model:
             one backend hop instead of three, a second copy of the network in memory).
-        guard: put the HTTP guard in front of Triton's HTTP port (False: Triton's HTTP port is
-            ``http_port`` itself; for measuring the guard's cost).
+        guard: put the HTTP and gRPC guards in front of Triton's ports (False: Triton's own
+            ports are ``http_port`` and ``grpc_port``; for measuring the guards' cost).
         supervision: ``Supervisor`` settings by name, e.g. ``{"probe_timeout_s": 2.0}``.
         guard_options: ``GuardSettings`` by name, e.g. ``{"body_timeout_s": 5.0}``.
-        triton_http_port: Triton's own HTTP port behind the guard, on 127.0.0.1 (a free one when
-            None).
+        triton_http_port, triton_grpc_port: Triton's own HTTP and gRPC ports behind the guards,
+            on 127.0.0.1 (free ones when None).
         start_attempts: start attempts ``start()`` makes before it raises (each crash during
             start-up is followed by another, with backoff); None: until ``startup_timeout_s``.
         repository: serve this model repository as it is instead of rendering one (the
@@ -327,6 +328,7 @@ class ServerOptions:
     guard_options: Mapping[str, Any] = field(default_factory=dict)
     start_attempts: int | None = 3
     triton_http_port: int | None = None
+    triton_grpc_port: int | None = None
     repository: Path | None = None
     tritonserver: str | None = None
     backend_directory: Path | None = None
@@ -398,6 +400,9 @@ class TritonServer:
             (options.triton_http_port or free_port()) if guard else self.http_port
         )
         self.grpc_port = options.grpc_port or free_port()
+        self.triton_grpc_port = (
+            (options.triton_grpc_port or free_port()) if options.guard else self.grpc_port
+        )
         self.metrics_port = options.metrics_port or free_port()
         self.startup_timeout_s = options.startup_timeout_s
         self.instance_counts = instance_counts_for(
@@ -423,13 +428,16 @@ class TritonServer:
         # at any moment (start-up included) every one of them is found and removed.
         self.stub_shm_prefix = f"{SHM_REGION_PREFIX}{secrets.token_hex(6)}_"
         self.supervisor = (
-            Supervisor(self, startup_timeout_s=self.startup_timeout_s, **options.supervision)
+            Supervisor(
+                self, startup_timeout_s=self.startup_timeout_s, **(options.supervision or {})
+            )
             if options.supervise
             else None
         )
         self.start_attempts = options.start_attempts
         self.account: ServerAccount | None = None  # set at start (_server_account)
         self.guard: HttpGuard | None = None
+        self.grpc_guard: GrpcGuard | None = None
         self._repository: Path | None = None
         self._probe_model = PROBE_MODEL
         self._lock = threading.RLock()
@@ -450,7 +458,7 @@ class TritonServer:
     def command(self, repository: Path) -> list[str]:
         """The ``tritonserver`` argv that serves ``repository``."""
         options = self.options
-        http_address = "127.0.0.1" if options.guard else self.address
+        triton_address = "127.0.0.1" if options.guard else self.address
         restricted = ",".join(RESTRICTED_APIS)
         if options.tritonserver is None:  # the bundled server, with this Python's stub
             home = tritonserver_home()
@@ -465,7 +473,7 @@ class TritonServer:
         args += [
             f"--model-repository={repository}",
             f"--http-port={self.triton_http_port}",
-            f"--grpc-port={self.grpc_port}",
+            f"--grpc-port={self.triton_grpc_port}",
             f"--metrics-port={self.metrics_port}",
             f"--exit-timeout-secs={options.exit_timeout_s}",
             "--strict-readiness=true",
@@ -474,8 +482,8 @@ class TritonServer:
             # explicit (every model loaded at start) and restricted to the launcher, which
             # unloads the entry models to drain before a stop; logging, trace and shared-memory
             # registration need the admin key too.
-            f"--http-address={http_address}",
-            f"--grpc-address={self.address}",
+            f"--http-address={triton_address}",
+            f"--grpc-address={triton_address}",
             f"--metrics-address={self.address}",
             "--model-control-mode=explicit",
             "--load-model=*",
@@ -489,6 +497,13 @@ class TritonServer:
         # pinned host memory: bgblur.parameters.CUDA_POOL_MB says how it was sized.
         pool_bytes = options.cuda_pool_mb << 20
         args += [f"--cuda-memory-pool-byte-size={gpu}:{pool_bytes}" for gpu in self.gpus]
+        if not any(a.startswith("--metrics-config=summary_latencies") for a in options.extra_args):
+            # Request latency quantiles (nv_inference_*_summary_us), as the dashboard shows them.
+            args.append("--metrics-config=summary_latencies=true")
+        if not self.gpus:
+            # A CPU server needs no page-locked pool and has no GPU metrics: without these
+            # flags Triton tries CUDA, NVML and DCGM for them and logs each failure.
+            args += ["--pinned-memory-pool-byte-size=0", "--allow-gpu-metrics=false"]
         return args + list(options.extra_args)
 
     @property
@@ -567,7 +582,7 @@ class TritonServer:
                 source=options.model_repository,
                 instance_counts=self.instance_counts,
                 queue_delay_us=options.queue_delay_us,
-                model_parameters=dict(options.model_parameters),
+                model_parameters=dict(options.model_parameters or {}),
                 direct_model=options.direct_model,
             )
         self.command(self._repository)  # fails here, not in the supervisor, without a server
@@ -588,7 +603,15 @@ class TritonServer:
                         # Cheap (no I/O on the guard's event loop): the request itself is
                         # forwarded to Triton's readiness after this says yes.
                         ready=lambda: self.supervisor is None or self.supervisor.ready,
-                        **options.guard_options,
+                        **(options.guard_options or {}),
+                    )
+                ).start()
+                self.grpc_guard = GrpcGuard(
+                    GrpcGuardSettings(
+                        host=self.address,
+                        port=self.grpc_port,
+                        upstream=f"127.0.0.1:{self.triton_grpc_port}",
+                        ready=lambda: self.supervisor is None or self.supervisor.ready,
                     )
                 ).start()
             if self.supervisor is None:
@@ -800,6 +823,9 @@ class TritonServer:
         if self.guard is not None:
             self.guard.stop()
             self.guard = None
+        if self.grpc_guard is not None:
+            self.grpc_guard.stop()
+            self.grpc_guard = None
 
     def __enter__(self) -> TritonServer:
         return self.start()
@@ -867,9 +893,15 @@ def main(argv: list[str] | None = None) -> int:
         help="Triton's own HTTP port behind the guard, on 127.0.0.1 (default: a free one)",
     )
     parser.add_argument(
+        "--triton-grpc-port",
+        type=int,
+        default=None,
+        help="Triton's own gRPC port behind the guard, on 127.0.0.1 (default: a free one)",
+    )
+    parser.add_argument(
         "--no-guard",
         action="store_true",
-        help="serve Triton's own HTTP port on --http-port, without the HTTP guard in front",
+        help="serve Triton's own ports on --http-port/--grpc-port, without the guards in front",
     )
     parser.add_argument(
         "--direct-model",
@@ -904,6 +936,7 @@ def main(argv: list[str] | None = None) -> int:
         direct_model=args.direct_model,
         guard=not args.no_guard,
         triton_http_port=args.triton_http_port,
+        triton_grpc_port=args.triton_grpc_port,
         user=args.user or None,
         # A service retries a crashing start-up until --startup-timeout, then exits 1.
         start_attempts=None,

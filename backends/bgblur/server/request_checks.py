@@ -223,12 +223,15 @@ def _leaves(data: Any, limit: int) -> Iterator[Any]:
 
 
 _END = object()
+# ``data`` of an input whose values come as gRPC ``contents`` (checked apart, in NumPy).
+CHECKED = object()
 
 
 def _check_input(
     tensor: Any, index: int, limits: RequestLimits, binary_left: int
 ) -> tuple[str, int]:
-    """One entry of ``inputs``; returns (name, bytes it takes of the binary part)."""
+    """One entry of ``inputs``; returns (name, bytes it takes of the binary part). An input
+    whose values were checked already (gRPC ``contents``) carries ``"data": CHECKED``."""
     where = f"input {index}"
     if not isinstance(tensor, dict):
         raise RequestRefusedError(400, f"{where} must be a JSON object")
@@ -279,7 +282,9 @@ def _check_input(
                 f"{elements * DATATYPE_BYTES[datatype]} bytes, binary_data_size says {binary_size}",
             )
         return name, binary_size
-    if has_data:
+    if has_data and tensor["data"] is CHECKED:
+        _check_grpc_contents(tensor["contents"], where, datatype, elements)
+    elif has_data:
         _check_data(tensor["data"], where, datatype, elements)
     elif "shared_memory_region" not in parameters:
         raise RequestRefusedError(
@@ -429,3 +434,106 @@ def check_shared_memory_registration(body: bytes, kind: str, limits: RequestLimi
             )
         if "/" in key[1:] or "\0" in key:
             raise RequestRefusedError(403, f"system shared-memory key {shorten(key)} refused")
+
+
+# --------------------------------------------------------------------------------------------
+# gRPC: a ModelInferRequest, through the same checks as an HTTP inference header
+# --------------------------------------------------------------------------------------------
+
+# The typed field of InferTensorContents that holds each datatype's values.
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+_CONTENTS_FIELDS = frozenset(_CONTENTS_FIELD.values())
+
+
+def grpc_parameters(parameters: Any) -> dict[str, Any]:
+    """A protobuf ``map<string, InferParameter>`` as plain values (as HTTP/JSON has them)."""
+    values: dict[str, Any] = {}
+    for key, parameter in parameters.items():
+        kind = parameter.WhichOneof("parameter_choice")
+        values[key] = None if kind is None else getattr(parameter, kind)
+    return values
+
+
+def _check_grpc_contents(contents: Any, where: str, datatype: str, elements: int) -> None:
+    """gRPC ``contents``: only ``datatype``'s field, exactly ``elements`` values, each within
+    the datatype's range (Triton 2.51 truncates a uint8 of 300 to 44 silently)."""
+    field = _CONTENTS_FIELD.get(datatype)
+    used = {f.name for f, _ in contents.ListFields()}
+    if field is None or used - {field}:
+        raise RequestRefusedError(
+            400, f"{where} of {datatype} carries contents in {', '.join(sorted(used))}"
+        )
+    values = getattr(contents, field)
+    if len(values) != elements:
+        raise RequestRefusedError(
+            400, f"{where} contents hold {len(values)} values; its shape needs {elements}"
+        )
+    low_high = INTEGER_RANGES.get(datatype)
+    if low_high is not None and elements:
+        array = np.asarray(values, dtype=np.float64 if datatype == "UINT64" else np.int64)
+        low, high = int(array.min()), int(array.max())
+        if low < low_high[0] or high > low_high[1]:
+            bad = low if low < low_high[0] else high
+            raise RequestRefusedError(400, f"{where} contents hold {bad}, not a {datatype} value")
+
+
+def grpc_infer_header(request: Any) -> tuple[dict[str, Any], int]:
+    """A ``ModelInferRequest`` as the JSON header ``check_inference_header`` checks, and the
+    bytes of its ``raw_input_contents``: inputs without contents or shared memory take the
+    raw blobs in order, each as its ``binary_data_size``; a blob left over (a second one for
+    one input, which Triton ignores) is then refused like unaccounted HTTP binary data."""
+    inputs: list[dict[str, Any]] = []
+    raw = list(request.raw_input_contents)
+    next_raw = 0
+    for tensor in request.inputs:
+        parameters = grpc_parameters(tensor.parameters)
+        entry: dict[str, Any] = {
+            "name": tensor.name,
+            "datatype": tensor.datatype,
+            "shape": list(tensor.shape),
+            "parameters": parameters,
+        }
+        if tensor.HasField("contents") and tensor.contents.ListFields():
+            entry["data"], entry["contents"] = CHECKED, tensor.contents
+        elif "shared_memory_region" not in parameters and next_raw < len(raw):
+            parameters["binary_data_size"] = len(raw[next_raw])
+            next_raw += 1
+        inputs.append(entry)
+    header = {
+        "id": request.id or None,
+        "parameters": grpc_parameters(request.parameters),
+        "inputs": inputs,
+        "outputs": [
+            {"name": output.name, "parameters": grpc_parameters(output.parameters)}
+            for output in request.outputs
+        ],
+    }
+    return header, sum(len(blob) for blob in raw)
+
+
+def check_grpc_infer_request(request: Any, limits: RequestLimits) -> None:
+    """A parsed ``ModelInferRequest`` through ``check_inference_header``.
+
+    Raises:
+        RequestRefusedError: naming the field and the problem.
+    """
+    header, raw_bytes = grpc_infer_header(request)
+    check_inference_header(header, raw_bytes, limits)
+
+
+def check_grpc_shared_memory_key(key: str) -> None:
+    """A gRPC system shared-memory registration's ``key``: a project region (as over HTTP)."""
+    check_shared_memory_registration(json.dumps({"key": key}).encode(), "system", RequestLimits())

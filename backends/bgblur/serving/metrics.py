@@ -1,4 +1,4 @@
-"""The project's own per-stage Prometheus metrics, exported from the Python-backend models.
+"""The project's own per-model Prometheus metrics, exported from the Python-backend models.
 
 Triton's Python backend has a custom metrics API (``pb_utils.MetricFamily``, Triton 2.51 =
 release 24.10: kinds COUNTER, GAUGE and HISTOGRAM); what a model records there appears on the
@@ -8,20 +8,24 @@ model knows: frames per stage, the compute of each batch the model actually ran 
 grouped by frame size and options, so one Triton execution may run several batches), and
 requests rejected by the model's own validation, by reason.
 
-Every metric has the labels ``model`` (the Triton model) and ``stage`` (what it runs); the
-rejection counters also ``reason`` (one of ``REJECTION_REASONS``), the failure counter
+Names follow Prometheus' conventions: base units (seconds), counters end in ``_total``, and one
+label per dimension. Every series has the label ``model`` (the Triton model, as in Triton's own
+``nv_*`` series, so the two join on it; each model runs one stage, so a stage label would repeat
+it); the rejection counters also ``reason`` (one of ``REJECTION_REASONS``), the failure counter
 ``reason`` (one of ``FAILURE_REASONS``):
 
 ==================================  =========  ==================================================
 name                                kind       what
 ==================================  =========  ==================================================
-``bgblur_frames_total``             counter    frames the stage processed and answered
-``bgblur_batches_total``            counter    batches the stage ran (one ``run`` call each)
-``bgblur_compute_us_total``         counter    microseconds spent computing batches: the stage's
-                                               work plus the hand-off of its outputs (on the GPU
-                                               that includes the one stream synchronization)
-``bgblur_batch_compute_seconds``    histogram  the same, per batch (``_bucket``/``_sum``/``_count``)
-``bgblur_batch_frames``             histogram  frames per batch
+``bgblur_frames_total``             counter    frames the model processed and answered
+``bgblur_batch_compute_seconds``    histogram  seconds computing one batch (one ``run`` call):
+                                               the stage's work plus the hand-off of its outputs
+                                               (on the GPU that includes the one stream
+                                               synchronization); ``_sum`` is the total compute
+                                               time, ``_count`` the number of batches
+``bgblur_batch_frames``             histogram  frames per batch; buckets 1, 2, 4, ... up to the
+                                               model's ``max_batch_size`` (``_sum`` equals
+                                               ``bgblur_frames_total``)
 ``bgblur_rejected_requests_total``  counter    requests answered INVALID_ARG by the model
 ``bgblur_rejected_frames_total``    counter    frames in those requests
 ``bgblur_failed_requests_total``    counter    requests the model failed: ``reason="error"``
@@ -38,13 +42,14 @@ appear in no per-model metric.
 
 ``pb_utils`` exists only inside Triton's stub, so it is passed in (as in ``triton_io``): the
 module stays importable and testable without Triton. Each metric operation is a message from the
-stub to the server process (about 8 us measured on the CPU machine); a batch costs five of them,
+stub to the server process (about 8 us measured on the CPU machine); a batch costs three of them,
 a rejected request two. Metrics never fail a request: an error while recording is logged once
 and recording goes on.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Sequence
@@ -85,21 +90,15 @@ COMPUTE_SECONDS_BUCKETS = (
     10.0,
 )
 
-#: Bucket upper bounds of ``bgblur_batch_frames`` (the ensemble's max batch is 8; grouping
-#: several Triton requests can exceed it up to the dynamic batcher's limit).
-BATCH_FRAMES_BUCKETS = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 16.0, 32.0, 64.0)
-
 #: ``{name: (kind, description)}`` of every metric family this module creates; kinds are the
 #: attribute names of ``pb_utils.MetricFamily``.
 FAMILIES: dict[str, tuple[str, str]] = {
-    "bgblur_frames_total": ("COUNTER", "Frames processed and answered, per stage"),
-    "bgblur_batches_total": ("COUNTER", "Batches run (one stage call each), per stage"),
-    "bgblur_compute_us_total": (
-        "COUNTER",
-        "Microseconds computing batches (stage work + output hand-off), per stage",
+    "bgblur_frames_total": ("COUNTER", "Frames processed and answered, per model"),
+    "bgblur_batch_compute_seconds": (
+        "HISTOGRAM",
+        "Seconds computing one batch (stage work + output hand-off), per model",
     ),
-    "bgblur_batch_compute_seconds": ("HISTOGRAM", "Compute time of one batch, per stage"),
-    "bgblur_batch_frames": ("HISTOGRAM", "Frames per batch run, per stage"),
+    "bgblur_batch_frames": ("HISTOGRAM", "Frames per batch run, per model"),
     "bgblur_rejected_requests_total": (
         "COUNTER",
         "Requests rejected (INVALID_ARG) by the model's validation, by reason",
@@ -110,7 +109,7 @@ FAMILIES: dict[str, tuple[str, str]] = {
     ),
     "bgblur_failed_requests_total": (
         "COUNTER",
-        "Requests failed by the model, per stage and reason (error: INTERNAL, "
+        "Requests failed by the model, by reason (error: INTERNAL, "
         "gpu_oom: GPU out of memory, UNAVAILABLE)",
     ),
 }
@@ -125,6 +124,20 @@ def metric_names() -> set[str]:
         else:
             names.add(name)
     return names
+
+
+def batch_frames_buckets(max_batch_size: int) -> tuple[float, ...]:
+    """Bucket upper bounds of ``bgblur_batch_frames`` for a model's ``max_batch_size``: the
+    powers of two below it, then the limit itself (8 -> 1, 2, 4, 8; 6 -> 1, 2, 4, 6). Triton's
+    dynamic batcher never gives one execution more frames than ``max_batch_size``, so no batch
+    the model runs is larger; a model without batching (0) gets the one bucket 1."""
+    limit = max(int(max_batch_size), 1)
+    bounds: list[float] = []
+    size = 1
+    while size < limit:
+        bounds.append(float(size))
+        size *= 2
+    return (*bounds, float(limit))
 
 
 def rejection_reason(exc: BaseException) -> str:
@@ -146,20 +159,24 @@ def rejection_reason(exc: BaseException) -> str:
 
 
 class StageMetrics:
-    """The metrics of one stage in one model instance, created at ``initialize``.
+    """The metrics of one model instance, created at ``initialize``.
 
     Args:
         pb_utils: ``triton_python_backend_utils`` (or anything with its ``MetricFamily`` API).
-        stage: what the model runs (``preprocess``, ``segmentation``, ``postprocess``).
-        model: the Triton model's name (``args["model_name"]``).
+        stage: what the model runs (``preprocess``, ``segmentation``, ``postprocess``,
+            ``direct``), named in log messages.
+        model: the Triton model's name (``args["model_name"]``): the ``model`` label.
+        max_batch_size: the model's ``max_batch_size`` (config.pbtxt): the largest bucket of
+            ``bgblur_batch_frames``.
 
     Instances of one model on several GPUs share the series (same labels): Triton adds them up.
     """
 
-    def __init__(self, pb_utils: Any, *, stage: str, model: str) -> None:
+    def __init__(self, pb_utils: Any, *, stage: str, model: str, max_batch_size: int) -> None:
         self.stage = stage
         self.model = model
-        labels = {"model": model, "stage": stage}
+        self.batch_frames_buckets = batch_frames_buckets(max_batch_size)
+        labels = {"model": model}
         # The families must outlive their metrics (the stub refuses to use a metric whose family
         # was deleted): keep both.
         self._families = {
@@ -170,13 +187,11 @@ class StageMetrics:
         }
         family = self._families
         self._frames = family["bgblur_frames_total"].Metric(labels=labels)
-        self._batches = family["bgblur_batches_total"].Metric(labels=labels)
-        self._compute_us = family["bgblur_compute_us_total"].Metric(labels=labels)
         self._compute_hist = family["bgblur_batch_compute_seconds"].Metric(
             labels=labels, buckets=list(COMPUTE_SECONDS_BUCKETS)
         )
         self._frames_hist = family["bgblur_batch_frames"].Metric(
-            labels=labels, buckets=list(BATCH_FRAMES_BUCKETS)
+            labels=labels, buckets=list(self.batch_frames_buckets)
         )
         # One series per reason from the start: a counter that exists at 0 makes rate() and the
         # dashboard's panels work before the first rejection.
@@ -202,12 +217,19 @@ class StageMetrics:
 
     @classmethod
     def for_model(cls, pb_utils: Any, args: dict, stage: str) -> StageMetrics | None:
-        """The metrics for the model ``initialize(args)`` describes.
+        """The metrics for the model ``initialize(args)`` describes (its name and, from
+        ``args["model_config"]``, its ``max_batch_size``).
 
         ``None`` (logged) where they cannot be created (a Triton without the custom metrics
         API, before 23.05): serving goes on without them."""
         try:
-            return cls(pb_utils, stage=stage, model=args["model_name"])
+            config = json.loads(args["model_config"])
+            return cls(
+                pb_utils,
+                stage=stage,
+                model=args["model_name"],
+                max_batch_size=int(config.get("max_batch_size", 0)),
+            )
         except Exception as exc:  # metrics are optional: serving goes on without them
             LOG.warning("bgblur metrics disabled for %s: %s", stage, exc)
             return None
@@ -216,8 +238,6 @@ class StageMetrics:
         """A batch of ``frames`` computed in ``seconds`` and answered."""
         self._safely(
             (self._frames, frames),
-            (self._batches, 1),
-            (self._compute_us, seconds * 1e6),
             observe=((self._compute_hist, seconds), (self._frames_hist, frames)),
         )
 
@@ -265,6 +285,18 @@ _SAMPLE = re.compile(
     r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)(?:\s+\d+)?$"
 )
 _LABEL = re.compile(r'(?P<key>[a-zA-Z_][a-zA-Z0-9_]*)="(?P<value>(?:[^"\\]|\\.)*)"')
+_TYPE = re.compile(r"^#\s*TYPE\s+(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)\s+(?P<kind>\w+)\s*$")
+
+
+def exposition_types(text: str) -> dict[str, str]:
+    """``{family: kind}`` from the ``# TYPE`` lines of a Prometheus text exposition (kinds as
+    written there: ``counter``, ``gauge``, ``histogram``, ``summary``, ``untyped``)."""
+    types: dict[str, str] = {}
+    for line in text.splitlines():
+        match = _TYPE.match(line.strip())
+        if match is not None:
+            types[match.group("name")] = match.group("kind")
+    return types
 
 
 def parse_exposition(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

@@ -54,7 +54,10 @@ def input_array(pb_utils: Any, request: Any, name: str, device: Device) -> Any:
     if tensor is None:
         raise InvalidInputError(f"missing input tensor {name!r}")
     if tensor.is_cpu():
-        array = np.from_dlpack(tensor)
+        # Through torch, not np.from_dlpack: NumPy marks DLPack imports read-only, and torch
+        # warns whenever torch.from_numpy wraps a read-only array (outputs, the CPU network).
+        # The view is writable and shares the tensor's memory.
+        array = torch.from_dlpack(tensor.to_dlpack()).numpy()
         if device.is_gpu:
             import cupy
 

@@ -2,7 +2,9 @@
 
 Writes ``OUT_DIR/sample.mp4`` (the generated input), ``OUT_DIR/demo.mp4`` (blurred, with the
 sample's audio) and ``OUT_DIR/demo_preview.png`` (before | after of the middle frame), then
-stops the server. Run: ``python -m bgblur_client.demo [--out-dir out] [--device auto]``.
+stops the server. It lives in the server library because it starts the embedded server; the
+client it drives is ``bgblur_client``. Run: ``python -m bgblur.demo [--out-dir out]
+[--device auto]``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 from bgblur.server.launcher import ServerStartError, TritonServer
 from bgblur_client.cli import positive_float, positive_int, throughput_line
-from bgblur_client.errors import ClientError
+from bgblur_client.errors import ClientError, UsageError
 from bgblur_client.samples import make_sample_video
 from bgblur_client.transport import PROTOCOLS, BlurClient
 from bgblur_client.video import blur_video
@@ -23,7 +25,8 @@ PROG = "bgblur-demo"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the demo; returns 0, 1 when the server does not start, 2 on a client error."""
+    """Run the demo; returns 0, 1 when the server does not start or the blur fails, 2 on a
+    usage error."""
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", type=Path, default=Path("out"))
     parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
@@ -55,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except ClientError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+        return 2 if isinstance(exc, UsageError) else 1
     print(f"{throughput_line(summary.frames, summary.seconds)} on {server.device} -> {output}")
     return 0
 
