@@ -1,4 +1,4 @@
-"""The seed's CPU pipeline, measured: OpenCV decode, OpenCV pre/post on the CPU, the network with
+"""The reference CPU pipeline, measured: OpenCV decode, OpenCV pre/post on the CPU, the network with
 PyTorch on the GPU (fp32 eager, as the CV-CUDA blog's baseline), OpenCV encode; batch 1.
 
 One process gives the per-stage latency; ``--processes N`` runs N single-threaded copies at once

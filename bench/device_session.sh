@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# The GPU runs the open issues still need, as phases that each fit one call of the workplace's
-# device tool (10 minutes a command, 64 MiB carried a call, ~30 minutes of device time a
-# session). Logs, JSON and CSV land in $OUT (what the tool brings back; default out/device).
+# GPU runs as phases that each fit one command of at most 10 minutes on a GPU host that receives
+# at most 64 MiB of working tree a command and has no package index. Logs, JSON and CSV land in
+# $OUT (default out/device).
 #
-# Here, on the CPU machine, once (needs ../shared/gpu/bundle.sh of the workplace):
+# On the CPU machine, once (the bundle builder ../shared/gpu/bundle.sh packs the wheels):
 #   bash bench/device_session.sh bundle [--dali]
 #     .gpu-bundle/: Triton 2.51 (from nvidia-pytriton), tritonclient, PyNvVideoCodec (NVDEC),
 #     the HTTP client; .gpu-part-N/: PyAV 18.1 (the video paths and tests; 36 MB, too large to
 #     travel beside the bundle), opencv-contrib-python-headless 5.0.0.93 (2 parts: ximgproc's
-#     jointBilateralFilter for the seed's CPU pipeline; the machine's own OpenCV has no ximgproc
-#     and the NumPy twin would make that baseline ~3x slower than it is) and, with --dali,
-#     nvidia-dali-cuda130 2.4 (4 parts). Checks that every call's carry stays under 64 MiB.
-# There, back to back while the machine is warm (it goes back 30 s after a call):
+#     jointBilateralFilter for the reference CPU pipeline; the GPU host's own OpenCV has no
+#     ximgproc and the NumPy twin would make that baseline ~3x slower than it is) and, with
+#     --dali, nvidia-dali-cuda130 2.4 (4 parts). Checks that every command's tree stays under
+#     64 MiB.
+# On the GPU host, back to back while it is warm:
 #   carry [".gpu-part-N"]            bash .gpu-part-N/stash.sh                 (each N, first)
 #   carry [".gpu-bundle", ".cache"]  source .gpu-bundle/setup.sh && bash bench/device_session.sh PHASE
 # PHASE (each ends well inside 10 minutes):
@@ -31,7 +32,7 @@
 #                  reliability (GPU OOM, kill -9 recovery), video (NVDEC, DALI), client, serving
 #   tests-video    pytest -m gpu: tests/video (NVDEC, DALI, the video model on a GPU server) and
 #                  the profiler test (a shorter tests-serving, after a fix there)
-#   bench-e2e      fcn_resnet101 and selfie at 1080p through CUDA shm with the seed's CPU pipeline
+#   bench-e2e      fcn_resnet101 and selfie at 1080p through CUDA shm with the reference CPU pipeline
 #                  in the same run (ratios), the one-hop direct model, HTTP and raw gRPC rows,
 #                  a profiled run of every stage
 #                  (BGBLUR_PROFILE_DIR), ncu on the fused postprocess kernels
@@ -86,7 +87,7 @@ pack_out() {  # the device tool brings back at most 8 files: more than that trav
     && mv "/tmp/$phase-out.tar.gz" "$OUT/"
 }
 
-e2e_headline_rows() {  # fcn_resnet101 with the seed's CPU pipeline in the same run; the one-hop model
+e2e_headline_rows() {  # fcn_resnet101 with the reference CPU pipeline in the same run; the one-hop model
   run 200 bench-e2e.log "$PY" bench/e2e.py --device gpu --model fcn_resnet101 --sizes 1080p \
     --batches 1,8 --concurrency 1,16 --seconds 3 --shared-memory cuda \
     --cpu-baseline 1,16 --cpu-baseline-frames 60 --out "$OUT/e2e-$gpu-$day-fcn.json"
@@ -133,7 +134,7 @@ case "$phase" in
       --wheel aiohttp==3.14.5 --wheel multidict==7.2.1 --wheel yarl==1.25.1 \
       --wheel propcache==0.5.4 --wheel frozenlist==1.8.0 --wheel aiosignal==1.4.0 \
       --wheel aiohappyeyeballs==2.7.1 --wheel attrs==26.1.0 --wheel idna==3.21 \
-      --wheel typing_extensions==4.16.0 || exit 1
+      --wheel typing_extensions==4.16.0 --wheel nvidia-ml-py==13.615.71 || exit 1
     ;;
   install)  # only the project on the Pythons' path (every phase does it first): for own commands
     ;;
@@ -146,8 +147,9 @@ case "$phase" in
     ;;
   hardening-bench)
     gpu="$(gpu_label)"
-    run 200 hardening-bench.log "$PY" bench/guard.py --device gpu --sizes 1080p \
-      --concurrency 1,8 --seconds 5 --out "$OUT/guard-$gpu-$day.json"
+    run 300 hardening-bench.log "$PY" bench/guard.py --device gpu --sizes 1080p \
+      --transports http:none,grpc:none,grpc:cuda --concurrency 1,8 --seconds 4 \
+      --out "$OUT/guard-$gpu-$day.json"
     run 120 hardening-bench.log "$PY" bench/e2e.py --device gpu --sizes 1080p --batches 1,8 \
       --concurrency 1,16 --seconds 3 --shared-memory cuda --out "$OUT/e2e-$gpu-$day-selfie-key.json"
     run 150 hardening-bench.log "$PY" bench/perf.py --size 1080p --batch 8 --concurrency 8:8:1 \
@@ -230,7 +232,7 @@ PYEOF
     run 90 bench-e2e.log "$PY" bench/e2e.py --device gpu --sizes 1080p --batches 1,8 \
       --concurrency 1,8,16 --seconds 3 --shared-memory cuda --out "$OUT/e2e-$gpu-$day-selfie.json"
     ;;
-  bench-e2e-direct-fcn)  # the seed's network through the one-hop model
+  bench-e2e-direct-fcn)  # the reference sample's network through the one-hop model
     gpu="$(gpu_label)"
     run 120 bench-e2e.log "$PY" bench/e2e.py --device gpu --model fcn_resnet101 \
       --served-model background_blur_direct --sizes 1080p --batches 1,8 --concurrency 1,8,16 \

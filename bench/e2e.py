@@ -6,7 +6,7 @@ transport): latency p50/p90/p99 per request and frames/s; the per-stage split fr
 statistics (queue and compute per composing model, bgblur_client.stats); GPU utilization,
 memory and energy per frame from NVML when present (bgblur.nvml). ``--in-process`` also times
 the library pipeline without Triton on the same device (the stages alone) and the CPU pipeline
-(OpenCV pre/post on the CPU, the network with torch on the best device: the seed's CPU baseline
+(OpenCV pre/post on the CPU, the network with torch on the best device: the reference CPU baseline
 shape). ``--instances postprocess=2`` sets instances per GPU of the Python models (tuning).
 
     python bench/e2e.py --sizes 720p,1080p --batches 1,4 --concurrency 1,4 --seconds 10
@@ -204,7 +204,7 @@ def main() -> None:
     parser.add_argument(
         "--cpu-baseline",
         default="",
-        help="also run the seed's CPU pipeline in this run with these process counts (e.g. "
+        help="also run the reference CPU pipeline in this run with these process counts (e.g. "
         "1,16: one process for latency, all cores for throughput) and report the ratios",
     )
     parser.add_argument("--cpu-baseline-frames", type=int, default=60)
@@ -324,7 +324,7 @@ def main() -> None:
 
 
 def run_cpu_baseline(model: str, size: str, processes: str, frames: int) -> dict:
-    """The seed's CPU pipeline (bench/cpu_baseline.py) on this machine, in this run."""
+    """The reference CPU pipeline (bench/cpu_baseline.py) on this machine, in this run."""
     import subprocess
     import sys
     import tempfile
@@ -339,7 +339,7 @@ def run_cpu_baseline(model: str, size: str, processes: str, frames: int) -> dict
 
 
 def ratios_against(served: list[dict], baseline: dict) -> dict:
-    """The seed's comparison: its batch-1 latency (one process, per frame) over ours (p50 at
+    """The reference's comparison: its batch-1 latency (one process, per frame) over ours (p50 at
     batch 1, one client, per transport), and our best frames/s over its best (any number of
     processes), at the baseline's frame size."""
     size = baseline["size"]

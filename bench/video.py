@@ -25,7 +25,7 @@ per stream at the same time and reports aggregate frames/s (frames of all stream
   model (the whole service in one Python model) instead of the ensemble: one server-side CUDA
   process per instance instead of three models' stubs time-slicing the GPU with the client's
   decoder;
-- ``cpu-baseline``: the seed's CPU pipeline (``bench/cpu_baseline.py``: OpenCV decode, OpenCV
+- ``cpu-baseline``: the reference CPU pipeline (``bench/cpu_baseline.py``: OpenCV decode, OpenCV
   pre/post on the CPU, the network with torch on the best device, OpenCV mp4v encode) on the
   same file, one process.
 

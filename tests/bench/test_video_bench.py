@@ -34,7 +34,7 @@ def run_bench(*args: str, temp_dir: Path | None = None) -> subprocess.CompletedP
 def test_a_failing_path_is_recorded_and_the_next_path_runs(tmp_path: Path) -> None:
     out = tmp_path / "video.json"
     temp = tmp_path / "tmp"
-    # Nothing listens on port 9: the client path cannot reach a server; the seed's CPU
+    # Nothing listens on port 9: the client path cannot reach a server; the reference CPU
     # pipeline needs none.
     result = run_bench(
         *("--size", "360p", "--frames", "4", "--streams", "1"),

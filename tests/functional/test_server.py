@@ -138,7 +138,7 @@ def test_served_result_equals_in_process_result(
 def test_seed_network_serves_and_equals_in_process(
     server_pool, device, protocol, client_factory, in_process, astronaut_frames
 ):
-    """The seed's fcn_resnet101 (random fp16-safe weights without the pretrained file: same
+    """The reference's fcn_resnet101 (random fp16-safe weights without the pretrained file: same
     deterministic init in the server and here) serves the ensemble: its 224x224 input through
     preprocess, 21-class softmax -> the person probability, postprocess at the frame size."""
     client = client_factory(server_pool.get(device, "fcn_resnet101"), protocol)
