@@ -378,3 +378,78 @@ def test_structured_bodies_through_the_guard_never_crash_or_500(
     status, answer = _request(server, INFER, body, headers)
     assert status in (200, 400, 413, 415), (status, answer)
     assert server.server_pid() == pid
+
+
+def _closed_within(sock: socket.socket, timeout_s: float, trickle: bytes = b"") -> float | None:
+    """Seconds until the peer closes ``sock`` while ``trickle`` is sent a byte every 0.2 s
+    (then nothing); None when it stays open for ``timeout_s``."""
+    start = time.monotonic()
+    sock.settimeout(0.2)
+    sent = 0
+    while time.monotonic() - start < timeout_s:
+        try:
+            if sent < len(trickle):
+                sock.sendall(trickle[sent : sent + 1])
+                sent += 1
+            if sock.recv(1024) == b"":
+                return time.monotonic() - start
+        except TimeoutError:
+            continue
+        except (ConnectionResetError, BrokenPipeError):
+            return time.monotonic() - start
+    return None
+
+
+def test_slow_headers_and_idle_connections_are_closed_while_others_are_served(server, rel) -> None:
+    from bgblur.server.guard import GuardSettings, HttpGuard
+    from bgblur.server.launcher import free_port
+
+    guard = HttpGuard(
+        GuardSettings(
+            host="127.0.0.1",
+            port=free_port(),
+            upstream_port=server.triton_http_port,
+            admin_key=server.admin_key,
+            header_timeout_s=1.0,
+            keepalive_timeout_s=2.0,
+        )
+    ).start()
+    port = guard.settings.port
+    try:
+        # Headers a byte every 0.2 s (never complete): closed after ~1 s (checked every 0.25 s).
+        slow = socket.create_connection(("127.0.0.1", port))
+        served: list[int] = []
+
+        def serve_meanwhile() -> None:
+            client = httpclient_for(port)
+            try:
+                for _ in range(3):
+                    served.append(rel.infer(client, rel.frames(1, 24, 32)).shape[0])
+            except Exception as exc:  # shown by the assertion below
+                served.append(f"{exc!r} {exc}")
+            finally:
+                client.close()
+
+        thread = threading.Thread(target=serve_meanwhile)
+        thread.start()
+        took = _closed_within(slow, 10.0, b"POST /v2/models/background_blur/infer HTTP/1.1\r\n" * 9)
+        thread.join(60)
+        slow.close()
+        assert took is not None and 0.9 < took < 3.0, took
+        assert served == [1, 1, 1]
+        # An idle keep-alive connection after a response: closed after its keep-alive time.
+        idle = socket.create_connection(("127.0.0.1", port))
+        idle.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b"200" in idle.recv(4096).split(b"\r\n", 1)[0]
+        took = _closed_within(idle, 10.0)
+        idle.close()
+        assert took is not None and 1.5 < took < 5.0, took
+        assert guard.closed_for_slow_headers >= 1
+    finally:
+        guard.stop()
+
+
+def httpclient_for(port: int):
+    import tritonclient.http as httpclient
+
+    return httpclient.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=60)

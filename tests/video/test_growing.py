@@ -60,9 +60,28 @@ def test_a_stream_past_its_limit_is_refused_and_stopped() -> None:
     stream.append(b"abc")
     with pytest.raises(InvalidInputError, match="exceeds 4 bytes"):
         stream.append(b"de")
-    assert stream.abort_reason == "the stream exceeds 4 bytes"
+    assert stream.abort_reason == "the stream exceeds 4 bytes (max_input_bytes)"
     with pytest.raises(InvalidInputError):
         stream.reader().read(1)
+
+
+def test_a_lowered_limit_holds_the_next_chunks_and_names_its_setting() -> None:
+    stream = GrowingBytes(max_bytes=100)
+    stream.append(b"abcdef")
+    stream.set_limit(8, "max_session_bytes = 8")
+    stream.append(b"gh")
+    with pytest.raises(InvalidInputError, match=r"exceeds 8 bytes \(max_session_bytes = 8\)"):
+        stream.append(b"i")
+    assert stream.abort_reason == "the stream exceeds 8 bytes (max_session_bytes = 8)"
+
+
+def test_a_limit_below_what_the_stream_holds_stops_it() -> None:
+    stream = GrowingBytes(max_bytes=100)
+    stream.append(b"abcdef")
+    with pytest.raises(InvalidInputError, match="exceeds 4 bytes"):
+        stream.set_limit(4, "max_session_bytes")
+    with pytest.raises(InvalidInputError, match="stopped"):
+        stream.append(b"x")
 
 
 def test_no_chunk_after_the_end() -> None:

@@ -7,6 +7,7 @@ its frames repeat a 24-step brightness ramp, so the order of a partial output ca
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import re
 import signal
@@ -79,12 +80,17 @@ def cli(*args: object) -> subprocess.Popen:
 
 
 def wait_for_output(process: subprocess.Popen, out: Path, timeout_s: float = 60) -> None:
-    """Until ``out`` has bytes (the muxer flushed its first 32 KiB: frames were written)."""
-    written = wait_until(
-        lambda: process.poll() is not None or (out.exists() and out.stat().st_size > 0),
-        timeout_s,
-        step_s=0.05,
-    )
+    """Until ``out``'s partial file (written beside it, renamed to ``out`` at the end:
+    bgblur_client.files) has bytes (the muxer flushed its first 32 KiB: frames were written)."""
+
+    def started() -> bool:
+        for path in out.parent.glob(f".{out.stem}.*.partial.*"):
+            with contextlib.suppress(FileNotFoundError):  # renamed meanwhile
+                if path.stat().st_size > 0:
+                    return True
+        return False
+
+    written = wait_until(lambda: process.poll() is not None or started(), timeout_s, step_s=0.05)
     if process.poll() is not None:
         _, err = process.communicate()
         pytest.fail(f"the CLI ended (exit {process.returncode}) before it was stopped: {err}")

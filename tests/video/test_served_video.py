@@ -3,11 +3,9 @@ streaming, and ``bgblur video --server-side`` end to end."""
 
 from __future__ import annotations
 
-import os
 import queue
 import subprocess
 import sys
-import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -151,7 +149,7 @@ def test_cli_server_side_refuses_a_corrupt_file_and_leaves_no_output(
 
     code = main(["video", str(bad), str(out), "--server-side", "--url", triton_server.grpc_url])
 
-    assert code == 2
+    assert code == 1
     err = capsys.readouterr().err
     assert "server rejected the request: VIDEO is not a readable video file" in err
     assert not out.exists()
@@ -404,38 +402,6 @@ def test_a_stream_start_without_a_token_is_invalid(
     assert error is not None and "needs a 'stream_token' parameter" in error.message()
 
 
-def test_an_abandoned_stream_is_stopped_and_forgotten(streamable_clip_bytes, video) -> None:
-    """START and one chunk, then nothing: after ``chunk_timeout_s`` the START request gets the
-    error, and the same sequence ID opens a new stream afterwards (nothing left behind)."""
-    from bgblur.server.launcher import TritonServer
-
-    chunks = video.chunks_of(streamable_clip_bytes, 8192)
-    saved = os.environ.get("BGBLUR_VIDEO_CHUNK_TIMEOUT_S")
-    os.environ["BGBLUR_VIDEO_CHUNK_TIMEOUT_S"] = "2"  # the server's environment is copied
-    try:
-        server = TritonServer(device="cpu", segmentation_model="fixed_ellipse").start()
-    finally:
-        if saved is None:
-            os.environ.pop("BGBLUR_VIDEO_CHUNK_TIMEOUT_S")
-        else:
-            os.environ["BGBLUR_VIDEO_CHUNK_TIMEOUT_S"] = saved
-    try:
-        started = time.monotonic()
-        _, _, acks, errors = video.stream_video_chunks(
-            server.grpc_url, chunks[:2], sequence_id=404, end=False, timeout_s=60
-        )
-        waited = time.monotonic() - started
-
-        assert acks == 1
-        assert len(errors) == 1 and "no chunk for" in errors[0], errors
-        assert "chunk_timeout_s" in errors[0]
-        assert 2.0 <= waited < 30
-        out, _, acks, errors = video.stream_video_chunks(server.grpc_url, chunks, sequence_id=404)
-        assert errors == [] and video.decode_rgb(out)[1]["frames"] == 96
-    finally:
-        server.stop()
-
-
 PIPE_COMMAND = (sys.executable, "-m", "bgblur_client", "video", "-", "--server-side")
 
 
@@ -492,7 +458,7 @@ def test_a_plain_mp4_piped_in_is_refused_with_what_to_do(triton_server, tmp_path
         check=False,
     )
 
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert "send a plain MP4 whole, in one request" in result.stderr.decode()
     assert not out.exists()
 

@@ -35,6 +35,7 @@ import re
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
 
@@ -87,6 +88,10 @@ class GuardSettings:
         shared_memory: whether client shared-memory registration is offered at all.
         limits: request limits (``RequestLimits``).
         body_timeout_s: a body must arrive completely within this.
+        header_timeout_s: a connection must deliver a request's headers within this of opening
+            (after a response: within ``keepalive_timeout_s`` plus this), else it is closed
+            (a client that sends its headers a byte at a time holds no connection for long).
+        keepalive_timeout_s: an idle keep-alive connection is closed after this.
         upstream_timeout_s: Triton must answer within this (large CPU batches take seconds).
         ready: the service's readiness beyond Triton's own (the supervisor's probe).
     """
@@ -98,6 +103,8 @@ class GuardSettings:
     shared_memory: bool = True
     limits: RequestLimits = field(default_factory=RequestLimits)
     body_timeout_s: float = 30.0
+    header_timeout_s: float = 30.0
+    keepalive_timeout_s: float = 75.0
     upstream_timeout_s: float = 300.0
     ready: Callable[[], bool] = lambda: True
 
@@ -156,6 +163,13 @@ class HttpGuard:
         self._failure: BaseException | None = None
         self._session: ClientSession | None = None
         self._runner: web.AppRunner | None = None
+        # Per connection (aiohttp's RequestHandler; entries of closed ones are dropped by the
+        # watchdog): a request in progress, since when it has been waiting for the next
+        # request's headers (loop time), whether it was served before.
+        self._busy: dict[Any, bool] = {}
+        self._waiting_since: dict[Any, float] = {}
+        self._served: set[Any] = set()
+        self.closed_for_slow_headers = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -190,7 +204,13 @@ class HttpGuard:
         asyncio.set_event_loop(loop)
         app = web.Application(client_max_size=self.settings.limits.max_body_bytes)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=15.0)
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=15.0,
+            keepalive_timeout=self.settings.keepalive_timeout_s,
+        )
         self._runner = runner
         try:
             loop.run_until_complete(runner.setup())
@@ -199,6 +219,7 @@ class HttpGuard:
             )
             loop.run_until_complete(site.start())
             self._session = loop.run_until_complete(self._open_session())
+            watchdog = loop.create_task(self._close_slow_connections(runner))
         except BaseException as exc:  # port taken, bad address
             self._failure = exc
             self._started.set()
@@ -206,6 +227,7 @@ class HttpGuard:
         self._started.set()
         try:
             loop.run_forever()
+            watchdog.cancel()
         finally:
             # Handlers of idle keep-alive connections: cancelled, not left pending.
             pending = asyncio.all_tasks(loop)
@@ -213,6 +235,35 @@ class HttpGuard:
                 task.cancel()
             loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.close()
+
+    async def _close_slow_connections(self, runner: web.AppRunner) -> None:
+        """Every second: close connections that have waited too long for a request's headers
+        (``header_timeout_s`` from opening; ``keepalive_timeout_s`` more after a response).
+        A connection with a request in progress is the body deadline's business."""
+        loop = asyncio.get_running_loop()
+        settings = self.settings
+        while True:
+            await asyncio.sleep(min(1.0, settings.header_timeout_s / 4))
+            server = runner.server
+            if server is None:
+                continue
+            now = loop.time()
+            connections = list(server.connections)
+            for gone in set(self._waiting_since) - set(connections):
+                self._waiting_since.pop(gone, None)
+                self._busy.pop(gone, None)
+                self._served.discard(gone)
+            for handler in connections:
+                if self._busy.get(handler):
+                    continue
+                since = self._waiting_since.setdefault(handler, now)
+                budget = settings.header_timeout_s + (
+                    settings.keepalive_timeout_s if handler in self._served else 0.0
+                )
+                if now - since > budget and handler.transport is not None:
+                    self.closed_for_slow_headers += 1
+                    handler.force_close()
+                    handler.transport.close()
 
     async def _open_session(self) -> ClientSession:
         return ClientSession(
@@ -229,11 +280,18 @@ class HttpGuard:
         return hmac.compare_digest(given.encode(), self.settings.admin_key.encode())
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        connection = request.protocol
+        self._busy[connection] = True
         try:
-            body = await self._admit(request)
-        except RequestRefusedError as exc:
-            return _error(exc.status, exc.message)
-        return await self._forward(request, body)
+            try:
+                body = await self._admit(request)
+            except RequestRefusedError as exc:
+                return _error(exc.status, exc.message)
+            return await self._forward(request, body)
+        finally:
+            self._busy[connection] = False
+            self._served.add(connection)
+            self._waiting_since[connection] = asyncio.get_running_loop().time()
 
     async def _admit(self, request: web.Request) -> bytes:
         """Read and check one request; raises ``RequestRefusedError`` for what must not pass."""

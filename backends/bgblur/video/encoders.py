@@ -61,6 +61,33 @@ ENCODER_CHOICES: tuple[str, ...] = ("auto", "nvenc", "x264")
 NVENC_COLORSPACE = 5  # AVCOL_SPC_BT470BG: the BT.601 matrix
 NVENC_COLOR_RANGE = 1  # AVCOL_RANGE_MPEG: limited range
 NVENC_PRESET = "P4"
+# libx264's presets, fastest first (the ``preset`` option of both encoders), and the NVENC
+# preset (P1 fastest .. P7 best) each one maps to.
+X264_PRESETS: tuple[str, ...] = (
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+    "placebo",
+)
+DEFAULT_PRESET = "medium"
+NVENC_PRESETS: dict[str, str] = {
+    "ultrafast": "P1",
+    "superfast": "P1",
+    "veryfast": "P2",
+    "faster": "P3",
+    "fast": "P3",
+    "medium": NVENC_PRESET,
+    "slow": "P5",
+    "slower": "P6",
+    "veryslow": "P7",
+    "placebo": "P7",
+}
 # Primaries and transfer for a source that declares none: BT.709 (sRGB's). MP4/MOV write their
 # colour box ("colr", which carries the matrix and range) only when all three are specified.
 _FALLBACK_PRIMARIES = _FALLBACK_TRC = 1
@@ -148,7 +175,9 @@ def _even(size: int) -> int:
     return max(2, size - size % 2)
 
 
-def _nvenc_options(rate: Fraction | float, gop: int, quality: int, gpu: int) -> dict[str, Any]:
+def _nvenc_options(
+    rate: Fraction | float, gop: int, quality: int, gpu: int, preset: str = NVENC_PRESET
+) -> dict[str, Any]:
     """CreateEncoder options (PyNvVideoCodec takes every value as a string, except the CUDA
     context and stream: the device's primary context and its legacy stream, never a context of
     the binding's own; see :mod:`bgblur.video.cuda_context`)."""
@@ -156,7 +185,7 @@ def _nvenc_options(rate: Fraction | float, gop: int, quality: int, gpu: int) -> 
         "cudacontext": primary_context(gpu),
         "cudastream": 0,
         "codec": "h264",
-        "preset": NVENC_PRESET,
+        "preset": preset,
         "tuning_info": "high_quality",
         "gpu_id": str(gpu),
         "fps": str(max(1, round(float(rate)))),
@@ -187,6 +216,8 @@ class NvencH264Encoder:
         gop: Frames from one IDR frame to the next.
         quality: Constant-quality target 0..51 (lower: better and larger), the CRF's analogue.
         gpu: CUDA device index.
+        preset: A libx264 preset name (:data:`X264_PRESETS`), taken as its NVENC preset
+            (:data:`NVENC_PRESETS`).
         device_input: True to take frames from GPU memory (CuPy; the RGBA staging buffer is
             on the GPU), False for host memory (NumPy). Frames of the other kind are copied
             across.
@@ -205,7 +236,10 @@ class NvencH264Encoder:
         quality: int = 23,
         gpu: int = 0,
         device_input: bool = False,
+        preset: str = DEFAULT_PRESET,
     ) -> None:
+        if preset not in NVENC_PRESETS:
+            raise ValueError(f"preset must be one of {X264_PRESETS}, got {preset!r}")
         if width % 2 or height % 2:
             raise ValueError(f"H.264 4:2:0 needs an even width and height, got {width}x{height}")
         try:
@@ -232,7 +266,7 @@ class NvencH264Encoder:
                     height,
                     "ABGR",
                     not device_input,
-                    **_nvenc_options(rate, gop, quality, gpu),
+                    **_nvenc_options(rate, gop, quality, gpu, NVENC_PRESETS[preset]),
                 )
         except Exception as exc:
             raise RuntimeError(f"NVENC unavailable on GPU {gpu}: {exc}") from exc

@@ -27,10 +27,12 @@ class GrowingBytes:
     Args:
         max_bytes: the most the stream may hold; :meth:`append` beyond it raises
             :class:`~bgblur.errors.InvalidInputError` (and aborts the stream).
+        limit_name: what sets ``max_bytes``, named in that error (a model setting).
     """
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, limit_name: str = "max_input_bytes") -> None:
         self.max_bytes = max_bytes
+        self.limit_name = limit_name
         self._data = bytearray()
         self._finished = False
         self._abort_reason: str | None = None
@@ -57,11 +59,21 @@ class GrowingBytes:
             if self._abort_reason is not None:
                 raise InvalidInputError(f"the video stream was stopped: {self._abort_reason}")
             if len(self._data) + len(chunk) > self.max_bytes:
-                reason = f"the stream exceeds {self.max_bytes:,} bytes"
+                reason = f"the stream exceeds {self.max_bytes:,} bytes ({self.limit_name})"
                 self._abort_locked(reason)
-                raise InvalidInputError(f"VIDEO: {reason} (max_input_bytes)")
+                raise InvalidInputError(f"VIDEO: {reason}")
             self._data += chunk
             self._changed.notify_all()
+
+    def set_limit(self, max_bytes: int, limit_name: str) -> None:
+        """Hold the stream to ``max_bytes`` from now on (e.g. lowered once the session knows what
+        its frames take); raises InvalidInputError (and aborts) if it already holds more."""
+        with self._changed:
+            self.max_bytes, self.limit_name = max_bytes, limit_name
+            if len(self._data) > max_bytes:
+                reason = f"the stream exceeds {max_bytes:,} bytes ({limit_name})"
+                self._abort_locked(reason)
+                raise InvalidInputError(f"VIDEO: {reason}")
 
     def finish(self) -> None:
         """No more bytes: readers see the end of the file once they have read everything."""

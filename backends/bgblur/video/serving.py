@@ -21,31 +21,35 @@ Chunked input (a live or piped stream; Triton's sequence ID, tritonclient's ``se
 in order, the first flagged START (with the parameters), the last END (its ``VIDEO`` may be
 empty). The session starts with the first chunk and decodes as the rest arrives
 (:mod:`bgblur.video.growing`: the format must be streamable, e.g. fragmented MP4, MPEG-TS,
-Matroska/WebM). All output goes to the START request's responses, as above; every other
-request gets one empty response flagged final once its bytes are queued (the acknowledgement a
-client paces itself on), or an error: no open stream for that sequence ID, the stream over
-``max_input_bytes``. A stream with no chunk for ``chunk_timeout_s`` is stopped with an error,
-as is one whose START request is cancelled, and forgotten. A request with both flags, or
-without a sequence ID, is a whole file. The sequence ID routes nothing: the chunks of a stream
-must reach the same instance, which one instance of this model per server guarantees (the
-default on one GPU or the CPU; a server over several GPUs runs one per GPU: send whole files
-there).
+Matroska/WebM). All output goes to the START request's responses, as above; every other request
+gets one empty response flagged final once its bytes are queued (the acknowledgement a client
+paces itself on), or an error: no open stream for that sequence ID, the stream over
+``max_input_bytes`` or ``max_session_bytes``. A stream is stopped with an error, and forgotten,
+when it has had no chunk for ``chunk_timeout_s``, is still open ``max_stream_seconds`` after
+its START, brings less than ``min_stream_bytes_per_s`` on average since its START once older
+than ``stream_rate_grace_s``, or its START request is cancelled. At most ``max_streams``
+streams are open at once (a START beyond: UNAVAILABLE), so whole files keep the other sessions.
+A request with both flags, or without a sequence ID, is a whole file. The sequence ID routes
+nothing: the chunks of a stream must reach the same instance, which one instance of this model
+per server guarantees (the default on one GPU or the CPU; a server over several GPUs runs one
+per GPU: send whole files there).
 
 Each session (a whole-file request, or a chunked stream from its START) runs on a worker thread
 (``execute`` returns at once), at most ``max_sessions`` at a time per instance (more wait in
-line). Everything a session holds (input copy, decoder, encoder, buffers) belongs to that
-thread and is released when it ends: finished, failed, or cancelled (the client cancelled or
-disconnected: Triton marks the request cancelled, the loop sees it between batches and stops).
-Nothing is kept between sessions; a chunked stream's entry (its input so far) lives from its
-START to its END, failure, cancellation or timeout.
-"""
+line). Its input plus its frame buffers (:func:`bgblur.video.transcode.plan_frames`) must fit
+``max_session_bytes``, or it fails with INVALID_ARG naming the limit. Everything a session
+holds (input copy, decoder, encoder, buffers) belongs to that thread and is released when it
+ends: finished, failed, or cancelled (the client cancelled or disconnected: Triton marks the
+request cancelled, the loop sees it between batches and stops). Nothing is kept between
+sessions; a chunked stream's entry (its input so far) lives from its START to its END, failure,
+cancellation or timeout."""
 
 from __future__ import annotations
 
 import dataclasses
 import hmac
 import logging
-import os
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -74,9 +78,8 @@ DECODER_CHOICES = ("auto", "pyav", "nvdec")
 
 @dataclass(frozen=True)
 class VideoModelSettings:
-    """Model-level settings (config.pbtxt ``parameters``; ``$BGBLUR_VIDEO_BLUR``,
-    ``$BGBLUR_VIDEO_DECODER`` and ``$BGBLUR_VIDEO_CHUNK_TIMEOUT_S`` override ``blur``,
-    ``decoder`` and ``chunk_timeout_s``, e.g. for benchmarks and tests).
+    """Model-level settings: config.pbtxt ``parameters`` of the same names (their comments
+    there, and docs/reliability.md, say why each default).
 
     Attributes:
         blur: ``"bls"`` (each batch is a BLS request to the ``background_blur`` ensemble:
@@ -87,41 +90,86 @@ class VideoModelSettings:
             ``"pyav"`` or ``"nvdec"``.
         segmentation_model: the network of ``in_process`` (the launcher keeps it equal to the
             ensemble's).
-        max_sessions: videos transcoded at once per instance.
+        max_sessions: videos transcoded at once per instance (whole files and chunked streams).
+        max_streams: chunked streams open at once per instance (received, queued or running),
+            at most ``max_sessions``; a START beyond it is refused (UNAVAILABLE). Below
+            ``max_sessions``, whole files always find a free session.
         max_input_bytes: largest accepted ``VIDEO`` (a chunked stream: all its chunks).
+        max_session_bytes: the most host memory one session may take (bytes): its input (a
+            chunked stream's so far) plus its frame buffers
+            (:attr:`bgblur.video.transcode.FramePlan.frame_bytes`); a session over it is refused
+            (INVALID_ARG naming the setting).
         chunk_timeout_s: a chunked stream with no chunk for this long is stopped.
+        max_stream_seconds: a chunked stream still open (no END) this long after its START is
+            stopped, however fast its chunks come.
+        min_stream_bytes_per_s: a chunked stream's average input rate since its START, checked
+            once it is ``stream_rate_grace_s`` old; a stream under it is stopped.
+        stream_rate_grace_s: the start-up time before ``min_stream_bytes_per_s`` applies.
     """
 
     blur: str = "bls"
     decoder: str = "auto"
     segmentation_model: str = "selfie_general"
     max_sessions: int = 4
+    max_streams: int = 2
     max_input_bytes: int = 1 << 30
+    max_session_bytes: int = 2 << 30
     chunk_timeout_s: float = 60.0
+    max_stream_seconds: float = 3600.0
+    min_stream_bytes_per_s: int = 8192
+    stream_rate_grace_s: float = 30.0
 
     @classmethod
     def from_parameters(cls, parameters: dict[str, str]) -> VideoModelSettings:
-        settings = cls(
-            blur=os.environ.get("BGBLUR_VIDEO_BLUR") or parameters.get("blur", cls.blur),
-            decoder=os.environ.get("BGBLUR_VIDEO_DECODER")
-            or parameters.get("decoder", cls.decoder),
-            segmentation_model=parameters.get("segmentation_model", cls.segmentation_model),
-            max_sessions=int(parameters.get("max_sessions", cls.max_sessions)),
-            max_input_bytes=int(parameters.get("max_input_bytes", cls.max_input_bytes)),
-            chunk_timeout_s=float(
-                os.environ.get("BGBLUR_VIDEO_CHUNK_TIMEOUT_S")
-                or parameters.get("chunk_timeout_s", cls.chunk_timeout_s)
-            ),
-        )
-        if settings.blur not in BLUR_MODES:
-            raise ValueError(f"blur must be one of {BLUR_MODES}, got {settings.blur!r}")
-        if settings.decoder not in DECODER_CHOICES:
-            raise ValueError(f"decoder must be one of {DECODER_CHOICES}, got {settings.decoder!r}")
-        if settings.max_sessions < 1 or settings.max_input_bytes < 1:
-            raise ValueError("max_sessions and max_input_bytes must be >= 1")
-        if settings.chunk_timeout_s <= 0:
-            raise ValueError("chunk_timeout_s must be > 0")
+        """The settings of config.pbtxt ``parameters`` (missing keys: the defaults above).
+
+        Raises:
+            ValueError: a value that does not parse or is out of range, naming the key.
+        """
+        defaults = cls()
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = parameters.get(f.name)
+            if raw is None:
+                continue
+            kind = type(getattr(defaults, f.name))
+            try:
+                values[f.name] = kind(raw) if kind is not int else int(str(raw).strip())
+            except ValueError:
+                raise ValueError(
+                    f"background_blur_video parameter {f.name!r} must be {kind.__name__}, "
+                    f"got {raw!r}"
+                ) from None
+        settings = cls(**values)
+        settings._check()
         return settings
+
+    def _check(self) -> None:
+        def need(ok: bool, name: str, allowed: str) -> None:
+            if not ok:
+                raise ValueError(
+                    f"background_blur_video parameter {name!r} must be {allowed}, got "
+                    f"{getattr(self, name)!r}"
+                )
+
+        need(self.blur in BLUR_MODES, "blur", f"one of {BLUR_MODES}")
+        need(self.decoder in DECODER_CHOICES, "decoder", f"one of {DECODER_CHOICES}")
+        need(self.max_sessions >= 1, "max_sessions", ">= 1")
+        need(
+            0 <= self.max_streams <= self.max_sessions,
+            "max_streams",
+            f"in [0, max_sessions = {self.max_sessions}]",
+        )
+        need(self.max_input_bytes >= 1, "max_input_bytes", ">= 1")
+        need(self.max_session_bytes >= 1, "max_session_bytes", ">= 1")
+        for name in ("chunk_timeout_s", "max_stream_seconds"):
+            need(math.isfinite(getattr(self, name)) and getattr(self, name) > 0, name, "> 0")
+        need(self.min_stream_bytes_per_s >= 0, "min_stream_bytes_per_s", ">= 0 (0: no minimum)")
+        need(
+            math.isfinite(self.stream_rate_grace_s) and self.stream_rate_grace_s >= 0,
+            "stream_rate_grace_s",
+            ">= 0",
+        )
 
 
 @dataclass(frozen=True)
@@ -135,11 +183,12 @@ class _Session:
 
 @dataclass
 class _OpenStream:
-    """A chunked stream still receiving chunks."""
+    """A chunked stream still receiving chunks (times: ``time.monotonic()`` seconds)."""
 
     growing: GrowingBytes
     start_sender: Any
     token: str = ""
+    opened: float = field(default_factory=time.monotonic)
     last_chunk: float = field(default_factory=time.monotonic)
 
 
@@ -171,6 +220,7 @@ class VideoModel:
         self._pipeline: Any = None
         self._pipeline_lock = threading.Lock()
         self._streams: dict[Any, _OpenStream] = {}
+        self._stream_sessions = 0  # chunked streams from their START to their session's end
         self._streams_lock = threading.Lock()
         self._watchdog = threading.Thread(
             target=self._watch_streams, name="bgblur-video-streams", daemon=True
@@ -199,6 +249,9 @@ class VideoModel:
                     sender.send(flags=final)  # queued: the acknowledgement
             except InvalidInputError as exc:
                 sender.send(error_response(pb_utils, str(exc), invalid_arg=True), flags=final)
+            except ModelUnavailableError as exc:
+                error = pb_utils.TritonError(str(exc), pb_utils.TritonError.UNAVAILABLE)
+                sender.send(pb_utils.InferenceResponse(error=error), flags=final)
         return None
 
     def finalize(self) -> None:
@@ -229,7 +282,12 @@ class VideoModel:
         if view.size > self.settings.max_input_bytes:
             raise InvalidInputError(
                 f"{INPUT_VIDEO} is {view.size:,} bytes; at most "
-                f"{self.settings.max_input_bytes:,} are accepted per request"
+                f"{self.settings.max_input_bytes:,} are accepted per request (max_input_bytes)"
+            )
+        if view.size > self.settings.max_session_bytes:
+            raise InvalidInputError(
+                f"{INPUT_VIDEO} is {view.size:,} bytes, over the session limit "
+                f"max_session_bytes = {self.settings.max_session_bytes:,}"
             )
         return view
 
@@ -254,7 +312,11 @@ class VideoModel:
                 f"{MIN_STREAM_TOKEN_CHARS} random characters (e.g. secrets.token_urlsafe(16)); "
                 "every chunk of the stream carries the same"
             )
-        growing = GrowingBytes(self.settings.max_input_bytes)
+        settings = self.settings
+        if settings.max_input_bytes <= settings.max_session_bytes:
+            growing = GrowingBytes(settings.max_input_bytes, "max_input_bytes")
+        else:
+            growing = GrowingBytes(settings.max_session_bytes, "max_session_bytes")
         growing.append(memoryview(self._video_bytes(request)).cast("B"))
         session = self._prepare(request, growing)
         with self._streams_lock:
@@ -263,7 +325,13 @@ class VideoModel:
                     f"sequence {key!r} already has an open video stream: a new stream needs a "
                     "new sequence ID"
                 )
+            if self._stream_sessions >= settings.max_streams:
+                raise ModelUnavailableError(
+                    f"all {settings.max_streams} chunked-stream sessions of this server are in "
+                    "use (max_streams): retry later, or send the video whole in one request"
+                )
             self._streams[key] = _OpenStream(growing, sender, token=token)
+            self._stream_sessions += 1
         return dataclasses.replace(session, stream_key=key)
 
     def _add_chunk(self, request: Any, key: Any, *, end: bool) -> None:
@@ -304,19 +372,21 @@ class VideoModel:
                 del self._streams[key]
 
     def _watch_streams(self) -> None:
-        """Stop streams that stopped sending (``chunk_timeout_s``) or whose START request was
-        cancelled (the session may be waiting for a chunk, where it cannot see that)."""
+        """Every 0.5 s, stop the open streams that ran out of time (:meth:`_expiry`) or whose
+        START request was cancelled (the session may be waiting for a chunk, where it cannot
+        see that)."""
         while not self._stopping.wait(0.5):
             now = time.monotonic()
             with self._streams_lock:
                 streams = list(self._streams.items())
             for key, stream in streams:
-                idle = now - stream.last_chunk
                 is_cancelled = getattr(stream.start_sender, "is_cancelled", None)
-                reason = None
-                if idle > self.settings.chunk_timeout_s:
-                    reason = f"no chunk for {idle:.0f} s (chunk_timeout_s)"
-                elif is_cancelled is not None and stream.growing.abort_reason is None:
+                reason = self._expiry(stream, now)
+                if (
+                    reason is None
+                    and is_cancelled is not None
+                    and stream.growing.abort_reason is None
+                ):
                     try:
                         if is_cancelled():
                             reason = "the request was cancelled"
@@ -327,6 +397,28 @@ class VideoModel:
                     stream.growing.abort(reason)
                     self._forget_stream(key, stream.growing)
 
+    def _expiry(self, stream: _OpenStream, now: float) -> str | None:
+        """Why an open stream must stop now, or None: no chunk for ``chunk_timeout_s``, open
+        longer than ``max_stream_seconds``, or under ``min_stream_bytes_per_s`` on average
+        since its START once past ``stream_rate_grace_s``."""
+        settings = self.settings
+        idle, age = now - stream.last_chunk, now - stream.opened
+        if idle > settings.chunk_timeout_s:
+            return f"no chunk for {idle:.0f} s (chunk_timeout_s = {settings.chunk_timeout_s:g})"
+        if age > settings.max_stream_seconds:
+            return (
+                f"the stream is still open {age:.0f} s after its START (max_stream_seconds = "
+                f"{settings.max_stream_seconds:g}): send a longer video as several streams"
+            )
+        received = len(stream.growing)
+        minimum = settings.min_stream_bytes_per_s
+        if minimum and age > settings.stream_rate_grace_s and received < minimum * age:
+            return (
+                f"{received:,} bytes in {age:.1f} s since its START ({received / age:,.0f} "
+                f"bytes/s), under min_stream_bytes_per_s = {minimum:,}"
+            )
+        return None
+
     def _serve(self, session: _Session, sender: Any) -> None:
         pb_utils = self.pb_utils
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -334,21 +426,36 @@ class VideoModel:
         # its response factory are released once the final response is sent.
         sender_cancelled = getattr(sender, "is_cancelled", None)
         final_sent = False
+        chunked = isinstance(session.video_bytes, GrowingBytes)
+        holds_stream_slot = chunked
 
         def cancelled() -> bool:
             if self._stopping.is_set():
                 return True
             return not final_sent and sender_cancelled is not None and bool(sender_cancelled())
 
+        def release() -> None:
+            """Free the stream's slot and input before the final response (a client may open
+            its next stream as soon as it has it)."""
+            nonlocal holds_stream_slot
+            if chunked:
+                self._forget_stream(session.stream_key, session.video_bytes)
+                session.video_bytes.abort("the session ended")
+            if holds_stream_slot:
+                holds_stream_slot = False
+                with self._streams_lock:
+                    self._stream_sessions -= 1
+
         try:
             chunks = transcode(
                 session.video_bytes,
                 self._blur_function(session),
                 options=session.options,
-                decoder=self._decoder(chunked=isinstance(session.video_bytes, GrowingBytes)),
+                decoder=self._decoder(chunked=chunked),
                 gpu_index=self.device.index,
                 cancelled=cancelled,
                 nvenc_allowed=self.device.is_gpu,
+                max_session_bytes=self.settings.max_session_bytes,
             )
             for chunk in chunks:
                 response = pb_utils.InferenceResponse(
@@ -361,18 +468,25 @@ class VideoModel:
                         ),
                     ]
                 )
+                if chunk.final:
+                    chunks.close()  # the transcode's buffers go before the final response
+                    release()
                 sender.send(response, flags=final if chunk.final else 0)
                 final_sent = chunk.final
             if not final_sent:
                 LOG.info("video session cancelled")
+                release()
                 sender.send(flags=final)
         except InvalidInputError as exc:
+            release()
             sender.send(error_response(pb_utils, str(exc), invalid_arg=True), flags=final)
         except ModelUnavailableError as exc:
+            release()
             error = pb_utils.TritonError(str(exc), pb_utils.TritonError.UNAVAILABLE)
             sender.send(pb_utils.InferenceResponse(error=error), flags=final)
         except Exception as exc:
             LOG.exception("video session failed")
+            release()
             try:
                 sender.send(
                     error_response(pb_utils, f"video transcode failed: {exc}", invalid_arg=False),
@@ -381,9 +495,7 @@ class VideoModel:
             except Exception:  # the stream is gone (client disconnected): nothing to tell
                 LOG.info("could not report the failure: the client is gone")
         finally:
-            if isinstance(session.video_bytes, GrowingBytes):  # ended before its END chunk?
-                self._forget_stream(session.stream_key, session.video_bytes)
-                session.video_bytes.abort("the session ended")
+            release()  # ended before its END chunk, or a send failed
 
     def _decoder(self, *, chunked: bool = False) -> str:
         """The session's decoder. ``auto`` takes PyAV for a chunked stream: the NVDEC path

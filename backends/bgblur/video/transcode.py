@@ -10,9 +10,15 @@ usable and tested without Triton: :func:`transcode` takes the bytes of a whole v
 - Decode: PyAV (FFmpeg, CPU) or NVDEC through PyNvVideoCodec (``decoder="nvdec"``; frames stay
   in GPU memory, NV12 -> RGB with ``bgblur.ops.nv12_to_rgb``), in a thread ahead of the blur.
 - Blur: ``blur_batch(frames_nhwc_u8) -> blurred_nhwc_u8`` on upright RGB batches of at most
-  ``options.batch_size`` frames (the served ensemble through BLS, or the in-process pipeline).
-- Encode: H.264 (libx264, yuv420p, CRF ``options.crf``, a keyframe every ``options.gop_seconds``;
-  or NVENC through PyNvVideoCodec where the GPU has one, ``options.encoder``, see
+  ``options.batch_size`` frames, fewer where that many would exceed one request's
+  ``MAX_REQUEST_BYTES`` (:func:`frames_per_batch`: 2 at 8K UHD), through the served ensemble
+  (BLS) or the in-process pipeline.
+- Memory: what a session buffers is bounded in bytes (:func:`plan_frames`): decoded batches
+  queued ahead of the blur, FFmpeg decoder threads, libx264's lookahead, reference and B-frames
+  and threads; with ``max_session_bytes`` the input plus that estimate must fit the limit.
+- Encode: H.264 (libx264, yuv420p, CRF ``options.crf``, preset ``options.preset``, a keyframe
+  every ``options.gop_seconds``; or NVENC through PyNvVideoCodec where the GPU has one (its
+  P1..P7 preset matching ``options.preset``), ``options.encoder``, see
   :mod:`bgblur.video.encoders`) in fragmented MP4 (``frag_keyframe+empty_moov``): the output is
   written front to back with no seek, so every chunk can be sent as soon as it exists and a prefix
   of the chunks is a playable file. The source's time base and frame timestamps are kept (so frame
@@ -32,8 +38,9 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import queue
+import os
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -42,9 +49,11 @@ from typing import Any
 import numpy as np
 
 from bgblur.errors import InvalidInputError, ModelUnavailableError
-from bgblur.parameters import MAX_FRAME_LONG_SIDE, MAX_FRAME_SHORT_SIDE
+from bgblur.parameters import MAX_FRAME_LONG_SIDE, MAX_FRAME_SHORT_SIDE, MAX_REQUEST_BYTES
 from bgblur.video.encoders import (
+    DEFAULT_PRESET,
     ENCODER_CHOICES,
+    X264_PRESETS,
     AccessUnitEncoder,
     NvencH264Encoder,
     PreEncodedH264Track,
@@ -67,6 +76,131 @@ _YUV_TO_RGB_FLAGS_NAMES = ("BILINEAR", "ACCURATE_RND", "FULL_CHR_H_INT")
 
 BlurBatch = Callable[[Any], Any]
 
+# ---- memory: batches and buffers sized in bytes ----------------------------------------------
+
+QUEUED_FRAME_BYTES = MAX_REQUEST_BYTES
+"""Decoded frames the decoder thread may queue ahead of the blur (bytes; one batch at least, two
+at most): two batches at 1080p, one at 4K and 8K UHD."""
+DECODER_THREAD_BYTES = 128 << 20
+"""FFmpeg frame threads of one session's decoder, in decoded YUV 4:2:0 frames' bytes (each
+thread holds a frame): the host's cores (at most 16) up to 4K, 2 at 8K."""
+DECODER_MAX_DPB_MBS = 696_320
+"""H.264's largest decoded picture buffer (levels 6-6.2), in macroblocks: the reference frames a
+decoder may hold (16 at 1080p, 5 at 8K UHD)."""
+ENCODER_FRAME_BYTES = 768 << 20
+"""What libx264 may buffer per session (bytes): its lookahead, reference and B-frames and frame
+threads are cut (in that order) until their frames fit."""
+X264_BYTES_PER_PIXEL = 5
+"""Host bytes libx264 holds per buffered frame and pixel (padded planes, half-pel planes, lowres
+copy; measured with PyAV 14 / x264 164: ~3.3 at 1080p preset medium, ~4.5 at 8K)."""
+X264_MAX_THREADS = 16
+# (rc-lookahead, refs, bframes) of each libx264 preset (x264's x264_param_default_preset).
+_X264_PRESET_BUFFERS: dict[str, tuple[int, int, int]] = {
+    "ultrafast": (0, 1, 0),
+    "superfast": (0, 1, 3),
+    "veryfast": (10, 1, 3),
+    "faster": (20, 2, 3),
+    "fast": (30, 2, 3),
+    "medium": (40, 3, 3),
+    "slow": (50, 5, 3),
+    "slower": (60, 8, 8),
+    "veryslow": (60, 16, 8),
+    "placebo": (60, 16, 16),
+}
+
+
+def frames_per_batch(width: int, height: int, requested: int) -> int:
+    """Frames of one blur batch of ``width`` x ``height`` RGB uint8 frames: ``requested``, or
+    fewer where that many would exceed one request's ``MAX_REQUEST_BYTES``; at least 1.
+
+    e.g. with ``requested=8``: 8 at 1080p and 4K UHD, 2 at 8K UHD (7680x4320).
+    """
+    if width < 1 or height < 1 or requested < 1:
+        raise ValueError(f"need a positive size and batch, got {width}x{height}, {requested}")
+    return max(1, min(requested, MAX_REQUEST_BYTES // (width * height * 3)))
+
+
+@dataclass(frozen=True)
+class FramePlan:
+    """How a session buffers its ``width`` x ``height`` frames, each buffer sized in bytes.
+
+    Attributes:
+        batch_frames: frames per blur batch (:func:`frames_per_batch`).
+        batch_bytes: one batch's RGB uint8 bytes.
+        queued_bytes: the most decoded frames (bytes) queued ahead of the blur; a batch at least.
+        decoder_threads: the FFmpeg decoder's frame threads.
+        x264_options: libx264 options that cap its buffered frames (``rc-lookahead``, ``refs``,
+            ``bf``, ``threads``), those the preset's own values exceed.
+        frame_bytes: the estimate of the host memory the session's frames take at most (bytes):
+            RGB batches (being decoded, queued, blurred, blurred back), the decoder's frames
+            (threads and reference frames) and libx264's.
+    """
+
+    batch_frames: int
+    batch_bytes: int
+    queued_bytes: int
+    decoder_threads: int
+    x264_options: dict[str, str]
+    frame_bytes: int
+
+
+def plan_frames(width: int, height: int, batch_size: int, preset: str = "medium") -> FramePlan:
+    """The :class:`FramePlan` of a session of ``width`` x ``height`` frames.
+
+    Args:
+        width, height: the decoded frame size (pixels).
+        batch_size: the requested frames per batch (``VideoOptions.batch_size``).
+        preset: the libx264 preset (its lookahead, reference and B-frames are capped from there).
+    """
+    pixels = width * height
+    rgb_bytes, yuv_bytes = pixels * 3, pixels * 3 // 2
+    batch_frames = frames_per_batch(width, height, batch_size)
+    batch_bytes = batch_frames * rgb_bytes
+    queued_batches = max(1, min(2, QUEUED_FRAME_BYTES // batch_bytes))
+    cores = min(os.cpu_count() or 1, X264_MAX_THREADS)
+    decoder_threads = max(1, min(cores, DECODER_THREAD_BYTES // yuv_bytes))
+    macroblocks = -(-width // 16) * -(-height // 16)
+    reference_frames = max(1, min(16, DECODER_MAX_DPB_MBS // macroblocks))
+    x264_options, x264_frames = _x264_buffers(pixels, preset, cores)
+    frame_bytes = (
+        (queued_batches + 3) * batch_bytes
+        + (decoder_threads + reference_frames) * yuv_bytes
+        + x264_frames * X264_BYTES_PER_PIXEL * pixels
+    )
+    return FramePlan(
+        batch_frames=batch_frames,
+        batch_bytes=batch_bytes,
+        queued_bytes=queued_batches * batch_bytes,
+        decoder_threads=decoder_threads,
+        x264_options=x264_options,
+        frame_bytes=frame_bytes,
+    )
+
+
+def _x264_buffers(pixels: int, preset: str, cores: int) -> tuple[dict[str, str], int]:
+    """(libx264 options capping its buffers, the frames it then buffers at most)."""
+    lookahead, refs, bframes = _X264_PRESET_BUFFERS.get(preset, _X264_PRESET_BUFFERS["placebo"])
+    preset_values = (lookahead, refs, bframes)
+    threads = cores
+    fits = max(4, ENCODER_FRAME_BYTES // (X264_BYTES_PER_PIXEL * pixels))
+
+    def buffered() -> int:  # + the frame being encoded and the one handed in
+        return lookahead + refs + bframes + threads + 2
+
+    if buffered() > fits:
+        lookahead = max(0, fits - (refs + bframes + threads + 2))
+    if buffered() > fits:
+        refs, bframes = 1, 0
+    if buffered() > fits:
+        threads = max(1, fits - (lookahead + refs + bframes + 2))
+    options = {"threads": str(threads)}
+    for name, value, preset_value in zip(
+        ("rc-lookahead", "refs", "bf"), (lookahead, refs, bframes), preset_values, strict=True
+    ):
+        if value != preset_value:
+            options[name] = str(value)
+    return options, buffered()
+
 
 @dataclass(frozen=True)
 class VideoOptions:
@@ -75,6 +209,8 @@ class VideoOptions:
     Attributes:
         batch_size: frames per blur call, 1..8.
         crf: libx264 constant rate factor, 0..51 (lower: better and larger).
+        preset: libx264 preset, ``ultrafast`` .. ``placebo`` (speed against size); NVENC takes
+            the matching P1..P7 preset.
         gop_seconds: seconds between keyframes (each starts an MP4 fragment), in (0, 60].
         chunk_bytes: an output chunk is sent once this many bytes are ready, >= 4096.
         encoder: ``"auto"`` (NVENC where the GPU has one, else libx264), ``"nvenc"`` or
@@ -86,6 +222,7 @@ class VideoOptions:
     gop_seconds: float = 2.0
     chunk_bytes: int = 1 << 20
     encoder: str = "auto"
+    preset: str = DEFAULT_PRESET
 
     def __post_init__(self) -> None:
         checks = [
@@ -107,6 +244,10 @@ class VideoOptions:
             raise InvalidInputError(
                 f"parameter 'encoder' must be one of {', '.join(ENCODER_CHOICES)}, "
                 f"got {self.encoder!r}"
+            )
+        if self.preset not in X264_PRESETS:
+            raise InvalidInputError(
+                f"parameter 'preset' must be one of {', '.join(X264_PRESETS)}, got {self.preset!r}"
             )
 
     @classmethod
@@ -144,6 +285,7 @@ def transcode(
     gpu_index: int = 0,
     cancelled: Callable[[], bool] = lambda: False,
     nvenc_allowed: bool = True,
+    max_session_bytes: int | None = None,
 ) -> Iterator[EncodedChunk]:
     """Blur the background of a whole video file; yield the output file in chunks.
 
@@ -160,13 +302,17 @@ def transcode(
             without probing a GPU, and ``"nvenc"`` is refused.
         cancelled: polled between batches; when it returns True the generator stops
             (without a final chunk).
+        max_session_bytes: the most memory the session may take (bytes): the input (a chunked
+            stream's so far and to come) plus its frame buffers (:attr:`FramePlan.frame_bytes`,
+            known once the first frame is decoded); None: no limit.
 
     Yields:
         :class:`EncodedChunk` s; the last has ``final=True``.
 
     Raises:
         InvalidInputError: empty, unreadable, corrupt or truncated input, no video stream,
-            unsupported codec, frames beyond the size limit.
+            unsupported codec, frames beyond the size limit, a session over
+            ``max_session_bytes``.
         ModelUnavailableError: PyAV (or, for ``nvdec``, PyNvVideoCodec/CuPy) is missing, or
             ``options.encoder="nvenc"`` and NVENC is unavailable.
     """
@@ -184,6 +330,9 @@ def transcode(
         audio = source.streams.audio[0] if source.streams.audio else None
         first = _first_frame(av, source, video, chunked=chunked)
         fmt = _SourceFormat.of(video, first)
+        plan = plan_frames(fmt.width, fmt.height, options.batch_size, options.preset)
+        if max_session_bytes is not None:
+            _hold_within(data, plan, fmt, max_session_bytes)
         encoder = _choose_encoder(options.encoder, fmt, gpu_index, nvenc_allowed)
         output = _FragmentedMp4Writer(
             av,
@@ -193,6 +342,7 @@ def transcode(
             encoder=encoder,
             gpu_index=gpu_index,
             device_input=decoder == "nvdec",
+            x264_options=plan.x264_options,
         )
         if decoder == "nvdec":
             from bgblur.video.nvdec import nvdec_batches
@@ -200,14 +350,14 @@ def transcode(
             batches: Iterable[_Batch] = nvdec_batches(
                 data.reader() if chunked else data,
                 fmt.quarter_turns,
-                options.batch_size,
+                plan.batch_frames,
                 gpu_index,
                 fmt.color_matrix,
                 fmt.full_range,
             )
             audio_packets: Iterable[Any] = _audio_packets(av, data, audio is not None)
         else:
-            batches = _pyav_batches(av, data, fmt, options.batch_size)
+            batches = _pyav_batches(av, data, fmt, plan)
             audio_packets = ()
 
         # A chunked stream's decoder may be waiting for a chunk when the session stops: the
@@ -217,10 +367,39 @@ def transcode(
                 data.abort("the transcode stopped")
 
         yield from _run(
-            batches, audio_packets, blur_batch, output, options, fmt, video, cancelled, av, on_stop
+            batches,
+            audio_packets,
+            blur_batch,
+            output,
+            options,
+            fmt,
+            video,
+            cancelled,
+            av,
+            on_stop,
+            queued_bytes=plan.queued_bytes,
         )
     finally:
         source.close()
+
+
+def _hold_within(
+    data: bytes | memoryview | GrowingBytes, plan: FramePlan, fmt: _SourceFormat, limit: int
+) -> None:
+    """Refuse a session whose input plus frame buffers exceed ``limit`` bytes; a chunked
+    stream's later chunks are held to what is left."""
+    frames = f"{fmt.width}x{fmt.height} frames, {plan.batch_frames} a batch"
+    if len(data) + plan.frame_bytes > limit:
+        raise InvalidInputError(
+            f"VIDEO needs about {len(data) + plan.frame_bytes:,} bytes of server memory "
+            f"({len(data):,} input bytes + {plan.frame_bytes:,} for {frames}), over the "
+            f"session limit max_session_bytes = {limit:,}"
+        )
+    if isinstance(data, GrowingBytes):
+        data.set_limit(
+            limit - plan.frame_bytes,
+            f"max_session_bytes = {limit:,} less {plan.frame_bytes:,} for {frames}",
+        )
 
 
 def _choose_encoder(requested: str, fmt: _SourceFormat, gpu_index: int, nvenc_allowed: bool) -> str:
@@ -419,16 +598,18 @@ def _yuv_to_rgb_flags(av: Any) -> Any:
 
 
 def _pyav_batches(
-    av: Any, data: bytes | memoryview | GrowingBytes, fmt: _SourceFormat, batch_size: int
+    av: Any, data: bytes | memoryview | GrowingBytes, fmt: _SourceFormat, plan: FramePlan
 ) -> Iterator[_Batch | Any]:
-    """Decoded upright RGB batches, interleaved with the audio packets (``av.Packet``)."""
+    """Decoded upright RGB batches of ``plan.batch_frames``, interleaved with the audio packets
+    (``av.Packet``); each frame is converted straight into its batch's array (no stacking)."""
     flags = _yuv_to_rgb_flags(av)
     with _open(av, data) as source:
         video = source.streams.video[0]
         video.thread_type = "AUTO"
+        video.thread_count = plan.decoder_threads
         audio = source.streams.audio[0] if source.streams.audio else None
         streams = [video] if audio is None else [video, audio]
-        frames: list[np.ndarray] = []
+        batch: np.ndarray | None = None
         pts: list[int | None] = []
         decoded = 0
         try:
@@ -444,20 +625,24 @@ def _pyav_batches(
                             f"{frame.width}x{frame.height}); not supported"
                         )
                     rgb = frame.to_ndarray(format="rgb24", interpolation=flags)
-                    frames.append(np.rot90(rgb, fmt.quarter_turns))
+                    upright = np.rot90(rgb, fmt.quarter_turns)
+                    if batch is None:  # a new array each batch: the last one is still in use
+                        batch = np.empty((plan.batch_frames, *upright.shape), np.uint8)
+                    batch[len(pts)] = upright
+                    del rgb, upright
                     pts.append(frame.pts)
                     decoded += 1
-                    if len(frames) == batch_size:
-                        yield _Batch(np.stack(frames), pts)
-                        frames, pts = [], []
+                    if len(pts) == plan.batch_frames:
+                        yield _Batch(batch, pts)
+                        batch, pts = None, []
         except (av.FFmpegError, ValueError) as exc:
             if isinstance(exc, InvalidInputError):
                 raise
             raise InvalidInputError(
                 f"VIDEO is corrupt after {decoded} frames: {_reason(exc)}"
             ) from exc
-        if frames:
-            yield _Batch(np.stack(frames), pts)
+        if batch is not None and pts:
+            yield _Batch(batch[: len(pts)], pts)
         if 0 < decoded < fmt.declared_frames:
             raise InvalidInputError(
                 f"VIDEO is truncated: its header declares {fmt.declared_frames} frames, "
@@ -519,6 +704,7 @@ class _FragmentedMp4Writer:
         gpu_index: int = 0,
         device_input: bool = False,
         video_encoder: AccessUnitEncoder | None = None,
+        x264_options: dict[str, str] | None = None,
     ) -> None:
         if encoder not in ("x264", "nvenc"):
             raise ValueError(f"encoder must be 'x264' or 'nvenc', got {encoder!r}")
@@ -540,6 +726,7 @@ class _FragmentedMp4Writer:
                         gop=gop,
                         quality=options.crf,
                         gpu=gpu_index,
+                        preset=options.preset,
                         device_input=device_input,
                     )
                     self.device_frames = device_input
@@ -562,7 +749,14 @@ class _FragmentedMp4Writer:
             self._video = self._track.stream
         else:
             stream = self._container.add_stream(
-                "libx264", rate=fmt.rate, options={"crf": str(options.crf), "g": str(gop)}
+                "libx264",
+                rate=fmt.rate,
+                options={
+                    "crf": str(options.crf),
+                    "preset": options.preset,
+                    "g": str(gop),
+                    **(x264_options or {}),
+                },
             )
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             stream.codec_context.time_base = fmt.time_base
@@ -660,30 +854,77 @@ def _cupy() -> Any:
 _END = object()
 
 
+class _ByteBoundedChannel:
+    """A FIFO between two threads bounded by the bytes it holds: :meth:`put` waits while the
+    items queued and the new one together exceed ``capacity_bytes`` (one item always fits)."""
+
+    def __init__(self, capacity_bytes: int) -> None:
+        self.capacity_bytes = capacity_bytes
+        self._items: deque[tuple[Any, int]] = deque()
+        self._queued_bytes = 0
+        self._changed = threading.Condition()
+
+    def put(self, item: Any, nbytes: int, stop: threading.Event) -> bool:
+        """Queue ``item`` of ``nbytes`` once it fits; False (not queued) once ``stop`` is set."""
+        with self._changed:
+            while self._items and self._queued_bytes + nbytes > self.capacity_bytes:
+                if stop.is_set():
+                    return False
+                self._changed.wait(0.1)
+            self._items.append((item, nbytes))
+            self._queued_bytes += nbytes
+            self._changed.notify_all()
+        return True
+
+    def put_last(self, item: Any) -> None:
+        """The producer's last word (the end marker or its exception), whatever is queued."""
+        with self._changed:
+            self._items.append((item, 0))
+            self._changed.notify_all()
+
+    def get(self) -> Any:
+        with self._changed:
+            while not self._items:
+                self._changed.wait()
+            item, nbytes = self._items.popleft()
+            self._queued_bytes -= nbytes
+            self._changed.notify_all()
+            return item
+
+    def clear(self) -> None:
+        with self._changed:
+            self._items.clear()
+            self._queued_bytes = 0
+            self._changed.notify_all()
+
+
+def _item_bytes(item: Any) -> int:
+    """The bytes a decoded batch (RGB frames) or an audio packet holds."""
+    if isinstance(item, _Batch):
+        return int(item.frames_nhwc_u8.nbytes)
+    return int(getattr(item, "size", 0) or 0)
+
+
 def _prefetch(
     items: Iterable[Any],
-    depth: int,
+    capacity_bytes: int,
     stop: threading.Event,
     on_stop: Callable[[], None] = lambda: None,
 ) -> Iterator[Any]:
-    """Run ``items`` on a helper thread, ``depth`` items ahead; re-raise its exception here.
-    ``on_stop`` is called before the helper is joined (to wake it if it waits on input)."""
-    channel: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    """Run ``items`` on a helper thread, at most ``capacity_bytes`` of them (one item at least)
+    ahead; re-raise its exception here. ``on_stop`` is called before the helper is joined (to
+    wake it if it waits on input)."""
+    channel = _ByteBoundedChannel(capacity_bytes)
 
     def produce() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        channel.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not channel.put(item, _item_bytes(item), stop):
                     return
-            channel.put(_END)
+                del item  # queued: the channel's reference is the only one
+            channel.put_last(_END)
         except BaseException as exc:  # handed to the consumer
-            channel.put(exc)
+            channel.put_last(exc)
 
     worker = threading.Thread(target=produce, name="bgblur-video-decode", daemon=True)
     worker.start()
@@ -695,13 +936,14 @@ def _prefetch(
             if isinstance(item, BaseException):
                 raise item
             yield item
+            del item
     finally:
         stop.set()
         on_stop()
-        while worker.is_alive():  # unblock a producer waiting on a full queue
-            with contextlib.suppress(queue.Empty):
-                channel.get_nowait()
+        while worker.is_alive():  # a producer waiting for room sees the stop
+            channel.clear()
             worker.join(timeout=0.05)
+        channel.clear()
 
 
 def _to_host(array: Any) -> np.ndarray:
@@ -719,13 +961,15 @@ def _run(
     cancelled: Callable[[], bool],
     av: Any,
     on_stop: Callable[[], None] = lambda: None,
+    *,
+    queued_bytes: int = QUEUED_FRAME_BYTES,
 ) -> Iterator[EncodedChunk]:
     stop = threading.Event()
     finished = False
     try:
         for packet in audio_packets:
             output.write_audio(packet)
-        for item in _prefetch(batches, depth=2, stop=stop, on_stop=on_stop):
+        for item in _prefetch(batches, queued_bytes, stop=stop, on_stop=on_stop):
             if cancelled():
                 return
             if not isinstance(item, _Batch):
@@ -740,8 +984,11 @@ def _run(
                     f"blur returned {blurred.dtype} {list(blurred.shape)}, expected uint8 "
                     f"{list(expected)}"
                 )
-            for frame, pts in zip(blurred, item.pts, strict=True):
+            frame_pts = item.pts
+            del item  # the decoded batch, blurred: its memory goes before the encode
+            for frame, pts in zip(blurred, frame_pts, strict=True):
                 output.write_frame(frame, pts)
+            del blurred
             if len(output.sink) >= options.chunk_bytes:
                 yield EncodedChunk(output.sink.take(), output.frames_done)
         output.finish()
