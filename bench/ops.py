@@ -8,10 +8,10 @@ Figures, not tests. For each frame size (720p, 1080p, 4K) and batch (1, 8, 32), 
 - postprocess ops, one by one (the per-op GPU kernels of ``bgblur.ops``): mask upscale, grey,
   joint bilateral (d=5), resize to the 224x224 working size, Gaussian 15x15 there, resize back,
   composite; and a full-resolution 31x31 Gaussian (the CV-CUDA reference figure's op);
-- postprocess chains: the per-op GPU chain (``Postprocess(fused=False)``'s calls), the fused chain
-  (``bgblur.ops.fused_gpu.FusedPostprocess``, four launches) and a naive torch chain
-  (``F.interpolate``, a shift-and-add joint bilateral, a separable ``conv2d`` Gaussian, float
-  composite; not bit-exact, the same work);
+- postprocess chains: the per-op GPU chain (``postprocess_chain``, what ``Postprocess(fused=False)``
+  runs), the fused chain (``bgblur.stages.postprocess_fused.FusedPostprocess``, four launches) and
+  a naive torch chain (``F.interpolate``, a shift-and-add joint bilateral, a separable ``conv2d``
+  Gaussian, float composite; not bit-exact, the same work);
 - on the CPU (OpenCV, ``cv2.setNumThreads(all cores)``, a per-frame loop, batch 1): the CPU stages
   of the library for the same work (the joint bilateral is ximgproc's, or its NumPy twin where
   OpenCV lacks ximgproc: the row's note says which);
@@ -56,7 +56,7 @@ sys.path[:0] = [str(ROOT / "backends"), str(ROOT / "client")]
 from bgblur import ops  # noqa: E402
 from bgblur.device import Device  # noqa: E402
 from bgblur.parameters import BlurParams  # noqa: E402
-from bgblur.stages.postprocess import Postprocess  # noqa: E402
+from bgblur.stages.postprocess import Postprocess, postprocess_chain  # noqa: E402
 
 SIZES = {"720p": (720, 1280), "1080p": (1080, 1920), "4k": (2160, 3840)}
 HBM_GBS = 3350.0  # H100 SXM HBM3 peak, GB/s
@@ -66,7 +66,7 @@ WORKING_HW = (224, 224)  # background blur working size
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 CVCUDA_REFERENCE = {
-    "source": "CV-CUDA 0.19 on this project's H100, one 1080p frame (from the issue)",
+    "source": "CV-CUDA 0.19 on this project's H100, one 1080p frame, measured apart from this run",
     "status": "reference (not run here)",
     "us_per_frame": {
         "resize+convertto+reformat to 224x224": 82.0,
@@ -339,7 +339,7 @@ class Bench:
     def run_gpu(self, size: str, batch: int) -> None:
         cupy = self.cupy
         from bgblur.ops import gaussian_gpu, resize_gpu
-        from bgblur.ops.fused_gpu import FusedPostprocess
+        from bgblur.stages.postprocess_fused import FusedPostprocess
 
         height, width = SIZES[size]
         params = BlurParams()
@@ -466,13 +466,8 @@ class Bench:
         chain_bytes = frame_bytes + prob_bytes + frame_bytes + pixel_bytes
         chain = "postprocess chain"
 
-        def unfused() -> Any:  # Postprocess(fused=False)'s calls, without its final sync
-            low = ops.probability_to_mask(prob)
-            mask = ops.upscale_mask(low, (height, width))
-            mask = ops.joint_bilateral_filter(mask, ops.rgb_to_grey(frames), 5, 50.0, 1.0)
-            small_ = ops.resize_linear_nhwc(frames, WORKING_HW)
-            bg = ops.resize_linear_nhwc(ops.gaussian_blur(small_, 15, 5.0), (height, width))
-            return ops.composite(frames, bg, mask), mask
+        def unfused() -> Any:  # Postprocess(fused=False)'s chain, without its final sync
+            return postprocess_chain(frames, prob, params, blur_working_hw=WORKING_HW)
 
         fused = FusedPostprocess(WORKING_HW, "nearest")
         row(

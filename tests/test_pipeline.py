@@ -13,6 +13,7 @@ from bgblur.device import Device
 from bgblur.errors import ModelUnavailableError
 from bgblur.parameters import BlurParams
 from bgblur.pipeline import BackgroundBlurPipeline
+from tests.stages.postprocess_reference import reference_postprocess
 
 
 @pytest.fixture(scope="module")
@@ -40,27 +41,12 @@ def reference(
     working_hw: tuple[int, int] = (224, 224),
     interpolation: int = cv2.INTER_NEAREST,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(mask, background, float composite rounded) per frame, from OpenCV and NumPy only."""
-    h, w = frames.shape[1:3]
-    masks, backgrounds = [], []
-    for frame in frames:
-        mask = cv2.resize(ellipse_mask_64(), (w, h), interpolation=interpolation)
-        if params.bilateral_diameter > 1:
-            grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-            mask = cv2.ximgproc.jointBilateralFilter(
-                grey,
-                mask,
-                params.bilateral_diameter,
-                params.bilateral_sigma_color,
-                params.bilateral_sigma_space,
-            )
-        small = cv2.resize(frame, working_hw[::-1], interpolation=cv2.INTER_LINEAR)
-        small = cv2.GaussianBlur(small, (params.blur_ksize,) * 2, params.blur_sigma)
-        masks.append(mask)
-        backgrounds.append(cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR))
-    mask, background = np.stack(masks), np.stack(backgrounds)
-    m = mask[..., None] / 255
-    return mask, background, np.rint(frames * m + background * (1 - m))
+    """(mask, background, float composite rounded) per frame, from OpenCV and NumPy only, with
+    fixed_ellipse's answer as the probability."""
+    probability = np.repeat(ellipse_mask_64()[None, None] / 255.0, len(frames), axis=0)
+    return reference_postprocess(
+        frames, probability, params, working_hw=working_hw, interpolation=interpolation
+    )
 
 
 def assert_within_one_lsb(actual: np.ndarray, expected: np.ndarray) -> None:

@@ -1,7 +1,8 @@
-"""GPU utilization, memory and energy from NVML (``libnvidia-ml.so.1``, through ctypes).
+"""GPU utilization, memory and energy from NVML, through ``pynvml`` (the ``nvidia-ml-py``
+package: NVIDIA's bindings of ``libnvidia-ml.so.1``, the library the driver ships).
 
-No Python package needed: the library ships with the NVIDIA driver. On a machine without it
-``NvmlDevice.open`` raises ``NvmlUnavailableError`` and callers record ``None``.
+On a machine without the driver ``NvmlDevice.open`` raises ``NvmlUnavailableError`` and
+``GpuSampler`` records ``None``.
 
     with GpuSampler(0) as sampler:
         run_the_load()
@@ -10,108 +11,76 @@ No Python package needed: the library ships with the NVIDIA driver. On a machine
 
 from __future__ import annotations
 
-import ctypes
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-_NVML_SUCCESS = 0
+import pynvml
 
 
 class NvmlUnavailableError(RuntimeError):
     """NVML cannot be loaded or initialised here (no NVIDIA driver), or a call failed."""
 
 
-class _Utilization(ctypes.Structure):
-    _fields_ = [("gpu", ctypes.c_uint), ("memory", ctypes.c_uint)]
+_initialised = False
+_init_lock = threading.Lock()
 
 
-class _Memory(ctypes.Structure):
-    _fields_ = [
-        ("total", ctypes.c_ulonglong),
-        ("free", ctypes.c_ulonglong),
-        ("used", ctypes.c_ulonglong),
-    ]
-
-
-_lib: Any = None
-_lib_lock = threading.Lock()
-
-
-def _library() -> Any:
-    global _lib
-    with _lib_lock:
-        if _lib is None:
+def _init() -> None:
+    """``nvmlInit`` once per process; retried on the next call after a failure."""
+    global _initialised
+    with _init_lock:
+        if not _initialised:
             try:
-                lib = ctypes.CDLL("libnvidia-ml.so.1")
-            except OSError as exc:
-                raise NvmlUnavailableError(f"libnvidia-ml.so.1 not found: {exc}") from None
-            if lib.nvmlInit_v2() != _NVML_SUCCESS:
-                raise NvmlUnavailableError("nvmlInit_v2 failed")
-            _lib = lib
-    return _lib
+                pynvml.nvmlInit()
+            except pynvml.NVMLError as exc:
+                raise NvmlUnavailableError(
+                    f"NVML (libnvidia-ml.so.1, from the NVIDIA driver) is unavailable: {exc}"
+                ) from None
+            _initialised = True
 
 
-def _check(status: int, what: str) -> None:
-    if status != _NVML_SUCCESS:
-        raise NvmlUnavailableError(f"{what} failed with NVML status {status}")
+def _call(function: str, *args: Any) -> Any:
+    """``pynvml.<function>(*args)``, its ``NVMLError`` raised as ``NvmlUnavailableError``."""
+    try:
+        return getattr(pynvml, function)(*args)
+    except pynvml.NVMLError as exc:
+        raise NvmlUnavailableError(f"{function} failed: {exc}") from None
 
 
 class NvmlDevice:
     """One GPU by CUDA-visible index (NVML counts all GPUs: ``CUDA_VISIBLE_DEVICES`` is not
     applied; on the one-GPU machines here both orders agree)."""
 
-    def __init__(self, handle: ctypes.c_void_p, index: int) -> None:
+    def __init__(self, handle: Any, index: int) -> None:
         self._handle = handle
         self.index = index
 
     @classmethod
     def open(cls, index: int = 0) -> NvmlDevice:
-        lib = _library()
-        handle = ctypes.c_void_p()
-        _check(lib.nvmlDeviceGetHandleByIndex_v2(index, ctypes.byref(handle)), "get handle")
-        return cls(handle, index)
+        _init()
+        return cls(_call("nvmlDeviceGetHandleByIndex", index), index)
 
     def name(self) -> str:
-        buffer = ctypes.create_string_buffer(96)
-        _check(_library().nvmlDeviceGetName(self._handle, buffer, 96), "nvmlDeviceGetName")
-        return buffer.value.decode()
+        return str(_call("nvmlDeviceGetName", self._handle))
 
     def utilization_pct(self) -> tuple[int, int]:
         """``(gpu, memory)``: percent of the last sample period (1/6 s to 1 s) in which a kernel
         ran / device memory was read or written."""
-        util = _Utilization()
-        _check(
-            _library().nvmlDeviceGetUtilizationRates(self._handle, ctypes.byref(util)),
-            "nvmlDeviceGetUtilizationRates",
-        )
+        util = _call("nvmlDeviceGetUtilizationRates", self._handle)
         return int(util.gpu), int(util.memory)
 
     def memory_used_bytes(self) -> int:
-        memory = _Memory()
-        _check(
-            _library().nvmlDeviceGetMemoryInfo(self._handle, ctypes.byref(memory)),
-            "nvmlDeviceGetMemoryInfo",
-        )
-        return int(memory.used)
+        return int(_call("nvmlDeviceGetMemoryInfo", self._handle).used)
 
     def energy_mj(self) -> int:
         """Energy since the driver loaded, millijoules (Volta and newer)."""
-        energy = ctypes.c_ulonglong()
-        _check(
-            _library().nvmlDeviceGetTotalEnergyConsumption(self._handle, ctypes.byref(energy)),
-            "nvmlDeviceGetTotalEnergyConsumption",
-        )
-        return int(energy.value)
+        return int(_call("nvmlDeviceGetTotalEnergyConsumption", self._handle))
 
     def power_w(self) -> float:
-        milliwatts = ctypes.c_uint()
-        _check(
-            _library().nvmlDeviceGetPowerUsage(self._handle, ctypes.byref(milliwatts)),
-            "nvmlDeviceGetPowerUsage",
-        )
-        return milliwatts.value / 1e3
+        """Power draw, watts (NVML reports milliwatts)."""
+        return int(_call("nvmlDeviceGetPowerUsage", self._handle)) / 1e3
 
 
 @dataclass

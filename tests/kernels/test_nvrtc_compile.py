@@ -3,7 +3,7 @@
 CI has no GPU, so the GPU tests skip there; NVRTC itself (the ``nvidia-cuda-nvrtc`` wheel, the
 same compiler CuPy calls at run time) needs none. Each ``.cu`` is compiled as
 ``bgblur.kernels.get_module`` builds it (its includes inlined, ``NVRTC_OPTIONS``) for Hopper
-(H100/H200: compute_90) and Turing (T4, the seed's GPU: compute_75), and every
+(H100/H200: compute_90) and Turing (T4: compute_75), and every
 ``extern "C" __global__`` kernel must be in the PTX, as must every name the launchers ask for.
 """
 
@@ -75,18 +75,20 @@ def declared_kernels(name: str) -> set[str]:
 
 
 def launched_kernels() -> set[tuple[str, str]]:
-    """``(module, kernel)`` pairs the Python launchers name literally, plus the families that
-    ``fused_gpu`` and ``resize_gpu`` name by parts."""
+    """``(module, kernel)`` pairs the Python launchers (``bgblur.ops.*_gpu`` and
+    ``bgblur.stages.postprocess_fused``) name literally, plus the families that
+    ``postprocess_fused`` and ``resize_gpu`` name by parts."""
     pairs: set[tuple[str, str]] = set()
-    ops = KERNEL_DIR.parent / "ops"
-    for path in ops.glob("*_gpu.py"):
+    package = KERNEL_DIR.parent
+    launchers = [*(package / "ops").glob("*_gpu.py"), package / "stages" / "postprocess_fused.py"]
+    for path in launchers:
         text = path.read_text()
         pairs |= set(re.findall(r'get_kernel\(\s*"(\w+)",\s*"(\w+)"', text))
         for module, first, second in re.findall(
             r'get_kernel\(\s*"(\w+)",\s*"(\w+)" if \w+ else "(\w+)"', text
         ):
             pairs |= {(module, first), (module, second)}
-    # fused_gpu.FusedPostprocess: fused_post_<probability dtype>_<mask upscale>_<refine|plain>.
+    # FusedPostprocess: fused_post_<probability dtype>_<mask upscale>_<refine|plain>.
     for dtype in ("f16", "f32"):
         for upscale in ("nearest", "linear"):
             for refine in ("refine", "plain"):

@@ -3,7 +3,7 @@
 References: the plain OpenCV call per frame, and a slow NumPy bilinear with half-pixel centres and
 clamped borders (OpenCV's INTER_LINEAR convention; its 8-bit path uses fixed-point weights, so
 the two agree within 1 LSB). ``interpolation="area"`` (INTER_AREA when both axes shrink): the
-OpenCV call, and ``bgblur.ops.resize_area_reference`` (the GPU kernel's arithmetic in NumPy),
+OpenCV call, and ``tests/ops/resize_area_reference.py`` (the GPU kernel's arithmetic in NumPy),
 which is held to cv2.INTER_AREA here.
 """
 
@@ -20,7 +20,7 @@ from bgblur.ops import (
     resize_normalize_nchw_varshape,
     upscale_mask,
 )
-from bgblur.ops.resize_area_reference import (
+from tests.ops.resize_area_reference import (
     ENLARGE_CASES,
     SHRINK_CASES,
     area_taps,

@@ -8,7 +8,7 @@ import pytest
 
 from bgblur import ops
 from bgblur.ops import resize_gpu
-from bgblur.ops.resize_area_reference import ENLARGE_CASES, SHRINK_CASES
+from tests.ops.resize_area_reference import ENLARGE_CASES, SHRINK_CASES
 
 pytestmark = pytest.mark.gpu
 

@@ -1,5 +1,5 @@
-"""The runtime choice (bgblur.runtimes.select): per device, per network, per ``$BGBLUR_RUNTIME``
-and config parameter; the config's runtime options; ``describe_runtime``."""
+"""The runtime choice (bgblur.runtimes.select): per device, per network, per ``runtime`` config
+parameter; the config's runtime options; ``describe_runtime``."""
 
 from __future__ import annotations
 
@@ -19,11 +19,6 @@ from bgblur.runtimes.torch_runtime import DEFAULT_BATCH_SIZES, DEFAULT_COMPILE_M
 CPU = Device("cpu")
 GPU = Device("gpu", 0)
 CONFIG = Path(__file__).resolve().parents[2] / "model_repository" / "segmentation" / "config.pbtxt"
-
-
-@pytest.fixture(autouse=True)
-def no_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(select.RUNTIME_ENV, raising=False)
 
 
 @pytest.fixture
@@ -72,10 +67,8 @@ def build(name: str, device: Device, **kwargs) -> str:
 
 
 @pytest.mark.parametrize("value", ["auto", "torch", "onnxruntime", "tensorrt", " TORCH "])
-def test_runtime_choice_from_the_environment(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
-    monkeypatch.setenv(select.RUNTIME_ENV, value)
-    assert select.runtime_choice() == value.strip().lower()
-    assert select.runtime_choice("torch") == value.strip().lower()  # the variable wins
+def test_runtime_choice_is_the_configured_name(value: str) -> None:
+    assert select.runtime_choice(value) == value.strip().lower()
 
 
 def test_runtime_choice_from_the_config_then_auto() -> None:
@@ -85,16 +78,13 @@ def test_runtime_choice_from_the_config_then_auto() -> None:
 
 
 @pytest.mark.parametrize("bad", ["onnx", "trt", "cuda", "tensorrt,torch"])
-def test_unknown_runtime_names_are_a_clear_error(
-    monkeypatch: pytest.MonkeyPatch, bad: str, made: dict
-) -> None:
+def test_unknown_runtime_names_are_a_clear_error(bad: str, made: dict) -> None:
     choices = "auto, torch, onnxruntime, tensorrt"
-    with pytest.raises(ValueError, match=re.escape(f"one of {choices}, not {bad!r}")) as info:
+    message = re.escape(f"the 'runtime' parameter must be one of {choices}, not {bad!r}")
+    with pytest.raises(ValueError, match=message):
         select.runtime_choice(bad)
-    assert "'runtime' parameter" in str(info.value)
-    monkeypatch.setenv(select.RUNTIME_ENV, bad)
-    with pytest.raises(ValueError, match=f"{select.RUNTIME_ENV} must be one of {choices}"):
-        select.build_runtime(get_model_spec("fixed_ellipse"), CPU)
+    with pytest.raises(ValueError, match=message):
+        select.build_runtime(get_model_spec("fixed_ellipse"), CPU, choice=bad)
     assert not made["torch"] and not made["onnxruntime"]
 
 
@@ -123,18 +113,15 @@ def test_cpu_auto_falls_back_to_torch_when_onnxruntime_cannot_serve(
     assert "ONNX Runtime cannot serve selfie_general" in caplog.text
 
 
-def test_explicit_choices_on_the_cpu(monkeypatch: pytest.MonkeyPatch, made: dict) -> None:
-    monkeypatch.setenv(select.RUNTIME_ENV, "torch")
-    assert build("selfie_general", CPU) == "torch"
-    monkeypatch.setenv(select.RUNTIME_ENV, "onnxruntime")
-    assert build("fixed_ellipse", CPU) == "onnxruntime"
+def test_explicit_choices_on_the_cpu(made: dict) -> None:
+    assert build("selfie_general", CPU, choice="torch") == "torch"
+    assert build("fixed_ellipse", CPU, choice="onnxruntime") == "onnxruntime"
     made["fail"].append("onnxruntime")
     with pytest.raises(ModelUnavailableError, match="no onnxruntime here"):
-        build("selfie_general", CPU)  # asked for by name: no silent fall-back
-    monkeypatch.setenv(select.RUNTIME_ENV, "tensorrt")
+        build("selfie_general", CPU, choice="onnxruntime")  # asked for by name: no fall-back
     made["plan"].append(True)
     with pytest.raises(ModelUnavailableError, match="no usable TensorRT plan"):
-        build("selfie_general", CPU)
+        build("selfie_general", CPU, choice="tensorrt")
 
 
 def test_gpu_auto_prefers_a_tensorrt_plan_then_torch(made: dict) -> None:
@@ -144,23 +131,12 @@ def test_gpu_auto_prefers_a_tensorrt_plan_then_torch(made: dict) -> None:
     assert made["tensorrt"] == [("selfie_general", GPU, Path("/plans/x.plan"))]
 
 
-def test_explicit_choices_on_a_gpu(monkeypatch: pytest.MonkeyPatch, made: dict) -> None:
+def test_explicit_choices_on_a_gpu(made: dict) -> None:
     made["plan"].append(True)
-    monkeypatch.setenv(select.RUNTIME_ENV, "torch")
-    assert build("selfie_general", GPU) == "torch"
-    monkeypatch.setenv(select.RUNTIME_ENV, "onnxruntime")
+    assert build("selfie_general", GPU, choice="torch") == "torch"
     with pytest.raises(ModelUnavailableError, match="CPU only"):
-        build("selfie_general", GPU)
-    monkeypatch.setenv(select.RUNTIME_ENV, "tensorrt")
-    assert build("selfie_general", GPU) == "tensorrt"
-
-
-def test_the_config_choice_applies_unless_the_environment_says_otherwise(
-    monkeypatch: pytest.MonkeyPatch, made: dict
-) -> None:
-    assert build("selfie_general", CPU, choice="torch") == "torch"
-    monkeypatch.setenv(select.RUNTIME_ENV, "onnxruntime")
-    assert build("selfie_general", CPU, choice="torch") == "onnxruntime"
+        build("selfie_general", GPU, choice="onnxruntime")
+    assert build("selfie_general", GPU, choice="tensorrt") == "tensorrt"
 
 
 def test_torch_options_reach_the_torch_runtime(made: dict) -> None:

@@ -299,7 +299,7 @@ class TestWithoutTensorRT:
             TensorRTRuntime(spec, Device("gpu", 0), tmp_path / "x.plan")
 
     def test_build_job_stops_at_tensorrt(self, tmp_path: Path, no_tensorrt: None) -> None:
-        with pytest.raises(ModelUnavailableError, match="--trt-version and --sm"):
+        with pytest.raises(ModelUnavailableError, match="trt_version and compute_capability"):
             build_for_model("fixed_ellipse", tmp_path, compute_capability=(9, 0))
         with pytest.raises(ModelUnavailableError, match="does not import"):
             build_for_model(
@@ -390,33 +390,26 @@ class TestBuildJob:
         with pytest.raises(ModelUnavailableError, match="not found"):
             build_for_model("fixed_ellipse", tmp_path, use_trtexec=True, trtexec="no-such-trtexec")
 
-    def test_cli(
-        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_tensorrt: None
+    def test_dry_run_names_an_fp32_plan_for_another_machine(
+        self, tmp_path: Path, no_tensorrt: None
     ) -> None:
-        args = ["--model", "fixed_ellipse", "--out-dir", str(tmp_path)]
-        assert (
-            tensorrt_build.main([*args, "--dry-run", "--sm", "9.0", "--trt-version", "10.5.0"]) == 0
+        report = build_for_model(
+            "fixed_ellipse",
+            tmp_path,
+            dry_run=True,
+            fp16=False,
+            compute_capability=(9, 0),
+            trt_version="11.4",
         )
-        report = json.loads(capsys.readouterr().out)
-        assert report["plan"].endswith("fixed_ellipse_sm90_trt10.5.0_b1-8_fp16.plan")
-        assert tensorrt_build.main([*args, "--sm", "sm90", "--trt-version", "10.5.0"]) == 1
-        assert "does not import" in capsys.readouterr().err
-        assert (
-            tensorrt_build.main(
-                [*args, "--fp32", "--dry-run", "--sm", "90", "--trt-version", "11.4"]
-            )
-            == 0
-        )
-        report = json.loads(capsys.readouterr().out)
-        assert report["plan"].endswith("_trt11.4_b1-8_fp32.plan")
-        assert "--fp16" not in report["trtexec"]
+        assert report["plan"] == str(tmp_path / "fixed_ellipse_sm90_trt11.4_b1-8_fp32.plan")
+        assert Path(report["onnx"]).name == "fixed_ellipse_fp32.onnx"
+        assert "--fp16" not in report["trtexec"] and report["built"] is False
 
 
 class TestSelect:
     @pytest.fixture
     def plan_dir(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         monkeypatch.setattr(tensorrt_build, "gpu_compute_capability", lambda index=0: (9, 0))
-        monkeypatch.delenv(select.RUNTIME_ENV, raising=False)
         k = key(model="fixed_ellipse", trt_version="10.5.0", input_hw=(64, 64))
         (tmp_path / k.file_name).write_bytes(b"plan")
         monkeypatch.setenv(tensorrt_build.PLAN_DIR_ENV, str(tmp_path))
@@ -487,21 +480,16 @@ class TestSelect:
         stub_runtimes["fail_tensorrt"].append(True)
         assert select.build_runtime(self.spec, self.gpu).name == "torch"
 
-    def test_runtime_env(
-        self, plan_dir: Path, fake_tensorrt, stub_runtimes: dict, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        monkeypatch.setenv(select.RUNTIME_ENV, "torch")
-        assert select.build_runtime(self.spec, self.gpu).name == "torch"
-        monkeypatch.setenv(select.RUNTIME_ENV, "tensorrt")
-        assert select.build_runtime(self.spec, self.gpu).name == "tensorrt"
+    def test_configured_runtime(self, plan_dir: Path, fake_tensorrt, stub_runtimes: dict) -> None:
+        assert select.build_runtime(self.spec, self.gpu, choice="torch").name == "torch"
+        assert select.build_runtime(self.spec, self.gpu, choice="tensorrt").name == "tensorrt"
         with pytest.raises(ModelUnavailableError, match="no usable TensorRT plan"):
-            select.build_runtime(get_model_spec("fcn_resnet101"), self.gpu)
+            select.build_runtime(get_model_spec("fcn_resnet101"), self.gpu, choice="tensorrt")
         stub_runtimes["fail_tensorrt"].append(True)
         with pytest.raises(ModelUnavailableError, match="cannot load"):
-            select.build_runtime(self.spec, self.gpu)
-        monkeypatch.setenv(select.RUNTIME_ENV, "onnx")
-        with pytest.raises(ValueError, match="BGBLUR_RUNTIME"):
-            select.build_runtime(self.spec, self.gpu)
+            select.build_runtime(self.spec, self.gpu, choice="tensorrt")
+        with pytest.raises(ValueError, match="'runtime' parameter"):
+            select.build_runtime(self.spec, self.gpu, choice="onnx")
 
     def test_cpu_is_always_torch(self, plan_dir: Path, fake_tensorrt) -> None:
         from bgblur.runtimes.torch_runtime import TorchRuntime

@@ -1,6 +1,7 @@
 """Postprocess on the CPU with hand-made probabilities: the composite keeps the frame where the
 mask is 255, shows the blurred background where it is 0, and the mask is the (optionally
-refined) upscale of probability x 255. References are plain OpenCV calls per frame."""
+refined) upscale of probability x 255. References are plain OpenCV calls per frame
+(``postprocess_reference``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,11 @@ import torch
 from bgblur.device import Device
 from bgblur.parameters import BlurParams
 from bgblur.stages.postprocess import Postprocess
+from tests.stages.postprocess_reference import (
+    float_composite,
+    reference_background,
+    reference_mask,
+)
 
 NO_REFINEMENT = BlurParams(bilateral_diameter=0)
 
@@ -32,48 +38,6 @@ def box_probability(batch: int, low_hw: tuple[int, int] = (64, 64)) -> np.ndarra
     probability = np.zeros((batch, 1, *low_hw), np.float16)
     probability[:, 0, 16:48, 20:44] = 1.0
     return probability
-
-
-def reference_background(
-    frames: np.ndarray, working_hw: tuple[int, int], ksize: int, sigma: float
-) -> np.ndarray:
-    """Frame -> bilinear to the working size -> Gaussian -> bilinear back, per frame."""
-    h, w = frames.shape[1:3]
-    result = []
-    for frame in frames:
-        small = cv2.resize(frame, working_hw[::-1], interpolation=cv2.INTER_LINEAR)
-        blurred = cv2.GaussianBlur(small, (ksize, ksize), sigma)
-        result.append(cv2.resize(blurred, (w, h), interpolation=cv2.INTER_LINEAR))
-    return np.stack(result)
-
-
-def reference_mask(
-    frames: np.ndarray, probability: np.ndarray, params: BlurParams, interpolation: int
-) -> np.ndarray:
-    h, w = frames.shape[1:3]
-    result = []
-    for frame, p in zip(frames, probability[:, 0].astype(np.float64), strict=True):
-        if params.soft_mask:
-            low = np.floor(np.clip(p, 0, 1) * 255 + 0.5).astype(np.uint8)
-        else:
-            low = np.where(p >= params.mask_threshold, 255, 0).astype(np.uint8)
-        mask = cv2.resize(low, (w, h), interpolation=interpolation)
-        if params.bilateral_diameter > 1:
-            grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-            mask = cv2.ximgproc.jointBilateralFilter(
-                grey,
-                mask,
-                params.bilateral_diameter,
-                params.bilateral_sigma_color,
-                params.bilateral_sigma_space,
-            )
-        result.append(mask)
-    return np.stack(result)
-
-
-def float_composite(fg: np.ndarray, bg: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    m = mask[..., None].astype(np.float64) / 255
-    return np.rint(fg * m + bg * (1 - m))
 
 
 class TestPostprocess:

@@ -26,7 +26,7 @@ Weights, first found wins (``resolve_weights``): the ``weights`` argument (CLI `
 is named but missing is an error. With none found the network gets a deterministic random
 initialization scaled so that float16 inference stays finite (``fp16_safe_init_``; torchvision's
 own initialization overflows float16 in the residual stream), and a warning says that its masks
-are meaningless: it exists to measure the cost of the seed's network, not to segment.
+are meaningless: it exists to measure the cost of CV-CUDA's sample network, not to segment.
 
 Command line::
 
@@ -477,7 +477,7 @@ def build_fcn_resnet101(
         message = (
             "fcn_resnet101 runs with RANDOM weights (no --weights, no $BGBLUR_FCN_WEIGHTS, no "
             f"{PRETRAINED_FILENAME} in the cache): its masks are MEANINGLESS; use it to "
-            "benchmark the seed's network only"
+            "benchmark the network's cost only"
         )
         LOG.warning(message)
         warnings.warn(message, RandomWeightsWarning, stacklevel=2)

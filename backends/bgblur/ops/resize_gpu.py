@@ -6,8 +6,8 @@ INTER_NEAREST with ``src = min(floor(dst * scale), src_size - 1)`` where ``scale
 ``1 / (dst_size / src_size)`` (the integer ``dst * src_size // dst_size`` differs from it for
 some sizes, e.g. 1080 -> 999 rows); INTER_AREA of a shrinking image (the preprocessing's
 ``interpolation="area"``) with OpenCV's float32 arithmetic, integer-ratio fast path included
-(NumPy twin: ``bgblur.ops.resize_area_reference``). One launch per call, one thread per output
-pixel, batch on ``blockIdx.z``; inputs and ``out`` may be strided views.
+(its NumPy twin, for the tests: ``tests/ops/resize_area_reference.py``). One launch per call, one
+thread per output pixel, batch on ``blockIdx.z``; inputs and ``out`` may be strided views.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 
 * a GPU: TensorRT when its Python package imports and a plan built for this model, this GPU
   architecture and this TensorRT version is in the plan folder (``$BGBLUR_TRT_PLAN_DIR``; plans
-  and their names come from ``python -m bgblur.runtimes.tensorrt_build``); otherwise PyTorch
+  and their names come from ``python -m bgblur.server.deploy build-engine``); otherwise PyTorch
   (fp16, channels_last, CUDA graphs captured at load: ``TorchRuntime``). A plan that fails to
   load is logged and PyTorch serves instead.
 * the CPU: whichever of PyTorch (eager, fp32, channels_last) and ONNX Runtime
@@ -13,9 +13,9 @@
   PyTorch for networks not in that table. When ONNX Runtime is preferred but cannot serve
   (onnxruntime or onnx missing, export failed) PyTorch serves, with a warning.
 
-``$BGBLUR_RUNTIME`` overrides (the ``segmentation`` model's config parameter ``runtime`` when
-the variable is unset): ``torch`` (always PyTorch), ``onnxruntime`` (ONNX Runtime, on the CPU,
-or an error), ``tensorrt`` (TensorRT or an error), ``auto``. Anything else is a ValueError.
+The ``segmentation`` model's config parameter ``runtime`` picks another: ``torch`` (always
+PyTorch), ``onnxruntime`` (ONNX Runtime, on the CPU, or an error), ``tensorrt`` (TensorRT or an
+error), ``auto``. Anything else is a ValueError.
 
 ``describe_runtime(runtime)`` is the line the ``segmentation`` model logs at load: the runtime's
 ``name`` and its ``describe()``.
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,6 @@ from bgblur.runtimes.base import SegmentationRuntime
 
 LOG = logging.getLogger(__name__)
 
-RUNTIME_ENV = "BGBLUR_RUNTIME"
 RUNTIME_CHOICES = ("auto", "torch", "onnxruntime", "tensorrt")
 
 CPU_RUNTIME_BY_MODEL: dict[str, str] = {
@@ -70,25 +68,20 @@ CONFIG_COMPILE = "torch_compile"
 """The ``segmentation`` model's config parameters read by ``runtime_options``."""
 
 
-def _check_choice(choice: str, source: str) -> str:
-    if choice not in RUNTIME_CHOICES:
-        raise ValueError(f"{source} must be one of {', '.join(RUNTIME_CHOICES)}, not {choice!r}")
-    return choice
-
-
-def runtime_choice(default: str | None = None) -> str:
-    """``$BGBLUR_RUNTIME``, else ``default`` (e.g. the config parameter), else ``auto``.
+def runtime_choice(configured: str | None = None) -> str:
+    """The configured choice (the ``runtime`` config parameter), normalized; ``auto`` when
+    None or empty.
 
     Raises:
-        ValueError: a value that is not one of ``RUNTIME_CHOICES`` (naming where it came from).
+        ValueError: a value that is not one of ``RUNTIME_CHOICES``.
     """
-    env = os.environ.get(RUNTIME_ENV, "").strip().lower()
-    if env:
-        return _check_choice(env, RUNTIME_ENV)
-    text = (default or "").strip().lower()
-    if text:
-        return _check_choice(text, f"the {CONFIG_RUNTIME!r} parameter")
-    return "auto"
+    choice = (configured or "").strip().lower() or "auto"
+    if choice not in RUNTIME_CHOICES:
+        raise ValueError(
+            f"the {CONFIG_RUNTIME!r} parameter must be one of {', '.join(RUNTIME_CHOICES)}, "
+            f"not {choice!r}"
+        )
+    return choice
 
 
 def cpu_runtime_for(spec: SegmentationModelSpec) -> str:
@@ -189,7 +182,7 @@ def build_runtime(
     """The runtime for ``spec`` on ``device`` (see the module docstring), built and warmed up.
 
     Args:
-        choice: the configured choice (``$BGBLUR_RUNTIME`` wins over it); None: ``auto``.
+        choice: the configured choice (``runtime_choice``); None: ``auto``.
         torch_options: keyword arguments for ``TorchRuntime`` (``batch_sizes``, ``compile``).
 
     Raises:
@@ -213,9 +206,9 @@ def build_runtime(
                 LOG.warning("TensorRT plan %s unusable (%s): PyTorch runs %s", plan, exc, spec.name)
     if choice == "tensorrt":
         raise ModelUnavailableError(
-            f"{RUNTIME_ENV}=tensorrt, but there is no usable TensorRT plan for {spec.name} on "
-            f"{device} (TensorRT importable, a plan in $BGBLUR_TRT_PLAN_DIR built for "
-            "this GPU and TensorRT version: see python -m bgblur.runtimes.tensorrt_build)"
+            f"runtime 'tensorrt' asked for, but there is no usable TensorRT plan for {spec.name} "
+            f"on {device} (TensorRT importable, a plan in $BGBLUR_TRT_PLAN_DIR built for this "
+            "GPU and TensorRT version: python -m bgblur.server.deploy build-engine builds one)"
         )
     if choice == "auto" and not device.is_gpu and cpu_runtime_for(spec) == "onnxruntime":
         try:
@@ -232,7 +225,7 @@ def _onnxruntime(
 ) -> SegmentationRuntime:
     if device.is_gpu:
         raise ModelUnavailableError(
-            f"{RUNTIME_ENV}=onnxruntime runs on the CPU only; {device} takes torch or tensorrt"
+            f"runtime 'onnxruntime' runs on the CPU only; {device} takes torch or tensorrt"
         )
     from bgblur.runtimes.onnx_runtime import OnnxRuntimeCPU
 

@@ -21,18 +21,13 @@ TensorRT 11's strongly typed builder needs; TensorRT 10 also gets ``--fp16`` /
 Two ways to build, same result: ``build_engine`` (TensorRT's Python builder, imported lazily) and
 ``trtexec_command`` (the argv of NVIDIA's ``trtexec``, present in the Triton and TensorRT
 containers). Full TensorRT is not installable on every machine (no builder wheel on PyPI): then
-``build_engine`` raises ``ModelUnavailableError`` saying so.
-
-Command line::
-
-    python -m bgblur.runtimes.tensorrt_build --model NAME --out-dir D [--trtexec] [--dry-run]
-        [--min-batch 1] [--opt-batch 4] [--max-batch 8] [--fp32] [--weights PATH]
-        [--triton-model-dir DIR] [--sm 90] [--trt-version 10.3.0]
+``build_engine`` raises ``ModelUnavailableError`` saying so. The command line that builds the
+plans is ``python -m bgblur.server.deploy build-engine`` (``build_for_model`` with trtexec, once
+per GPU compute capability).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import hashlib
@@ -42,7 +37,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +88,8 @@ def import_tensorrt() -> Any:
         raise ModelUnavailableError(
             "TensorRT's Python package does not import here "
             f"({exc}); build engines where it is installed (the Triton or TensorRT container, "
-            "nvcr.io/nvidia/tritonserver:<yy.mm>-py3), or use trtexec there: "
-            "python -m bgblur.runtimes.tensorrt_build --model NAME --out-dir D --trtexec"
+            "nvcr.io/nvidia/tritonserver:<yy.mm>-py3), with its trtexec: "
+            "python -m bgblur.server.deploy build-engine --model NAME --cache DIR"
         ) from exc
     return tensorrt
 
@@ -523,7 +517,8 @@ def build_for_model(
     except ModelUnavailableError as exc:
         raise ModelUnavailableError(
             f"{exc}\n(the plan's name needs the TensorRT version and the GPU's compute "
-            "capability: pass --trt-version and --sm to name a plan for another machine)"
+            "capability: pass trt_version and compute_capability to name a plan for another "
+            "machine)"
         ) from exc
     onnx_path = export_onnx(
         model,
@@ -602,70 +597,3 @@ def build_for_model(
         (folder / "config.pbtxt").write_text(config_text)
         report["triton_model_dir"] = str(folder)
     return report
-
-
-def _parse_sm(text: str) -> tuple[int, int]:
-    match = re.fullmatch(r"(?:sm_?)?(\d+)(?:\.(\d))?", text.strip().lower())
-    if match is None:
-        raise argparse.ArgumentTypeError(f"expected e.g. 90, sm90 or 9.0, got {text!r}")
-    if match.group(2) is not None:
-        return int(match.group(1)), int(match.group(2))
-    digits = match.group(1)
-    if len(digits) < 2:
-        raise argparse.ArgumentTypeError(f"expected e.g. 90, sm90 or 9.0, got {text!r}")
-    return int(digits[:-1]), int(digits[-1])
-
-
-def main(argv: list[str] | None = None) -> int:
-    from bgblur.models.registry import model_names
-
-    parser = argparse.ArgumentParser(
-        prog="python -m bgblur.runtimes.tensorrt_build",
-        description="Export a segmentation network to ONNX and build its TensorRT plan.",
-    )
-    parser.add_argument("--model", required=True, choices=model_names())
-    parser.add_argument("--out-dir", required=True, type=Path)
-    parser.add_argument("--trtexec", action="store_true", help="build with trtexec")
-    parser.add_argument("--trtexec-path", default="trtexec")
-    parser.add_argument(
-        "--dry-run", action="store_true", help="export and print the trtexec command only"
-    )
-    parser.add_argument("--min-batch", type=int, default=1)
-    parser.add_argument("--opt-batch", type=int, default=4)
-    parser.add_argument("--max-batch", type=int, default=8)
-    parser.add_argument("--fp32", action="store_true", help="no reduced precision")
-    parser.add_argument("--weights", type=Path, default=None, help="fcn_resnet101 weights")
-    parser.add_argument("--cache-dir", type=Path, default=None)
-    parser.add_argument("--triton-model-dir", type=Path, default=None)
-    parser.add_argument("--sm", type=_parse_sm, default=None, help="compute capability")
-    parser.add_argument("--trt-version", default=None, help="e.g. 10.3.0 (default: detected)")
-    parser.add_argument("--force", action="store_true", help="rebuild even if current")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        report = build_for_model(
-            args.model,
-            args.out_dir,
-            use_trtexec=args.trtexec,
-            dry_run=args.dry_run,
-            fp16=not args.fp32,
-            min_batch=args.min_batch,
-            opt_batch=args.opt_batch,
-            max_batch=args.max_batch,
-            weights=args.weights,
-            cache_dir=args.cache_dir,
-            compute_capability=args.sm,
-            trt_version=args.trt_version,
-            triton_model_dir=args.triton_model_dir,
-            force=args.force,
-            trtexec=args.trtexec_path,
-        )
-    except (ModelUnavailableError, ValueError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(report, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,8 +1,8 @@
 """Fused GPU postprocess: the whole of ``bgblur.stages.postprocess`` in four launches.
 
-The per-op chain (``probability_to_mask`` -> ``upscale_mask`` -> ``rgb_to_grey`` ->
-``joint_bilateral_filter`` -> ``resize_linear_nhwc`` down -> ``gaussian_blur`` ->
-``resize_linear_nhwc`` up -> ``composite``) runs 10 to 15 kernels (the probability conversion
+The per-op chain (``postprocess_chain``: ``probability_to_mask`` -> ``upscale_mask`` ->
+``rgb_to_grey`` -> ``joint_bilateral_filter`` -> ``resize_linear_nhwc`` down -> ``gaussian_blur``
+-> ``resize_linear_nhwc`` up -> ``composite``) runs 10 to 15 kernels (the probability conversion
 alone is several CuPy elementwise kernels) and moves every full-resolution intermediate (mask,
 refined mask, grey, background) through memory. Here, per call, on the current stream:
 
@@ -21,7 +21,7 @@ same arithmetic as the per-op kernels, so both outputs are bit-identical to the 
 the device once per parameter set and cached; the small buffers live in a workspace keyed by
 ``(device, batch)``; in steady state a call allocates only its two outputs (from CuPy's
 stream-ordered pool, no cudaMalloc) and does not synchronise the host. Bilateral windows too
-large for the fused kernel's shared memory (diameter > 41) fall back to the per-op chain.
+large for the fused kernel's shared memory (diameter > 41) fall back to ``postprocess_chain``.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from bgblur.kernels import (
     strides,
 )
 from bgblur.parameters import BlurParams
+from bgblur.stages.postprocess import postprocess_chain
 
 _BLOCK = (32, 8, 1)  # FU_BX, FU_BY in fused.cu
 _TILE_W = 32  # FU_TX
@@ -84,7 +85,7 @@ class FusedPostprocess:
     """``(frames [B, H, W, 3] u8, probability [B, 1, h, w] f16/f32, params) -> (blurred, mask)``.
 
     CuPy arrays in, CuPy arrays out, on the arrays' device and the current stream; the same
-    results as the per-op chain of ``bgblur.stages.postprocess``. Holds the reusable state: small
+    results as ``bgblur.stages.postprocess.postprocess_chain``. Holds the reusable state: small
     working buffers per (device, batch), weight tables per parameter set, and an event that
     orders a call after the previous one when the caller switches streams (the buffers are
     shared between calls). Not thread-safe: one instance per stage (or per thread).
@@ -271,26 +272,15 @@ class FusedPostprocess:
         self, frames: Any, probability: Any, params: BlurParams, out: Any, mask_out: Any
     ) -> tuple[Any, Any]:
         """The unfused chain (bilateral windows too large for the fused kernel)."""
-        from bgblur import ops
-
-        mask_low = ops.probability_to_mask(
-            probability, soft=params.soft_mask, threshold=params.mask_threshold
+        return postprocess_chain(
+            frames,
+            probability,
+            params,
+            blur_working_hw=self.blur_working_hw,
+            mask_interpolation=self.mask_interpolation,
+            out=out,
+            mask_out=mask_out,
         )
-        frame_hw = tuple(frames.shape[1:3])
-        mask = ops.upscale_mask(mask_low, frame_hw, interpolation=self.mask_interpolation)
-        ops.joint_bilateral_filter(
-            mask,
-            ops.rgb_to_grey(frames),
-            params.bilateral_diameter,
-            params.bilateral_sigma_color,
-            params.bilateral_sigma_space,
-            out=mask_out,
-        )
-        small = ops.resize_linear_nhwc(frames, self.blur_working_hw)
-        small_blurred = ops.gaussian_blur(small, params.blur_ksize, params.blur_sigma)
-        background = ops.resize_linear_nhwc(small_blurred, frame_hw)
-        ops.composite(frames, background, mask_out, out=out)
-        return out, mask_out
 
     # ---- reusable state ------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Fused GPU postprocess (bgblur.ops.fused_gpu) against the per-op GPU chain and the CPU stage.
+"""Fused GPU postprocess (bgblur.stages.postprocess_fused) against the per-op GPU chain and the
+CPU stage.
 
 The fused kernels must give the same BLURRED and MASK as the unfused chain of GPU ops (bit for
 bit: they share every piece of arithmetic) and as the CPU stage (OpenCV; within the tolerance of
@@ -14,14 +15,14 @@ import numpy as np
 import pytest
 
 from bgblur.device import Device
-from bgblur.ops.fused_gpu import (
+from bgblur.parameters import BlurParams
+from bgblur.stages.postprocess import Postprocess
+from bgblur.stages.postprocess_fused import (
     FusedPostprocess,
     bilateral_radius,
     fits_fused,
     fused_shared_bytes,
 )
-from bgblur.parameters import BlurParams
-from bgblur.stages.postprocess import Postprocess
 
 gpu = pytest.mark.gpu
 
