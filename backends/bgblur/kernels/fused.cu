@@ -21,7 +21,7 @@
 //       whole tile width), byte by byte otherwise.
 //
 // grid (ceil(W / 32), ceil(H / 16), B), block (32, 8); dynamic shared memory: see
-// fused_shared_bytes() below (mirrored in bgblur/ops/fused_gpu.py).
+// fused_shared_bytes() below (mirrored in bgblur/stages/postprocess_fused.py).
 #include "common.cuh"
 #include "resize.cuh"
 #include "bilateral.cuh"

@@ -21,7 +21,7 @@
 //   overlap / cellWidth (double, then float; see area_span in resize.cuh); per source row
 //   buf = sum_x S * alpha_x in float in increasing x, then acc = sum_y beta_y * buf_y in float in
 //   increasing y (each product and sum rounded: no FMA), then cvRound(acc) saturated to u8.
-//   The NumPy twin of this arithmetic is bgblur/ops/resize_area_reference.py.
+//   The NumPy twin of this arithmetic is tests/ops/resize_area_reference.py.
 #include "common.cuh"
 #include "resize.cuh"
 
