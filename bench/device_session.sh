@@ -142,8 +142,10 @@ case "$phase" in
     nvidia-smi -L | tee "$OUT/device.txt"
     # Without the PyAV part: the modules that import av at collection are left out.
     run 560 hardening-tests.log "$PY" -m pytest -q -m gpu -p no:cacheprovider \
-      tests/functional tests/reliability tests/client --ignore tests/functional/test_cli.py \
-      --ignore tests/client/test_client_cli.py --ignore tests/client/test_client_samples.py
+      tests/functional tests/reliability tests/client tests/server \
+      --ignore tests/functional/test_cli.py --ignore tests/client/test_client_cli.py \
+      --ignore tests/client/test_client_samples.py --ignore tests/client/test_client_install.py \
+      --ignore tests/client/test_client_outputs.py
     ;;
   hardening-bench)
     gpu="$(gpu_label)"
