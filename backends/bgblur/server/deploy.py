@@ -59,6 +59,7 @@ from typing import Any
 from bgblur.errors import ModelUnavailableError
 from bgblur.parameters import CUDA_POOL_MB, MAX_FRAME_LONG_SIDE, MAX_FRAME_SHORT_SIDE
 from bgblur.server.launcher import ServerOptions, TritonServer, serve_until_signal
+from bgblur.server.model_config import parse_model_config, read_model_config, write_model_config
 
 __all__ = [
     "ADMIN_KEY_HEADER",
@@ -343,11 +344,6 @@ def default_model_source() -> Path:
     return Path(value) if value else MODEL_REPOSITORY
 
 
-def _max_batch_size(config_text: str) -> int:
-    match = re.search(r"^\s*max_batch_size:\s*(\d+)", config_text, re.MULTILINE)
-    return int(match.group(1)) if match else 0
-
-
 def _plans_from(
     plan_path_or_dir: Path,
     model: str,
@@ -418,7 +414,7 @@ def render_container_repository(
 
     spec = get_model_spec(segmentation_model)
     source = default_model_source() if source is None else Path(source)
-    ensemble_batch = _max_batch_size((source / ENSEMBLE / "config.pbtxt").read_text())
+    ensemble_batch = read_model_config(source / ENSEMBLE / "config.pbtxt").max_batch_size
     if max_batch < ensemble_batch:
         raise ValueError(
             f"max_batch {max_batch} < the ensemble's max_batch_size {ensemble_batch}: Triton "
@@ -457,15 +453,15 @@ def render_container_repository(
         else:
             shutil.copyfile(plan, target)
         files[cc] = name
-    config = tensorrt_plan_config(spec.name, spec.input_hw, max_batch, name=SEGMENTATION)
+    config = parse_model_config(
+        tensorrt_plan_config(spec.name, spec.input_hw, max_batch, name=SEGMENTATION)
+    )
     if len(files) > 1:
-        entries = ",\n".join(
-            f'  {{ key: "{cc[0]}.{cc[1]}", value: "{name}" }}' for cc, name in files.items()
-        )
-        config += f"cc_model_filenames [\n{entries}\n]\n"
+        for cc, name in files.items():
+            config.cc_model_filenames[f"{cc[0]}.{cc[1]}"] = name
     sources = ", ".join(plan.name for plan in plans.values())
-    (folder / "config.pbtxt").write_text(
-        f"# Rendered by bgblur.server.deploy from {sources}.\n" + config
+    write_model_config(
+        folder / "config.pbtxt", config, f"Rendered by bgblur.server.deploy from {sources}."
     )
     (dest / RENDER_MARKER).write_text(json.dumps({"model": spec.name, "plans": sources}) + "\n")
     return dest

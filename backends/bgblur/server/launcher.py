@@ -28,7 +28,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -52,6 +51,13 @@ from bgblur.models.registry import model_names
 from bgblur.parameters import CUDA_POOL_MB
 from bgblur.server.grpc_guard import GrpcGuard, GrpcGuardSettings
 from bgblur.server.guard import GuardSettings, HttpGuard
+from bgblur.server.model_config import (
+    ensemble_steps,
+    read_model_config,
+    set_instance_group,
+    set_string_parameter,
+    write_model_config,
+)
 from bgblur.server.privileges import (
     ServerAccount,
     account_cannot_serve,
@@ -215,40 +221,26 @@ def render_model_repository(
         raise ValueError(
             f"unknown segmentation model {segmentation_model!r}; known: {', '.join(model_names())}"
         )
-    configs = [path.read_text() for path in source.glob("*/config.pbtxt")]
-    for key, value in overrides.items():
-        if not re.fullmatch(r"[\w.,:-]*", value):
-            raise ValueError(f"model parameter {key}={value!r}: letters, digits and _.,:- only")
-        if not any(_parameter_pattern(key).search(text) for text in configs):
+    configs = [read_model_config(path) for path in source.glob("*/config.pbtxt")]
+    for key in overrides:
+        if not any(key in config.parameters for config in configs):
             raise ValueError(f"no model has a config parameter {key!r}")
     left_out = () if direct_model else DIRECT_MODELS
     shutil.copytree(source, destination, ignore=shutil.ignore_patterns("__pycache__", *left_out))
     for model in (*PYTHON_MODELS, *VIDEO_MODELS, *DIRECT_MODELS):
         if model not in PYTHON_MODELS and not (destination / model).is_dir():
             continue
-        count = int(counts.get(model, 1))
-        if device == "gpu":
-            group = f"instance_group [ {{ kind: KIND_GPU, count: {count}, gpus: {gpus} }} ]\n"
-        else:
-            group = f"instance_group [ {{ kind: KIND_CPU, count: {count} }} ]\n"
         config_path = destination / model / "config.pbtxt"
-        text = config_path.read_text()
+        config = read_model_config(config_path)
         for key, value in overrides.items():
-            text = _parameter_pattern(key).sub(rf'\g<1>"{value}"', text)
-        if queue_delay_us is not None:
-            text = re.sub(
-                r"max_queue_delay_microseconds: \d+",
-                f"max_queue_delay_microseconds: {queue_delay_us}",
-                text,
-            )
-        config_path.write_text(text + group)
+            set_string_parameter(config, key, value)
+        if queue_delay_us is not None and config.HasField("dynamic_batching"):
+            config.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
+        set_instance_group(config, kind=device, count=int(counts.get(model, 1)), gpus=gpus)
+        write_model_config(
+            config_path, config, f"Rendered by bgblur.server.launcher from {source / model}."
+        )
     return destination
-
-
-def _parameter_pattern(key: str) -> re.Pattern[str]:
-    """A config.pbtxt ``{ key: "<key>", value: { string_value: "..." } }``; group 1 ends just
-    before the value's opening quote."""
-    return re.compile(rf'(key: "{re.escape(key)}", value: \{{ string_value: )"[^"]*"')
 
 
 @dataclass(frozen=True)
@@ -685,8 +677,9 @@ class TritonServer:
         models = sorted(p.parent.name for p in self._repository.glob("*/config.pbtxt"))
         steps: set[str] = set()
         for model in models:
-            text = (self._repository / model / "config.pbtxt").read_text()
-            steps.update(re.findall(r'model_name:\s*"([^"]+)"', text))
+            steps.update(
+                ensemble_steps(read_model_config(self._repository / model / "config.pbtxt"))
+            )
         return [m for m in models if m not in steps]
 
     def drain(self, timeout_s: float | None = None) -> bool:
