@@ -12,6 +12,7 @@ from bgblur.device import Device
 from bgblur.models.registry import get_model_spec
 from bgblur.parameters import BlurParams
 from bgblur.runtimes.select import build_runtime
+from bgblur.stages.nvtx import nvtx_range
 from bgblur.stages.postprocess import Postprocess
 from bgblur.stages.preprocess import Preprocess
 
@@ -59,7 +60,8 @@ class BackgroundBlurPipeline:
         """``[B, H, W, 3]`` uint8 frames (NumPy, or CuPy on a GPU pipeline) -> ``(blurred
         [B, H, W, 3] uint8, mask [B, H, W] uint8)`` on the pipeline's device."""
         inputs, frames_on_device = self.preprocess.with_device_frames(frames_nhwc_u8)
-        probability = self.runtime(inputs)
+        with nvtx_range("segmentation.network"):
+            probability = self.runtime(inputs)
         if self.device.is_gpu:
             import cupy
 

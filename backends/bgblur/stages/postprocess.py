@@ -17,6 +17,7 @@ from bgblur.ops import (
     upscale_mask,
 )
 from bgblur.parameters import BlurParams
+from bgblur.stages.nvtx import nvtx_range
 from bgblur.stages.stream import StageStream
 
 
@@ -51,25 +52,29 @@ def postprocess_chain(
     """
     frame_hw = tuple(frames_nhwc_u8.shape[1:3])
     refine = params.bilateral_diameter > 1
-    mask_low = probability_to_mask(
-        probability_n1hw, soft=params.soft_mask, threshold=params.mask_threshold
-    )
-    mask = upscale_mask(
-        mask_low, frame_hw, interpolation=mask_interpolation, out=None if refine else mask_out
-    )
-    if refine:
-        mask = joint_bilateral_filter(
-            mask,
-            rgb_to_grey(frames_nhwc_u8),
-            params.bilateral_diameter,
-            params.bilateral_sigma_color,
-            params.bilateral_sigma_space,
-            out=mask_out,
+    with nvtx_range("postprocess.mask"):
+        mask_low = probability_to_mask(
+            probability_n1hw, soft=params.soft_mask, threshold=params.mask_threshold
         )
-    small = resize_linear_nhwc(frames_nhwc_u8, blur_working_hw)
-    small_blurred = gaussian_blur(small, params.blur_ksize, params.blur_sigma)
-    background = resize_linear_nhwc(small_blurred, frame_hw)
-    return composite(frames_nhwc_u8, background, mask, out=out), mask
+        mask = upscale_mask(
+            mask_low, frame_hw, interpolation=mask_interpolation, out=None if refine else mask_out
+        )
+    if refine:
+        with nvtx_range("postprocess.bilateral"):
+            mask = joint_bilateral_filter(
+                mask,
+                rgb_to_grey(frames_nhwc_u8),
+                params.bilateral_diameter,
+                params.bilateral_sigma_color,
+                params.bilateral_sigma_space,
+                out=mask_out,
+            )
+    with nvtx_range("postprocess.background_blur"):
+        small = resize_linear_nhwc(frames_nhwc_u8, blur_working_hw)
+        small_blurred = gaussian_blur(small, params.blur_ksize, params.blur_sigma)
+        background = resize_linear_nhwc(small_blurred, frame_hw)
+    with nvtx_range("postprocess.composite"):
+        return composite(frames_nhwc_u8, background, mask, out=out), mask
 
 
 class Postprocess:
@@ -142,7 +147,8 @@ class Postprocess:
             frames = self.stream.to_device(frames_nhwc_u8)
             probability = self.stream.to_device(probability_n1hw)
             if self.fused is not None:
-                blurred, mask = self.fused(frames, probability, params)
+                with nvtx_range("postprocess.fused"):
+                    blurred, mask = self.fused(frames, probability, params)
             else:
                 blurred, mask = postprocess_chain(
                     frames,

@@ -10,6 +10,7 @@ import numpy as np
 from bgblur.device import Device
 from bgblur.models.registry import SegmentationModelSpec
 from bgblur.ops import resize_normalize_nchw, resize_normalize_nchw_varshape
+from bgblur.stages.nvtx import nvtx_range
 from bgblur.stages.stream import StageStream
 
 STAGE_INTERPOLATIONS = ("auto", "linear", "area")
@@ -85,7 +86,7 @@ class Preprocess:
         equal-sized ones are not concatenated (copied) first.
         """
         spec = self.spec
-        with self.stream.activate():
+        with self.stream.activate(), nvtx_range("preprocess.resize_normalize"):
             on_device = [self.stream.to_device(f) for f in frames]
             if len(on_device) == 1:
                 out = resize_normalize_nchw(

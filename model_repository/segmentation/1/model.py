@@ -11,6 +11,7 @@ from bgblur.runtimes.select import build_runtime, describe_runtime, runtime_opti
 from bgblur.serving.metrics import StageMetrics
 from bgblur.serving.profiling import write_all as write_profiles
 from bgblur.serving.triton_io import PreparedRequest, execute_grouped, input_array, model_parameters
+from bgblur.stages.nvtx import nvtx_range
 
 
 class TritonPythonModel:
@@ -52,4 +53,5 @@ class TritonPythonModel:
         return PreparedRequest(key=tuple(inputs.shape[1:]), arrays=(inputs,))
 
     def _run(self, arrays, options):
-        return [self.runtime(arrays[0])]
+        with nvtx_range("segmentation.network"):
+            return [self.runtime(arrays[0])]
