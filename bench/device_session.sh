@@ -142,7 +142,7 @@ case "$phase" in
     nvidia-smi -L | tee "$OUT/device.txt"
     # Without the PyAV part: the modules that import av at collection are left out.
     run 560 hardening-tests.log "$PY" -m pytest -q -m gpu -p no:cacheprovider \
-      tests/functional tests/reliability tests/client tests/server \
+      tests/functional tests/reliability tests/client tests/server tests/stages/test_nvtx.py \
       --ignore tests/functional/test_cli.py --ignore tests/client/test_client_cli.py \
       --ignore tests/client/test_client_samples.py --ignore tests/client/test_client_install.py \
       --ignore tests/client/test_client_outputs.py
