@@ -10,7 +10,7 @@ import re
 import shutil
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -113,3 +113,16 @@ def repository_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[...
         return repository_with(tmp_path_factory.mktemp("repo"), replacements)
 
     return make
+
+
+@pytest.fixture
+def unharmed(server: TritonServer) -> Iterator[None]:
+    """The test's requests leave tritonserver running as the same process, serving over both
+    protocols (``server``: the test module's own server fixture)."""
+    pid = server.server_pid()
+    restarts = len(server.supervisor.events)
+    yield
+    assert server.server_pid() == pid, "tritonserver was restarted"
+    assert len(server.supervisor.events) == restarts
+    assert_serves(server, "http")
+    assert_serves(server, "grpc")

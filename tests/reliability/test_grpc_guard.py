@@ -29,17 +29,6 @@ def server() -> Iterator[TritonServer]:
         yield server
 
 
-@pytest.fixture
-def unharmed(server: TritonServer, rel) -> Iterator[None]:
-    """The test's requests leave tritonserver running as the same process, serving."""
-    pid = server.server_pid()
-    restarts = len(server.supervisor.events)
-    yield
-    assert server.server_pid() == pid, "tritonserver was restarted"
-    assert len(server.supervisor.events) == restarts
-    rel.assert_serves(server, "grpc")
-
-
 @pytest.fixture(scope="module")
 def stub(server: TritonServer) -> Iterator[service_pb2_grpc.GRPCInferenceServiceStub]:
     channel = grpc.insecure_channel(server.grpc_url, options=[("grpc.max_send_message_length", -1)])

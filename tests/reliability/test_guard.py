@@ -40,18 +40,6 @@ def server() -> Iterator[TritonServer]:
         yield server
 
 
-@pytest.fixture
-def unharmed(server: TritonServer, rel) -> Iterator[None]:
-    """The test's requests leave tritonserver running as the same process, serving."""
-    pid = server.server_pid()
-    restarts = len(server.supervisor.events)
-    yield
-    assert server.server_pid() == pid, "tritonserver was restarted"
-    assert len(server.supervisor.events) == restarts
-    rel.assert_serves(server, "http")
-    rel.assert_serves(server, "grpc")
-
-
 def _request(
     server: TritonServer,
     path: str,

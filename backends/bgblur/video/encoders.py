@@ -53,29 +53,16 @@ from typing import Any, Protocol
 import numpy as np
 
 from bgblur.video.cuda_context import primary_context, thread_context_kept
+from bgblur_client.encoding import DEFAULT_PRESET, ENCODER_CHOICES, X264_PRESETS
 
 LOG = logging.getLogger("bgblur.video")
 
-ENCODER_CHOICES: tuple[str, ...] = ("auto", "nvenc", "x264")
 # FFmpeg AVColorSpace / AVColorRange codes of what NVENC produces from RGB input (see above).
 NVENC_COLORSPACE = 5  # AVCOL_SPC_BT470BG: the BT.601 matrix
 NVENC_COLOR_RANGE = 1  # AVCOL_RANGE_MPEG: limited range
 NVENC_PRESET = "P4"
-# libx264's presets, fastest first (the ``preset`` option of both encoders), and the NVENC
-# preset (P1 fastest .. P7 best) each one maps to.
-X264_PRESETS: tuple[str, ...] = (
-    "ultrafast",
-    "superfast",
-    "veryfast",
-    "faster",
-    "fast",
-    "medium",
-    "slow",
-    "slower",
-    "veryslow",
-    "placebo",
-)
-DEFAULT_PRESET = "medium"
+# The NVENC preset (P1 fastest .. P7 best) each libx264 preset (X264_PRESETS, shared with the
+# client: bgblur_client.encoding) maps to.
 NVENC_PRESETS: dict[str, str] = {
     "ultrafast": "P1",
     "superfast": "P1",
