@@ -196,7 +196,7 @@ def validate_frames_shape(shape: tuple[int, ...], dtype_name: str, tensor: str =
 
 # Triton's CUDA memory pool per GPU (``--cuda-memory-pool-byte-size``), MiB: the tensors passed
 # between the ensemble's steps live there. When it is full Triton falls back to pinned host
-# memory: measured on the H100 (2026-11-25), 16 clients x 8 1080p frames in flight (~1.9 GB of
-# FRAMES_ON_DEVICE, BLURRED and MASK) overflowed 512 MiB and throughput fell from 1,445 to 398
-# frames/s. 4 GiB holds 16 x 8 1080p or 4 x 8 4K requests in flight; reserved at start.
+# memory and throughput collapses (512 MiB overflows at 16 clients x 8 1080p frames:
+# docs/benchmarks.md). 4 GiB holds 16 x 8 1080p or 4 x 8 4K requests in flight; reserved at
+# start.
 CUDA_POOL_MB = 4096

@@ -38,7 +38,8 @@ def composite(
         return composite_gpu.composite(foreground_nhwc_u8, background_nhwc_u8, mask_nhw_u8, out=out)
     # uint16 throughout: fg*m + bg*(255-m) <= 255*255, and (v + (v >> 8)) >> 8 with
     # v = x + 128 is exactly (x + 127) // 255 for every such x (at most 65407: no overflow);
-    # 4x fewer bytes than uint32 and no integer division (1080p: 66 -> ~15 ms on one core).
+    # 4x fewer bytes than uint32 and no integer division: several times faster on the CPU
+    # (docs/benchmarks.md).
     m = mask_nhw_u8[..., None]
     acc = foreground_nhwc_u8.astype(np.uint16)
     acc *= m

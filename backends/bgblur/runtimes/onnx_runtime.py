@@ -1,10 +1,9 @@
 """ONNX Runtime on the CPU: the network exported once to ONNX, run by ``CPUExecutionProvider``.
 
 Same contract as ``TorchRuntime`` on the CPU: ``[B, 3, h, w]`` NumPy float16/float32 in,
-``[B, 1, h, w]`` NumPy float16 out. The graph is float32 (the CPU provider has few float16
-kernels: an all-float16 export of selfie_general ran 7.4 ms at batch 1 and 29.7 ms at batch 4
-against 4.8 and 15.4 ms for float32 on the 2-core CPU machine, 2026-11-25); the input is cast in
-NumPy, the output cast back to float16.
+``[B, 1, h, w]`` NumPy float16 out. The graph is float32: the CPU provider has few float16
+kernels, so an all-float16 export runs slower (docs/benchmarks.md); the input is cast in NumPy,
+the output cast back to float16.
 
 The export (``bgblur.models.export.export_onnx``, dynamic batch, opset 17) is cached in
 ``<onnx_dir>`` (default ``<cache>/onnx``, ``<cache>`` being ``cache_dir`` or ``$BGBLUR_CACHE``

@@ -8,7 +8,7 @@
   (fp16, channels_last, CUDA graphs captured at load: ``TorchRuntime``). A plan that fails to
   load is logged and PyTorch serves instead.
 * the CPU: whichever of PyTorch (eager, fp32, channels_last) and ONNX Runtime
-  (``OnnxRuntimeCPU``) was measured faster for the network on the CPU machine
+  (``OnnxRuntimeCPU``) is the faster for the network on the CPU
   (``CPU_RUNTIME_BY_MODEL``, from ``bench/models.py``; ``bench/results/models-cpu.json``),
   PyTorch for networks not in that table. When ONNX Runtime is preferred but cannot serve
   (onnxruntime or onnx missing, export failed) PyTorch serves, with a warning.
@@ -39,22 +39,11 @@ LOG = logging.getLogger(__name__)
 RUNTIME_CHOICES = ("auto", "torch", "onnxruntime", "tensorrt")
 
 CPU_RUNTIME_BY_MODEL: dict[str, str] = {
-    # Measured on the 2-core CPU machine (Intel Xeon; torch 2.13 eager fp32 channels_last vs
-    # onnxruntime 1.20.1 CPUExecutionProvider fp32, both with 2 threads): median ms per call,
-    # the runtimes interleaved round after round (bench/models.py --device cpu, cpu_ab in
-    # bench/results/models-cpu.json, 2026-11-25).
-    #   selfie_general, quiet cores:  batch 1  onnxruntime 5.25  torch 5.78  (ort won 9/9 rounds)
-    #                                 batch 4  onnxruntime 16.21 torch 15.75 (torch won 8/9)
-    #                 mostly quiet:   batch 1  onnxruntime 5.01  torch 8.01
-    #                                 batch 4  onnxruntime 15.58 torch 25.08
-    #                 other work on the cores (as the pipeline's other stages do when served):
-    #                                 batch 1  onnxruntime 10.8-16.6  torch 75-514
-    #                                 batch 4  onnxruntime 18.4-51.7  torch 20.4-269
-    # A tie when the cores are idle, onnxruntime far ahead as soon as they are shared (torch's
-    # OpenMP threads stall): onnxruntime. selfie_landscape (quiet: 2.96 vs 3.97 ms at batch 1,
-    # 9.05 vs 9.84 at batch 4) and fcn_resnet101 (249 vs 292 ms, 1031 vs 1126 ms) were faster
-    # on onnxruntime in every set. fixed_ellipse (no network: a mask drawn by a few tensor ops)
-    # stays on torch: there is nothing to gain and an export to pay.
+    # onnxruntime: about a tie with torch on idle cores, and far ahead once the cores are
+    # shared, as the pipeline's other stages share them when served (torch's OpenMP threads
+    # stall); selfie_landscape and fcn_resnet101 were faster on it in every set (cpu_ab in
+    # bench/results/models-cpu.json). fixed_ellipse (no network: a mask drawn by a few tensor
+    # ops) stays on torch: there is nothing to gain and an export to pay.
     "selfie_general": "onnxruntime",
     "selfie_landscape": "onnxruntime",
     "fcn_resnet101": "onnxruntime",

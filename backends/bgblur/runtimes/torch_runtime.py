@@ -12,16 +12,13 @@ largest bucket runs in chunks of the largest bucket (the last chunk padded like 
 batch). Nothing is captured after construction.
 
 Optionally the network is compiled with ``torch.compile`` (``compile=True`` or a mode name)
-before the graphs are captured around it. It is off by default: on the H100 (torch 2.11,
-``bench/results/models-h100.json``) mode ``default`` inside the graphs runs selfie_general 1.4x
-faster at batch 8 (12.8k vs 9.0k frames/s; fcn_resnet101 0.24 vs 0.41 ms/frame at batch 16) but
-loads in 67 s from a cold Inductor cache (28 s warm) for the four serving buckets, against 16 s
-for the graphs alone, and the served pipeline is bound far below either figure by Triton's I/O.
+before the graphs are captured around it. It is off by default: it makes the network faster
+but multiplies the load time, and the served pipeline is bound far below the network's speed by
+Triton's I/O (``bench/results/models-h100.json``).
 
 On the CPU the network runs eagerly in float32, channels_last (faster than NCHW for every
-registered network on the quiet CPU machine, e.g. selfie_general 5.8 vs 8.2 ms at batch 1:
-``cpu_ab`` in ``bench/results/models-cpu.json``); ``bucketed=True`` runs the same
-static-buffer, pad-and-chunk path as the GPU (without graphs), for tests of that logic.
+registered network: ``cpu_ab`` in ``bench/results/models-cpu.json``); ``bucketed=True`` runs
+the same static-buffer, pad-and-chunk path as the GPU (without graphs), for tests of that logic.
 """
 
 from __future__ import annotations
@@ -57,8 +54,8 @@ use Inductor's own CUDA graphs, so the runtime captures none of its own around t
 
 DEFAULT_COMPILE_MODE = "default"
 """The mode ``compile=True`` means: Inductor's kernels inside the runtime's own CUDA graphs, no
-autotuning (the mode measured in ``bench/results/models-h100.json``; ``max-autotune-no-cudagraphs``
-adds Triton autotuning at load and did not fit in the benchmark's time budget)."""
+autotuning (``max-autotune-no-cudagraphs`` adds Triton autotuning, which lengthens the load
+further)."""
 
 WARMUP_ITERATIONS = 3
 

@@ -155,16 +155,14 @@ def prepare_backends(home: Path) -> Path:
 
 
 # Instances per GPU the embedded server (``TritonServer``) runs where none is asked for.
-# postprocess is the busiest stage at batch 8: a second instance took selfie_general at 1080p,
-# batch 8 from 1,753 to 1,944 frames/s with 8 clients and 1,787 -> 1,957 with 16 (H200, CUDA
-# shm, same session: bench/results/e2e-h200-2026-12-02-selfie{,-post2}.json); batch-1 latency
-# does not depend on it. The container keeps one of each (render_model_repository's default):
+# postprocess is the busiest stage at batch 8, so it gets a second instance; batch-1 latency
+# does not depend on it. Two postprocess instances serve ~10% more frames/s at batch 8
+# (docs/benchmarks.md). The container keeps one of each (render_model_repository's default):
 # its /dev/shm size is computed for that (docker/README.md).
 GPU_INSTANCE_COUNTS = {"postprocess": 2}
-# The direct model (when served) runs two instances on any device: with one, a client sending
-# requests back to back met Triton 2.51's dynamic batcher holding about 1 request in 15 in the
-# queue for ~500 ms (CPU, 360p: 69 ms mean queue a request; none without dynamic batching,
-# none with a second instance; the ensemble's stages showed none).
+# The direct model (when served) runs two instances on any device: with one, Triton 2.51's
+# dynamic batcher now and then holds a back-to-back client's request in the queue for
+# hundreds of ms; a second instance avoids it (docs/architecture.md, one-hop model).
 DIRECT_INSTANCE_COUNTS = {"background_blur_direct": 2}
 
 

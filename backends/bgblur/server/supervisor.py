@@ -8,11 +8,11 @@ kill, a segfault in a native library): every request through that model then fai
 process '<model>_0_0' is not healthy" while ``/v2/health/ready`` still answers 200. Reloading
 the model through the repository API does not heal it either: the new instance serves, but the
 old one never finishes unloading (its stub cannot answer), so the server then hangs on exit and
-leaks the dead stub's ``/dev/shm`` region (measured on 2.51, 2026-11-25). So the supervisor
-restarts the whole server: SIGKILL to its process group (the ensemble is broken anyway: every
-request crosses every stage), remove the Python backend's shared-memory regions of the killed
-processes, start again on the same ports, wait for readiness. Clients see the connection refused
-meanwhile (readiness false), never a hang.
+leaks the dead stub's ``/dev/shm`` region. So the supervisor restarts the whole server: SIGKILL
+to its process group (the ensemble is broken anyway: every request crosses every stage), remove
+the Python backend's shared-memory regions of the killed processes, start again on the same
+ports, wait for readiness. Clients see the connection refused meanwhile (readiness false), never
+a hang.
 
 A server can also hang alive: every process present, ``/v2/health/ready`` 200, and no inference
 answered (a stopped process, a deadlocked stub). Process checks cannot see that, so the
@@ -142,7 +142,7 @@ def remove_shm_regions(names: Iterable[str]) -> list[str]:
     """Unlink the given ``/dev/shm`` regions that still exist; returns the names removed.
 
     Only names taken from this server's own stubs are passed here: other servers on the host
-    (other users, other test sessions) keep theirs.
+    (other users, other test runs) keep theirs.
     """
     removed: list[str] = []
     for name in names:

@@ -42,9 +42,9 @@ appear in no per-model metric.
 
 ``pb_utils`` exists only inside Triton's stub, so it is passed in (as in ``triton_io``): the
 module stays importable and testable without Triton. Each metric operation is a message from the
-stub to the server process (about 8 us measured on the CPU machine); a batch costs three of them,
-a rejected request two. Metrics never fail a request: an error while recording is logged once
-and recording goes on.
+stub to the server process (a few microseconds: docs/benchmarks.md); a batch costs three of
+them, a rejected request two. Metrics never fail a request: an error while recording is logged
+once and recording goes on.
 """
 
 from __future__ import annotations

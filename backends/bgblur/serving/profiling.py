@@ -20,8 +20,8 @@ the profiler on, Python-heavy code runs slower (cProfile hooks every call): use 
 split, not to measure throughput.
 
 Python 3.12: its cProfile (rebuilt on ``sys.monitoring``), enabled and disabled around each
-``execute`` in a Triton stub, recorded only part of each call tree on the H200 machine (frames
-such as ``_execute_grouped`` or a stage's ``_run`` missing while their callees were there).
+``execute`` in a Triton stub, can record only part of each call tree (frames such as
+``_execute_grouped`` or a stage's ``_run`` missing while their callees are there).
 The counts and wall time in the ``.txt`` are this module's own and hold; read the per-function
 tables from 3.12 stubs with that in mind (3.11 and earlier record the whole tree).
 """

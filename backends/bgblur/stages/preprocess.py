@@ -18,10 +18,9 @@ STAGE_INTERPOLATIONS = ("auto", "linear", "area")
 
 def resolve_interpolation(choice: str, device: Device) -> str:
     """The downscale a preprocess stage runs: ``"linear"`` or ``"area"`` as asked; ``"auto"``
-    (the default) is ``"area"`` on the GPU, where it costs ~5-9 us a 1080p frame (H200:
-    13.5 vs 4.9 us at batch 1, 6.2 vs 0.8 us at batch 32; no difference end to end) for
-    steadier masks, and ``"linear"`` on the CPU, where area costs ~6 ms a 1080p frame a core
-    (README "Model input")."""
+    (the default) is ``"area"`` on the GPU, where it gives steadier masks at a cost not
+    measurable end to end, and ``"linear"`` on the CPU, where area costs milliseconds a frame
+    (docs/architecture.md, "Model input: bilinear or area")."""
     if choice not in STAGE_INTERPOLATIONS:
         raise ValueError(
             f"resize_interpolation must be one of {', '.join(STAGE_INTERPOLATIONS)}, got {choice!r}"

@@ -19,7 +19,7 @@ class StageStream:
     stream (an event, no host wait): inputs the caller produced there, e.g. the asynchronous
     host-to-device copy of ``cupy.asarray(numpy_frames)`` on the legacy default stream, are
     complete before the stage's kernels read them. The stage's stream is non-blocking, so
-    without this nothing would order the two (seen on an H200 under load: stale input read).
+    without this nothing would order the two (under load a stage then reads stale input).
     """
 
     def __init__(self, device: Device) -> None:

@@ -43,10 +43,10 @@ def primary_context(gpu_index: int) -> int:
     """The handle (``CUcontext`` as int) of GPU ``gpu_index``'s primary context.
 
     Retained and released again at once: the CUDA runtime (CuPy's, torch's) holds the
-    reference that keeps it alive for the life of the process. Known gap (as run on the H200):
-    in a process where no runtime has retained it yet (a client decoding on the CPU), the
-    release drops the last reference before the codec uses the handle; that only matters
-    where NVENC exists (the probe). Keeping the reference is the fix, not yet run on a GPU.
+    reference that keeps it alive for the life of the process. Known gap: in a process where
+    no runtime has retained it yet (a client decoding on the CPU), the release drops the last
+    reference before the codec uses the handle; that only matters where NVENC exists (the
+    probe). Keeping the reference would close it.
     """
     lib = _libcuda()
     device = ctypes.c_int()

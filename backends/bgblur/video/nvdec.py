@@ -110,7 +110,7 @@ def nvdec_decode_nv12(
         demuxer = nvc.CreateDemuxer(_BufferFeeder(source))
     # No device context held across a yield: a generator may be closed from another thread
     # (the video model's session thread closing its decode thread's generator), where CuPy's
-    # thread-local device stack has nothing to pop (IndexError seen on the H200).
+    # thread-local device stack has nothing to pop (IndexError).
     with cupy.cuda.Device(gpu_index), thread_context_kept("opening the NVDEC decoder"):
         decoder = nvc.CreateDecoder(
             gpuid=gpu_index,

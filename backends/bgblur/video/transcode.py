@@ -92,7 +92,7 @@ ENCODER_FRAME_BYTES = 768 << 20
 threads are cut (in that order) until their frames fit."""
 X264_BYTES_PER_PIXEL = 5
 """Host bytes libx264 holds per buffered frame and pixel (padded planes, half-pel planes, lowres
-copy; measured with PyAV 14 / x264 164: ~3.3 at 1080p preset medium, ~4.5 at 8K)."""
+copy), rounded up from what PyAV 14 / x264 164 hold at 1080p and 8K (docs/benchmarks.md)."""
 X264_MAX_THREADS = 16
 # (rc-lookahead, refs, bframes) of each libx264 preset (x264's x264_param_default_preset).
 _X264_PRESET_BUFFERS: dict[str, tuple[int, int, int]] = {
