@@ -35,19 +35,21 @@ OOM_MESSAGE = re.compile(
 SIMULATED_BATCH = 5  # the patched segmentation model runs out of "GPU memory" on 5 frames
 
 _RUN = """    def _run(self, arrays, options):
-        return [self.runtime(arrays[0])]
+        with nvtx_range("segmentation.network"):
+            return [self.runtime(arrays[0])]
 """
 _RUN_OOM = f"""    def _run(self, arrays, options):
         if arrays[0].shape[0] == {SIMULATED_BATCH}:  # test_gpu_oom: a simulated GPU OOM
             import torch
 
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return [self.runtime(arrays[0])]
+        with nvtx_range("segmentation.network"):
+            return [self.runtime(arrays[0])]
 """
 
 
 def failed_oom(server: TritonServer) -> dict[str, float]:
-    """``bgblur_failed_requests_total{reason="gpu_oom"}`` per stage."""
+    """``bgblur_failed_requests_total{reason="gpu_oom"}`` per stage (its model label)."""
     url = f"http://{server.metrics_url}/metrics"
     with urllib.request.urlopen(url, timeout=10) as response:
         samples = parse_exposition(response.read().decode())
@@ -55,7 +57,7 @@ def failed_oom(server: TritonServer) -> dict[str, float]:
     for (name, labels), value in samples.items():
         label = dict(labels)
         if name == "bgblur_failed_requests_total" and label.get("reason") == "gpu_oom":
-            counts[label["stage"]] = value
+            counts[label["model"]] = value
     return counts
 
 

@@ -114,7 +114,16 @@ class GrpcGuard:
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", -1),
         ]
-        self._channel = grpc.insecure_channel(settings.upstream, options=message_options)
+        # After a restart of Triton the channel reconnects within a second (gRPC's default
+        # backoff grows to 2 minutes, so the guard would refuse long after Triton is back).
+        reconnect = [
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+        ]
+        self._channel_options = [*message_options, *reconnect]
+        self._channel = grpc.insecure_channel(settings.upstream, options=self._channel_options)
+        self._serving = True  # as ready() said last
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="grpc-guard"),
             handlers=[_Handler(self)],
@@ -137,6 +146,20 @@ class GrpcGuard:
 
     # -- forwarding -------------------------------------------------------------------------
 
+    def _serving_now(self) -> bool:
+        """``ready()``; when it turns true again (Triton restarted), a fresh upstream channel:
+        the old one may still wait out its reconnect backoff and refuse calls meanwhile."""
+        serving = self.settings.ready()
+        with self._lock:
+            if serving and not self._serving:
+                old, self._unary = self._channel, {}
+                self._channel = grpc.insecure_channel(
+                    self.settings.upstream, options=self._channel_options
+                )
+                old.close()
+            self._serving = serving
+        return serving
+
     def upstream_unary(self, method: str) -> Any:
         with self._lock:
             if method not in self._unary:
@@ -156,7 +179,7 @@ class GrpcGuard:
 
     def unary(self, method: str, request: bytes, context: grpc.ServicerContext) -> bytes:
         name = method[len(SERVICE) :] if method.startswith(SERVICE) else method
-        serving = self.settings.ready()
+        serving = self._serving_now()
         if name == "ServerReady" and not serving:
             return service_pb2.ServerReadyResponse(ready=False).SerializeToString()
         if name == "ModelReady" and not serving:
@@ -191,7 +214,7 @@ class GrpcGuard:
                     responses.put(_stream_error("", "", f"malformed stream request: {exc}"))
                     continue
                 try:
-                    if not self.settings.ready():
+                    if not self._serving_now():
                         raise RequestRefusedError(503, "the server is restarting")
                     check_grpc_infer_request(parsed, self.settings.limits)
                 except RequestRefusedError as exc:
@@ -199,7 +222,10 @@ class GrpcGuard:
                     continue
                 yield request
 
-        call = self._channel.stream_stream(STREAM_INFER)(
+        self._serving_now()
+        with self._lock:
+            channel = self._channel
+        call = channel.stream_stream(STREAM_INFER)(
             checked(), timeout=_timeout_s(context), metadata=_forwarded_metadata(context)
         )
         context.add_callback(call.cancel)
