@@ -20,6 +20,7 @@
 #                  tritonclient (gRPC, HTTP), perf_analyzer, aiohttp (the HTTP guard)
 #   hardening-tests  pytest -m gpu: functional, reliability, client (KIND_GPU servers behind the
 #                  guard and the supervisor; CUDA shared memory with the admin key)
+#   hardening-quick  the GPU serving tests and the gRPC/HTTP guards' cost, in one command
 #   hardening-bench  the guard's cost at 1080p (bench/guard.py), CUDA shm throughput through the
 #                  key-restricted registration (bench/e2e.py), perf_analyzer with the key header
 #   install        only put the project on the Pythons' path (then run a command of your own)
@@ -146,6 +147,15 @@ case "$phase" in
       --ignore tests/functional/test_cli.py --ignore tests/client/test_client_cli.py \
       --ignore tests/client/test_client_samples.py --ignore tests/client/test_client_install.py \
       --ignore tests/client/test_client_outputs.py
+    ;;
+  hardening-quick)  # both in one command: the GPU serving tests, then the gRPC guard's cost
+    nvidia-smi -L | tee "$OUT/device.txt"
+    gpu="$(gpu_label)"
+    run 300 hardening-quick.log "$PY" -m pytest -q -m gpu -p no:cacheprovider -x \
+      tests/functional/test_server.py tests/reliability tests/stages/test_nvtx.py
+    run 170 hardening-quick.log "$PY" bench/guard.py --device gpu --sizes 1080p \
+      --transports grpc:none,grpc:cuda,http:none --concurrency 8 --seconds 3 --rounds 1 \
+      --out "$OUT/guard-$gpu-$day-grpc.json"
     ;;
   hardening-bench)
     gpu="$(gpu_label)"
