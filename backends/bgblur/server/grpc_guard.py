@@ -167,15 +167,20 @@ class GrpcGuard:
             return self._unary[method]
 
     def forward_unary(self, method: str, request: bytes, context: grpc.ServicerContext) -> bytes:
+        """The call on to Triton; a client that cancels (or whose deadline passes) cancels it
+        there too, so Triton drops it from its queue as it would a direct client's."""
+        future = self.upstream_unary(method).future(
+            request, timeout=_timeout_s(context), metadata=_forwarded_metadata(context)
+        )
+        context.add_callback(future.cancel)
         try:
-            return self.upstream_unary(method)(
-                request,
-                timeout=_timeout_s(context),
-                metadata=_forwarded_metadata(context),
-            )
+            return future.result()
         except grpc.RpcError as exc:
             context.abort(exc.code(), exc.details() or "")
             raise  # not reached: abort raises
+        except grpc.FutureCancelledError:
+            context.abort(grpc.StatusCode.CANCELLED, "cancelled by the client")
+            raise  # not reached
 
     def unary(self, method: str, request: bytes, context: grpc.ServicerContext) -> bytes:
         name = method[len(SERVICE) :] if method.startswith(SERVICE) else method
