@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import av
-
 from bgblur_client.errors import UsageError
 
 ENCODER_CHOICES: tuple[str, ...] = ("auto", "nvenc", "x264")
@@ -138,6 +136,8 @@ def video_codec_for(path: str | Path, *, server_side: bool = False) -> str:
             f"WebM cannot hold; use {', '.join(H264_CONTAINERS)}, or drop --server-side to "
             "encode VP9 here"
         )
+    import av  # here, not at import: the server's video model loads without PyAV
+
     if VP9_ENCODER not in av.codecs_available:
         raise UsageError(
             f"cannot write video '{path}': this PyAV (FFmpeg) has no {VP9_ENCODER} encoder; "
