@@ -92,11 +92,12 @@ def make_clip(path: Path, size: str, frames: int) -> Path:
 
 def one_stream(path_name: str, url: str, clip: Path, out: Path, args: argparse.Namespace) -> int:
     if path_name == "nvdec-only":  # the decode ceiling: NVDEC + NV12 -> RGB, no blur, no server
-        from bgblur.video.nvdec import nvdec_batches
+        from bgblur.video.nvdec import decode_nvdec
+        from bgblur_client.decoders import DecodeSettings
 
         # each batch is complete on the GPU when yielded: the count is of finished frames
-        batches = nvdec_batches(clip, 0, args.batch, 0, "bt709", False)
-        return sum(int(batch.frames_nhwc_u8.shape[0]) for batch in batches)
+        settings = DecodeSettings(batch_frames=args.batch, color_matrix="bt709")
+        return sum(len(batch) for batch in decode_nvdec(clip, settings))
     if path_name in ("server", "server-inprocess"):
         from bgblur_client.server_video import blur_video_server_side
 
@@ -241,10 +242,10 @@ def fragmented_copy(clip: Path, work: Path) -> Path:
 
 def available(path_name: str) -> bool:
     if path_name in ("client-nvdec", "client-dali", "decode-nvdec", "nvdec-only"):
-        from bgblur_client.video_decoders import decoder_available
+        from bgblur_client.decoders import DECODERS
 
         decoder = "nvdec" if path_name == "nvdec-only" else path_name.split("-", 1)[1]
-        return decoder_available(decoder)
+        return DECODERS[decoder].available()
     return True
 
 

@@ -3,8 +3,11 @@
 Pipeline (one process, the main thread decodes and encodes; inference runs on the
 client's worker threads, see :meth:`BlurClient.blur_batches`)::
 
-    PyAV demux/decode (CPU) -> RGB batches [B, H, W, 3] -> Triton -> H.264/VP9 encode -> mux
-                         \\-> audio packets copied (or re-encoded to AAC) ------------/
+    decode (PyAV, NVDEC or DALI) -> RGB batches [B, H, W, 3] -> Triton -> H.264/VP9 encode -> mux
+                                \\-> audio packets copied (or re-encoded to AAC) ------------/
+
+The decoders are those of :mod:`bgblur_client.decoders`; PyAV's and NVDEC's are the server-side
+video model's too.
 
 Output choices:
 
@@ -51,9 +54,9 @@ from typing import Any, Literal
 
 import av
 import numpy as np
-from av.video.reformatter import Interpolation
 from tqdm import tqdm
 
+from bgblur_client.decoders import DecodedBatch, DecodeSettings, decode_video, resolve_decoder
 from bgblur_client.encoding import (
     VP9_ENCODER,
     EncoderSettings,
@@ -67,7 +70,6 @@ from bgblur_client.h264 import CRF, PRESET, ColorTags, add_h264_stream, encode_i
 from bgblur_client.image import check_image_writable
 from bgblur_client.preview import write_preview
 from bgblur_client.transport import BlurClient, ParameterValue
-from bgblur_client.video_decoders import gpu_rgb_batches, resolve_decoder
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +77,6 @@ log = logging.getLogger(__name__)
 AudioHandling = Literal["copied", "re-encoded", "none", "unknown"]
 _FALLBACK_RATE = Fraction(30)
 _NVENC_GOP = 250  # frames between IDR frames: libx264's default keyint, which the x264 path has
-# swscale's default YUV->RGB path is biased (a decode->encode round trip darkens luma by
-# about 1 level per pass); accurate rounding with full chroma interpolation round-trips
-# exactly, for about 2 ms more per 720p frame.
-_YUV_TO_RGB_FLAGS = (
-    Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
-)
 
 
 @dataclass(frozen=True)
@@ -167,7 +163,7 @@ def blur_video(
         preview_label: Caption drawn on the preview.
         progress: Show a progress bar (on stderr, when it is a terminal).
         decoder: ``pyav`` (CPU), ``nvdec`` or ``dali`` (frames decoded into GPU memory,
-            :mod:`bgblur_client.video_decoders`), or ``auto`` (the best present).
+            :mod:`bgblur_client.decoders`), or ``auto`` (the best present).
         encoder: ``x264`` (libx264 on the CPU), ``nvenc`` (the GPU's encoder through
             PyNvVideoCodec, on ``client.cuda_device``; an error where there is none) or ``auto``
             (NVENC where an encoder session opens, else libx264; the summary says why).
@@ -227,8 +223,6 @@ def blur_video(
     log.info("'%s': video encoder %s (%s)", out_path, encoder_kind, encoder_reason)
 
     with _open_input(in_path) as source:
-        in_video = source.streams.video[0]
-        in_video.thread_type = "AUTO"
         in_audio = source.streams.audio[0] if source.streams.audio else None
         mask_encoder = "vp9" if mask_codec == "vp9" else encoder_kind
         if mask_codec == "h264" and encoder_kind == "vp9":
@@ -244,29 +238,21 @@ def blur_video(
             settings=settings,
         )
         # Batches in flight, oldest first: source timestamps and the upright input frames.
-        pending: deque[tuple[list[int | None], np.ndarray]] = deque()
+        pending: deque[tuple[list[int | None], _PreviewFrames]] = deque()
         preview_index = source_format.frame_count // 2
         preview_frames: tuple[np.ndarray, np.ndarray] | None = None
         frames_done = 0
         started = time.perf_counter()
         try:
-            decoder = resolve_decoder(decoder)
-            if decoder == "pyav":
-                batches = _decoded_batches(
-                    source, in_path, source_format, batch_size, pending, outputs.write_audio
-                )
-            else:
-                batches = _gpu_decoded_batches(
-                    decoder,
-                    source,
-                    in_path,
-                    source_format,
-                    batch_size,
-                    pending,
-                    outputs.write_audio,
-                    on_gpu_ok=client.shared_memory == "cuda",
-                    device=client.cuda_device,
-                )
+            batches = _request_batches(
+                resolve_decoder(decoder),
+                source_format,
+                batch_size,
+                pending,
+                outputs.write_audio if in_audio is not None else None,
+                on_gpu_ok=client.shared_memory == "cuda",
+                device=client.cuda_device,
+            )
             results = client.blur_batches(
                 batches,
                 in_flight=in_flight,
@@ -353,76 +339,61 @@ def blurred_frames(
             f"model {client.model!r}), got {batch_size}"
         )
     source_format = _probe(in_path)
-    pending: deque[tuple[list[int | None], Any]] = deque()
-
-    def drop_audio(packet: av.Packet) -> None:
-        del packet
-
-    with _open_input(in_path) as source:
-        source.streams.video[0].thread_type = "AUTO"
-        decoder = resolve_decoder(decoder)
-        if decoder == "pyav":
-            batches = _decoded_batches(
-                source, in_path, source_format, batch_size, pending, drop_audio
-            )
-        else:
-            batches = _gpu_decoded_batches(
-                decoder,
-                source,
-                in_path,
-                source_format,
-                batch_size,
-                pending,
-                drop_audio,
-                on_gpu_ok=client.shared_memory == "cuda",
-                device=client.cuda_device,
-            )
-        results = client.blur_batches(batches, in_flight=in_flight, parameters=parameters)
-        with closing(results):
-            for result in results:
-                timestamps, _ = pending.popleft()
-                yield timestamps, result.blurred_nhwc_u8
+    pending: deque[tuple[list[int | None], _PreviewFrames]] = deque()
+    batches = _request_batches(
+        resolve_decoder(decoder),
+        source_format,
+        batch_size,
+        pending,
+        None,
+        on_gpu_ok=client.shared_memory == "cuda",
+        device=client.cuda_device,
+    )
+    results = client.blur_batches(batches, in_flight=in_flight, parameters=parameters)
+    with closing(results):
+        for result in results:
+            timestamps, _ = pending.popleft()
+            yield timestamps, result.blurred_nhwc_u8
 
 
-def _decoded_batches(
-    source: av.container.InputContainer,
-    in_path: Path,
+def _request_batches(
+    decoder: str,
     source_format: _SourceFormat,
     batch_size: int,
-    pending: deque[tuple[list[int | None], np.ndarray]],
-    write_audio: Callable[[av.Packet], None],
-) -> Iterator[np.ndarray]:
-    """Decode the first video stream into upright RGB batches ``[B, H, W, 3]`` uint8.
+    pending: deque[tuple[list[int | None], _PreviewFrames]],
+    write_audio: Callable[[av.Packet], None] | None,
+    *,
+    on_gpu_ok: bool,
+    device: int,
+) -> Iterator[Any]:
+    """The frames of each request: upright RGB ``[B, H, W, 3]`` uint8 batches of the first
+    video stream, from ``decoder`` (:func:`bgblur_client.decoders.decode_video`): NumPy, or
+    CuPy on GPU ``device`` from a GPU decoder (copied to the host unless ``on_gpu_ok``).
 
-    Each batch is also appended to ``pending`` with its frames' source timestamps before
-    it is yielded; packets of the first audio stream go to ``write_audio`` as they come.
+    Each batch is appended to ``pending`` with its source timestamps before it is yielded;
+    the first audio stream's packets go to ``write_audio`` as they come (none are read when it
+    is None). A frame of another size than the first is scaled to the first's (PyAV).
     """
-    in_video = source.streams.video[0]
-    in_audio = source.streams.audio[0] if source.streams.audio else None
-    frames: list[np.ndarray] = []
-    timestamps: list[int | None] = []
-    for packet in _demux(source, in_path, in_video, in_audio):
-        if packet.stream is in_audio:
-            write_audio(packet)
+    settings = DecodeSettings(
+        batch_frames=batch_size,
+        quarter_turns=source_format.quarter_turns,
+        audio=write_audio is not None,
+        color_matrix="bt709" if source_format.color.colorspace == 1 else "bt601",
+        full_range=source_format.color.color_range == 2,  # AVCOL_RANGE_JPEG
+        gpu_index=device,
+        on_size_change="scale",
+        label=f"video '{source_format.path}'",
+    )
+    for item in decode_video(decoder, source_format.path, settings):
+        if not isinstance(item, DecodedBatch):
+            if write_audio is not None:
+                write_audio(item)
             continue
-        for frame in _decode(packet, in_path):
-            rgb = frame.to_ndarray(
-                format="rgb24",
-                width=source_format.width,
-                height=source_format.height,
-                interpolation=_YUV_TO_RGB_FLAGS,
-            )
-            frames.append(np.rot90(rgb, source_format.quarter_turns))
-            timestamps.append(frame.pts)
-            if len(frames) == batch_size:
-                batch = np.stack(frames)
-                pending.append((timestamps, batch))
-                yield batch
-                frames, timestamps = [], []
-    if frames:
-        batch = np.stack(frames)
-        pending.append((timestamps, batch))
-        yield batch
+        frames = item.frames_nhwc_u8
+        if item.on_gpu and not on_gpu_ok:
+            frames = frames.get()
+        pending.append((item.pts, _PreviewFrames(frames)))
+        yield frames
 
 
 def _to_host(array: Any) -> Any:
@@ -430,43 +401,9 @@ def _to_host(array: Any) -> Any:
     return array.get() if array is not None and not isinstance(array, np.ndarray) else array
 
 
-def _gpu_decoded_batches(
-    decoder: str,
-    source: av.container.InputContainer,
-    in_path: Path,
-    source_format: _SourceFormat,
-    batch_size: int,
-    pending: deque[tuple[list[int | None], Any]],
-    write_audio: Callable[[av.Packet], None],
-    *,
-    on_gpu_ok: bool,
-    device: int,
-) -> Iterator[Any]:
-    """Batches from a GPU decoder (CuPy, or copied to the host unless ``on_gpu_ok``).
-
-    The audio goes to ``write_audio`` first (the muxer interleaves it); each batch is appended
-    to ``pending`` with its source timestamps, as :func:`_decoded_batches` does.
-    """
-    if source.streams.audio:
-        for packet in _demux(source, in_path, source.streams.audio[0], None):
-            write_audio(packet)
-    color_matrix = "bt709" if source_format.color.colorspace == 1 else "bt601"
-    for frames, timestamps in gpu_rgb_batches(
-        decoder,
-        in_path,
-        batch_size=batch_size,
-        quarter_turns=source_format.quarter_turns,
-        color_matrix=color_matrix,
-        full_range=source_format.color.color_range == 2,
-        device=device,
-    ):
-        batch = frames if on_gpu_ok else frames.get()
-        pending.append((timestamps, _PreviewFrames(batch)))
-        yield batch
-
-
 class _PreviewFrames:
-    """Input frames kept for the preview, copied to the host only when one is asked for."""
+    """Input frames (NumPy or CuPy ``[B, H, W, 3]`` uint8) kept for the preview; a frame in GPU
+    memory is copied to the host only when one is asked for."""
 
     def __init__(self, frames_nhwc_u8: Any) -> None:
         self._frames = frames_nhwc_u8

@@ -1,4 +1,5 @@
-"""Outputs that appear whole, encoder settings and containers (library level, no server)."""
+"""Outputs that appear whole, encoder settings and containers (library level), and the
+served video model taking every encoder preset the client offers (the real server)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,10 @@ from bgblur_client.encoding import (
     check_settings_for,
     video_codec_for,
 )
-from bgblur_client.errors import ClientError, UsageError
+from bgblur_client.errors import ClientError, RequestRejectedError, UsageError
 from bgblur_client.files import partial_path, write_bytes_whole
 from bgblur_client.image import write_image
-from bgblur_client.server_video import remux
+from bgblur_client.server_video import blur_video_server_side, remux
 from bgblur_client.video import _H264Writer, _probe
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -167,16 +168,58 @@ def test_server_parameters_name_the_video_models_options() -> None:
     }
 
 
-def test_client_and_server_take_the_same_encoder_options() -> None:
-    from bgblur.video.encoders import NVENC_PRESETS
-    from bgblur.video.encoders import X264_PRESETS as SERVER_PRESETS
-    from bgblur.video.transcode import VideoOptions
+@pytest.fixture(scope="module")
+def two_frame_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The golden clip cut to its first 2 frames (H.264, 160x120): a video request in a blink."""
+    path = tmp_path_factory.mktemp("presets") / "two-frames.mp4"
+    with av.open(str(CLIP)) as source, av.open(str(path), "w") as target:
+        stream = target.add_stream("libx264", rate=24, options={"preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        for index, frame in enumerate(source.decode(video=0)):
+            if index == 2:
+                break
+            small = frame.reformat(width=160, height=120, format="yuv420p")
+            small.pts = index
+            target.mux(stream.encode(small))
+        target.mux(stream.encode(None))
+    return path
 
-    assert X264_PRESETS == SERVER_PRESETS
-    assert set(NVENC_PRESETS) == set(X264_PRESETS)
-    defaults = EncoderSettings()
-    options, rest = VideoOptions.split_parameters(defaults.server_parameters())
-    assert (options.crf, options.preset, rest) == (defaults.crf, defaults.preset, {})
+
+@pytest.mark.parametrize("preset", X264_PRESETS)
+def test_the_video_model_encodes_with_every_client_preset(
+    triton_server, two_frame_clip: Path, tmp_path: Path, preset: str
+) -> None:
+    """``--server-side --preset P`` for every P the client offers: the served
+    ``background_blur_video`` model takes it and libx264 encodes with it."""
+    out = tmp_path / "out.mp4"
+
+    summary = blur_video_server_side(
+        triton_server.grpc_url,
+        two_frame_clip,
+        out,
+        progress=False,
+        settings=EncoderSettings(preset=preset, encoder="x264"),
+    )
+
+    assert summary.frames == 2
+    with av.open(str(out)) as result:
+        assert result.streams.video[0].codec_context.name == "h264"
+        assert sum(1 for _ in result.decode(video=0)) == 2
+
+
+def test_the_video_model_refuses_a_preset_the_client_does_not_offer(
+    triton_server, two_frame_clip: Path, tmp_path: Path
+) -> None:
+    assert "quick" not in X264_PRESETS
+    with pytest.raises(RequestRejectedError, match="parameter 'preset' must be one of ultrafast"):
+        blur_video_server_side(
+            triton_server.grpc_url,
+            two_frame_clip,
+            tmp_path / "out.mp4",
+            progress=False,
+            parameters={"preset": "quick"},
+        )
+    assert not (tmp_path / "out.mp4").exists()
 
 
 def fragmented_mp4(path: Path, frames: int = 12) -> Path:

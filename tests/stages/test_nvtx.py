@@ -3,6 +3,7 @@ stages run, harmless without CUDA."""
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -23,19 +24,90 @@ def test_every_range_is_named_after_a_stage() -> None:
         assert (REPO / "model_repository" / stage / "config.pbtxt").is_file()
 
 
+def opened_ranges(path: Path) -> list[tuple[int, str | None]]:
+    """``(line, name)`` of every ``nvtx_range(...)`` call in ``path`` (name None where the
+    argument is not one string literal: a name that cannot be checked)."""
+    calls = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if not isinstance(node, ast.Call):
+            continue
+        function = node.func
+        called = function.id if isinstance(function, ast.Name) else getattr(function, "attr", "")
+        if called != "nvtx_range":
+            continue
+        literal = (
+            len(node.args) == 1
+            and not node.keywords
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        )
+        calls.append((node.lineno, node.args[0].value if literal else None))
+    return calls
+
+
 def test_every_range_is_opened_somewhere_and_only_those() -> None:
-    sources = [*REPO.glob("backends/bgblur/**/*.py"), *REPO.glob("model_repository/*/1/*.py")]
-    opened = set()
+    sources = [
+        *REPO.glob("backends/bgblur/**/*.py"),
+        *REPO.glob("model_repository/*/1/*.py"),
+        *REPO.glob("bench/**/*.py"),
+    ]
+    opened: dict[str, list[str]] = {}
     for path in sources:
-        opened.update(re.findall(r'nvtx_range\("([^"]+)"\)', path.read_text()))
-    assert opened == set(RANGES)
+        for line, name in opened_ranges(path):
+            where = f"{path.relative_to(REPO)}:{line}"
+            assert name is not None, f"{where}: nvtx_range takes one string literal"
+            opened.setdefault(name, []).append(where)
+    unknown = {name: where for name, where in opened.items() if name not in RANGES}
+    assert not unknown, f"ranges missing from RANGES: {unknown}"
+    assert set(opened) == set(RANGES), f"never opened: {set(RANGES) - set(opened)}"
 
 
-def test_a_range_without_cuda_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_nvtx_a_range_runs_its_body_and_passes_exceptions_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(nvtx, "_NVTX", None)
-    with nvtx_range("postprocess.fused"):
-        value = 1
-    assert value == 1
+    runs = []
+
+    with nvtx_range("postprocess.fused"), nvtx_range("postprocess.mask"):
+        runs.append("body")
+    failure = RuntimeError("the stage failed")
+    with pytest.raises(RuntimeError) as raised, nvtx_range("segmentation.network"):
+        raise failure
+
+    assert runs == ["body"]
+    assert raised.value is failure  # the same exception, not wrapped or swallowed
+
+
+class _RecordedNvtx:
+    """Stands in for CuPy's NVTX bindings (absent here): records pushes and pops."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str | None]] = []
+
+    def RangePush(self, name: str) -> None:  # noqa: N802 (CuPy's names)
+        self.calls.append(("push", name))
+
+    def RangePop(self) -> None:  # noqa: N802
+        self.calls.append(("pop", None))
+
+
+def test_a_range_is_popped_when_its_body_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    recorded = _RecordedNvtx()
+    monkeypatch.setattr(nvtx, "_NVTX", recorded)
+
+    with (
+        pytest.raises(ValueError, match="bad batch"),
+        nvtx_range("preprocess.resize_normalize"),
+        nvtx_range("postprocess.fused"),
+    ):
+        raise ValueError("bad batch")
+
+    assert recorded.calls == [
+        ("push", "preprocess.resize_normalize"),
+        ("push", "postprocess.fused"),
+        ("pop", None),
+        ("pop", None),
+    ]
 
 
 @pytest.mark.gpu

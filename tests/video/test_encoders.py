@@ -143,6 +143,16 @@ class TestChoiceWithoutPyNvVideoCodec:
         assert video.decode_rgb(out)[1]["frames"] == 24
 
 
+def test_every_x264_preset_has_an_nvenc_preset() -> None:
+    """NVENC takes the P1..P7 preset matching the request's libx264 preset: every preset the
+    client offers (and the video model accepts) has one, faster presets no slower ones."""
+    from bgblur_client.encoding import X264_PRESETS
+
+    assert list(encoders.NVENC_PRESETS) == list(X264_PRESETS)
+    levels = [int(encoders.NVENC_PRESETS[p].removeprefix("P")) for p in X264_PRESETS]
+    assert levels == sorted(levels) and set(levels) <= set(range(1, 8))
+
+
 def test_x264_is_always_x264() -> None:
     assert choose_encoder("x264", width=64, height=48, rate=24) == ("x264", "requested")
     assert encoders._NVENC_PROBES == {}  # nothing probed

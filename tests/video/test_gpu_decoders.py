@@ -1,5 +1,6 @@
-"""GPU decode paths (``gpu`` marker, H100): NVDEC (PyNvVideoCodec) and DALI frames equal the
-CPU decoder's within codec tolerance; the served video model decodes with NVDEC.
+"""GPU decode paths (``gpu`` marker, H100): NVDEC (PyNvVideoCodec) and DALI, behind the decoder
+interface of ``bgblur_client.decoders``, give the CPU decoder's frames within codec tolerance and
+its batches and timestamps; the transcoder decodes with NVDEC.
 
 The reference decode is PyAV where it is installed, else OpenCV's FFmpeg (the GPU machine has
 opencv-python-headless but no PyAV); both convert with BT.601 limited range like ours here. The
@@ -14,6 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
+from bgblur_client.decoders import DecodedBatch, DecodeSettings, VideoDecodeError
 
 
 def _module_present(name: str) -> bool:
@@ -72,46 +75,77 @@ def assert_close(actual: np.ndarray, expected: np.ndarray) -> None:
     assert np.percentile(diff, 99) <= P99_TOLERANCE
 
 
+def gpu_frames(batches, cupy) -> np.ndarray:
+    """The batches' frames on the host, ``[N, H, W, 3]`` uint8."""
+    return np.concatenate([cupy.asnumpy(b.frames_nhwc_u8) for b in batches])
+
+
 @needs_nvdec
 def test_nvdec_frames_equal_the_cpu_decoders(cupy, h264_clip: Path) -> None:
-    from bgblur.video.nvdec import nvdec_batches
+    from bgblur.video.nvdec import decode_nvdec
 
-    batches = list(nvdec_batches(h264_clip, 0, 8, 0, "bt601", False))
-    frames = np.concatenate([cupy.asnumpy(b.frames_nhwc_u8) for b in batches])
-    assert_close(frames, reference_rgb(h264_clip))
+    batches = list(decode_nvdec(h264_clip, DecodeSettings(batch_frames=8)))
+
+    assert all(isinstance(b, DecodedBatch) and b.on_gpu for b in batches)
+    assert all(b.frames_nhwc_u8.flags.c_contiguous for b in batches)
+    assert_close(gpu_frames(batches, cupy), reference_rgb(h264_clip))
 
 
 @needs_nvdec
-def test_nvdec_from_memory_equals_from_file(cupy, h264_clip: Path) -> None:
-    from bgblur.video.nvdec import nvdec_batches
+def test_nvdec_reads_a_file_its_bytes_and_a_reader_alike(cupy, h264_clip: Path) -> None:
+    import io
 
-    from_file = [
-        cupy.asnumpy(b.frames_nhwc_u8) for b in nvdec_batches(h264_clip, 0, 4, 0, "bt601", False)
-    ]
+    from bgblur.video.nvdec import decode_nvdec
+
     data = h264_clip.read_bytes()
-    from_bytes = [
-        cupy.asnumpy(b.frames_nhwc_u8) for b in nvdec_batches(data, 0, 4, 0, "bt601", False)
-    ]
-    np.testing.assert_array_equal(np.concatenate(from_file), np.concatenate(from_bytes))
+    settings = DecodeSettings(batch_frames=4)
+    from_file = gpu_frames(decode_nvdec(h264_clip, settings), cupy)
+    from_bytes = gpu_frames(decode_nvdec(data, settings), cupy)
+    from_reader = gpu_frames(decode_nvdec(lambda: io.BytesIO(data), settings), cupy)
+
+    np.testing.assert_array_equal(from_file, from_bytes)
+    np.testing.assert_array_equal(from_file, from_reader)
+
+
+@needs_nvdec
+def test_nvdec_gives_the_pyav_decoders_batches_pts_and_turns(cupy, h264_clip: Path) -> None:
+    pytest.importorskip("av")
+    from bgblur.video.nvdec import decode_nvdec
+    from bgblur_client.decoders import decode_pyav
+
+    settings = DecodeSettings(batch_frames=5, quarter_turns=1)
+    gpu = list(decode_nvdec(h264_clip, settings))
+    cpu = list(decode_pyav(h264_clip, settings))
+
+    assert [len(b) for b in gpu] == [len(b) for b in cpu]
+    assert [b.pts for b in gpu] == [b.pts for b in cpu]
+    assert_close(gpu_frames(gpu, cupy), np.concatenate([b.frames_nhwc_u8 for b in cpu]))
+
+
+@needs_nvdec
+def test_nvdec_refuses_a_size_change_mid_stream(cupy, tmp_path: Path, video) -> None:
+    pytest.importorskip("av")  # PyAV writes the two raw H.264 sequences
+    from bgblur.video.nvdec import decode_nvdec
+
+    first = video.write_clip(tmp_path / "a.h264", video.ramp_frames_nhwc_u8(64, 48, 3), audio=False)
+    second = video.write_clip(
+        tmp_path / "b.h264", video.ramp_frames_nhwc_u8(96, 64, 3), audio=False
+    )
+    stream = first.read_bytes() + second.read_bytes()
+
+    with pytest.raises(VideoDecodeError, match=r"^VIDEO changes size mid-stream \(64x48 -> 96x64"):
+        list(decode_nvdec(stream, DecodeSettings(batch_frames=2, label="VIDEO")))
 
 
 @needs_dali
 def test_dali_frames_equal_the_cpu_decoders(cupy, h264_clip: Path) -> None:
-    pytest.importorskip("av")  # the client path reads timestamps with PyAV
-    from bgblur_client.video_decoders import gpu_rgb_batches
+    pytest.importorskip("av")  # the DALI decoder reads timestamps with PyAV
+    from bgblur_client.decoders import decode_video, display_timestamps
 
-    batches = list(
-        gpu_rgb_batches(
-            "dali",
-            h264_clip,
-            batch_size=8,
-            quarter_turns=0,
-            color_matrix="bt601",
-            full_range=False,
-        )
-    )
-    frames = np.concatenate([cupy.asnumpy(f) for f, _ in batches])
-    assert_close(frames, reference_rgb(h264_clip))
+    batches = list(decode_video("dali", h264_clip, DecodeSettings(batch_frames=8)))
+
+    assert [p for b in batches for p in b.pts] == display_timestamps(h264_clip)
+    assert_close(gpu_frames(batches, cupy), reference_rgb(h264_clip))
 
 
 @needs_nvdec

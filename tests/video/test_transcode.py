@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from fractions import Fraction
 from pathlib import Path
 
@@ -151,6 +152,22 @@ class TestBadInput:
         data[middle : middle + 8000] = bytes(8000)
         with pytest.raises(InvalidInputError, match=r"VIDEO is (corrupt|truncated)"):
             transcode_all(bytes(data))
+
+    def test_a_size_change_mid_stream_is_refused(self, tmp_path: Path, video) -> None:
+        # raw H.264: a 64x48 sequence, then a 96x64 one
+        first = video.write_clip(
+            tmp_path / "a.h264", video.ramp_frames_nhwc_u8(64, 48, 3), audio=False
+        )
+        second = video.write_clip(
+            tmp_path / "b.h264", video.ramp_frames_nhwc_u8(96, 64, 3), audio=False
+        )
+        message = "VIDEO changes size mid-stream (64x48 -> 96x64); not supported"
+        with pytest.raises(InvalidInputError, match=f"^{re.escape(message)}$"):
+            transcode_all(first.read_bytes() + second.read_bytes())
+
+    def test_a_client_only_decoder_is_refused(self, ramp_clip_bytes) -> None:
+        with pytest.raises(InvalidInputError, match=r"one of \('pyav', 'nvdec'\), got 'dali'"):
+            transcode_all(ramp_clip_bytes, decoder="dali")
 
     def test_unsupported_codec_names_it(self, tmp_path: Path, video) -> None:
         frames = video.ramp_frames_nhwc_u8(32, 32, 2)

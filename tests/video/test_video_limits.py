@@ -18,11 +18,11 @@ from bgblur.video.serving import VideoModelSettings
 from bgblur.video.transcode import (
     QUEUED_FRAME_BYTES,
     VideoOptions,
-    _Batch,
     _prefetch,
     frames_per_batch,
     plan_frames,
 )
+from bgblur_client.decoders import DecodedBatch
 
 CONFIG = Path(__file__).parents[2] / "model_repository" / "background_blur_video" / "config.pbtxt"
 
@@ -76,7 +76,7 @@ def test_the_decoder_thread_queues_at_most_its_byte_budget() -> None:
     def batches():
         for index in range(8):
             produced.append(index)
-            yield _Batch(batch.copy(), [index, index])
+            yield DecodedBatch(batch.copy(), [index, index])
 
     ahead = []
     for item in _prefetch(batches(), batch.nbytes, threading.Event()):

@@ -1,10 +1,13 @@
 """NVDEC decode through PyNvVideoCodec: frames land in GPU memory as NV12, then RGB on the GPU.
 
-Used by the server-side video model on a GPU instance (``decoder="nvdec"``) and by the client's
-``--decoder nvdec``. PyNvVideoCodec (2.x) demuxes from a memory buffer (a callback feeds it the
-file's bytes) and decodes to NV12 surfaces in device memory; each surface is taken zero-copy
-through DLPack (``[H * 3 // 2, W]`` uint8, pitched) and converted by our NV12 -> RGB kernel
-(``bgblur.ops.nv12_to_rgb``, BT.601/709 and range from the stream's metadata).
+The ``nvdec`` decoder of ``bgblur_client.decoders.DECODERS`` (:func:`decode_nvdec`, the
+interface's ``VideoDecoder``, yielding ``DecodedBatch`` es): used by the server-side video model
+on a GPU instance (``decoder="nvdec"``) and by the client's ``--decoder nvdec``. It lives here,
+in the server library, beside the NV12 kernel it needs. PyNvVideoCodec (2.x) demuxes from a
+file, or from memory (a callback feeds it the file's bytes), and decodes to NV12 surfaces in
+device memory; each surface is taken zero-copy through DLPack (``[H * 3 // 2, W]`` uint8,
+pitched) and converted by our NV12 -> RGB kernel (``bgblur.ops.nv12_to_rgb``, BT.601/709 and
+range from the stream's metadata).
 """
 
 from __future__ import annotations
@@ -15,18 +18,7 @@ from typing import Any, BinaryIO
 
 from bgblur.errors import ModelUnavailableError
 from bgblur.video.cuda_context import primary_context, thread_context_kept
-
-
-def nvdec_available() -> bool:
-    """True when PyNvVideoCodec and CuPy import and a CUDA GPU answers."""
-    try:
-        import PyNvVideoCodec  # noqa: F401
-
-        from bgblur.device import cuda_device_count
-
-        return cuda_device_count() > 0
-    except Exception:
-        return False
+from bgblur_client.decoders import DecodedBatch, DecodeSettings, VideoSource
 
 
 def _import_nvc() -> Any:
@@ -130,24 +122,33 @@ def nvdec_decode_nv12(
         yield from views
 
 
-def nvdec_batches(
-    data: bytes | memoryview | BinaryIO | Path,
-    quarter_turns: int,
-    batch_size: int,
-    gpu_index: int,
-    matrix: str,
-    full_range: bool,
-) -> Iterator[Any]:
-    """Upright RGB batches ``[B, H, W, 3]`` uint8 CuPy on GPU ``gpu_index`` with their pts.
+def decode_nvdec(source: VideoSource, settings: DecodeSettings) -> Iterator[DecodedBatch]:
+    """Upright RGB batches ``[B, H, W, 3]`` uint8, CuPy on GPU ``settings.gpu_index``, with
+    the frames' pts: the ``VideoDecoder`` of ``DECODERS["nvdec"]``
+    (:mod:`bgblur_client.decoders`).
 
-    Yields ``bgblur.video.transcode._Batch`` objects (the transcoder's type), each complete on
-    the GPU when yielded (one host synchronisation per batch, on the decoding thread).
+    ``source`` is a file path, the file's bytes (demuxed from memory) or a callable returning
+    a readable file object (read front to back). NV12 -> RGB with ``settings.color_matrix`` and
+    ``settings.full_range``; each batch is complete on the GPU when yielded (one host
+    synchronisation per batch, on the decoding thread). No audio (``decode_video`` reads it with
+    PyAV).
+
+    Raises:
+        VideoDecodeError: the frame size changes mid-stream (whatever
+            ``settings.on_size_change``: NVDEC's frames are not scaled).
+        ModelUnavailableError: PyNvVideoCodec is not installed.
     """
     import cupy
 
     from bgblur.ops.nv12 import nv12_to_rgb
-    from bgblur.video.transcode import _Batch
 
+    gpu_index, batch_frames = settings.gpu_index, settings.batch_frames
+    if callable(source):
+        data: bytes | memoryview | BinaryIO | Path = source()
+    elif isinstance(source, (str, Path)):
+        data = Path(source)
+    else:
+        data = memoryview(source).cast("B")
     # The batch's NV12 frames, gathered out of the decoder's surfaces (which it reuses) into one
     # buffer, reused from batch to batch: the conversion below has finished reading it when a
     # batch is yielded (synchronised), so no frame allocates and nothing is stacked.
@@ -155,29 +156,38 @@ def nvdec_batches(
     count = 0
     pts: list[int | None] = []
 
-    def convert() -> _Batch:
+    def convert() -> DecodedBatch:
         with cupy.cuda.Device(gpu_index):
-            rgb = nv12_to_rgb(batch_nv12[:count], matrix=matrix, full_range=full_range)  # type: ignore[arg-type]
-            if quarter_turns:
-                rgb = cupy.ascontiguousarray(cupy.rot90(rgb, quarter_turns, axes=(1, 2)))
+            rgb = nv12_to_rgb(
+                batch_nv12[:count],
+                matrix=settings.color_matrix,
+                full_range=settings.full_range,
+            )
+            if settings.quarter_turns:
+                rgb = cupy.rot90(rgb, settings.quarter_turns, axes=(1, 2))
+            rgb = cupy.ascontiguousarray(rgb)
             # The hand-off: the batch is complete before it leaves this generator, for a reader
             # on another thread or in another process with a stream of its own (the video
             # model's BLS request into the ensemble); and the NV12 buffer is free again.
             cupy.cuda.get_current_stream().synchronize()
-            return _Batch(rgb, list(pts))
+            return DecodedBatch(rgb, list(pts))
 
     for surface, frame_pts in nvdec_decode_nv12(data, gpu_index):
         with cupy.cuda.Device(gpu_index):
-            if batch_nv12 is None or batch_nv12.shape[1:] != surface.shape:
-                if count:  # the frame size changed mid-stream: finish the frames before it
-                    yield convert()
-                    count, pts = 0, []
-                batch_nv12 = cupy.empty((batch_size, *surface.shape), dtype=cupy.uint8)
+            if batch_nv12 is None:
+                batch_nv12 = cupy.empty((batch_frames, *surface.shape), dtype=cupy.uint8)
+            elif batch_nv12.shape[1:] != surface.shape:
+                raise settings.size_changed(_nv12_size(batch_nv12[0]), _nv12_size(surface))
             batch_nv12[count] = surface  # one copy out of the (pitched) decoder surface
         count += 1
         pts.append(frame_pts)
-        if count == batch_size:
+        if count == batch_frames:
             yield convert()
             count, pts = 0, []
     if count:
         yield convert()
+
+
+def _nv12_size(nv12: Any) -> tuple[int, int]:
+    """(width, height) of an NV12 ``[H * 3 // 2, W]`` frame."""
+    return int(nv12.shape[1]), int(nv12.shape[0]) * 2 // 3

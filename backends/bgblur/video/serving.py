@@ -65,6 +65,7 @@ from bgblur.parameters import BlurParams
 from bgblur.serving.triton_io import error_response, output_tensor, request_parameters
 from bgblur.video.growing import GrowingBytes
 from bgblur.video.transcode import VideoOptions, transcode
+from bgblur_client.decoders import DECODERS, decoder_names
 
 LOG = logging.getLogger("bgblur.video")
 
@@ -73,7 +74,7 @@ OUTPUT_CHUNK = "VIDEO_CHUNK"
 OUTPUT_FRAMES_DONE = "FRAMES_DONE"
 ENSEMBLE = "background_blur"
 BLUR_MODES = ("bls", "in_process")
-DECODER_CHOICES = ("auto", "pyav", "nvdec")
+DECODER_CHOICES = ("auto", *decoder_names("server"))
 
 
 @dataclass(frozen=True)
@@ -503,9 +504,7 @@ class VideoModel:
         back until its last chunk, while a live stream (~30 frames/s) needs no NVDEC."""
         choice = self.settings.decoder
         if choice == "auto":
-            from bgblur.video.nvdec import nvdec_available
-
-            nvdec = self.device.is_gpu and not chunked and nvdec_available()
+            nvdec = self.device.is_gpu and not chunked and DECODERS["nvdec"].available()
             return "nvdec" if nvdec else "pyav"
         return choice
 

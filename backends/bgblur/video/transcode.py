@@ -7,8 +7,10 @@ usable and tested without Triton: :func:`transcode` takes the bytes of a whole v
 - Input: any container and codec FFmpeg demuxes whose video codec NVDEC can also decode
   (:data:`SUPPORTED_VIDEO_CODECS`: H.264, HEVC, AV1, VP8, VP9, MPEG-1/2/4, VC-1, MJPEG), so a CPU
   and a GPU server accept the same inputs. The first video stream is used.
-- Decode: PyAV (FFmpeg, CPU) or NVDEC through PyNvVideoCodec (``decoder="nvdec"``; frames stay
-  in GPU memory, NV12 -> RGB with ``bgblur.ops.nv12_to_rgb``), in a thread ahead of the blur.
+- Decode: a server-side decoder of ``bgblur_client.decoders.DECODERS`` (the client's table and
+  interface): PyAV (FFmpeg, CPU; audio packets interleaved in the same demux pass) or NVDEC
+  through PyNvVideoCodec (``decoder="nvdec"``, :mod:`bgblur.video.nvdec`; frames stay in GPU
+  memory, NV12 -> RGB with ``bgblur.ops.nv12_to_rgb``), in a thread ahead of the blur.
 - Blur: ``blur_batch(frames_nhwc_u8) -> blurred_nhwc_u8`` on upright RGB batches of at most
   ``options.batch_size`` frames, fewer where that many would exceed one request's
   ``MAX_REQUEST_BYTES`` (:func:`frames_per_batch`: 2 at 8K UHD), through the served ensemble
@@ -44,7 +46,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -60,6 +62,16 @@ from bgblur.video.encoders import (
     choose_encoder,
 )
 from bgblur.video.growing import GrowingBytes
+from bgblur_client.decoders import (
+    DECODERS,
+    DecodedBatch,
+    DecodedItem,
+    DecodeSettings,
+    VideoDecodeError,
+    VideoSource,
+    decode_video,
+    decoder_names,
+)
 
 LOG = logging.getLogger("bgblur.video")
 
@@ -67,12 +79,9 @@ LOG = logging.getLogger("bgblur.video")
 SUPPORTED_VIDEO_CODECS: frozenset[str] = frozenset(
     {"h264", "hevc", "av1", "vp8", "vp9", "mpeg1video", "mpeg2video", "mpeg4", "vc1", "mjpeg"}
 )
-DECODERS: tuple[str, ...] = ("pyav", "nvdec")
 MAX_BATCH_SIZE = 8
 _FALLBACK_RATE = Fraction(30)
 _FRAGMENTED_MP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
-# Accurate swscale YUV -> RGB (the client's choice too: the default path darkens luma ~1 level).
-_YUV_TO_RGB_FLAGS_NAMES = ("BILINEAR", "ACCURATE_RND", "FULL_CHR_H_INT")
 
 BlurBatch = Callable[[Any], Any]
 
@@ -296,7 +305,8 @@ def transcode(
         blur_batch: ``[B, H, W, 3]`` uint8 RGB upright frames (NumPy, or CuPy with
             ``decoder="nvdec"``) -> blurred frames of the same shape (NumPy or CuPy).
         options: batch size, encoder settings, chunk size.
-        decoder: ``"pyav"`` (CPU) or ``"nvdec"`` (PyNvVideoCodec on GPU ``gpu_index``).
+        decoder: a server-side decoder of ``bgblur_client.decoders.DECODERS``: ``"pyav"``
+            (CPU) or ``"nvdec"`` (PyNvVideoCodec on GPU ``gpu_index``).
         gpu_index: the GPU of NVDEC and NVENC.
         nvenc_allowed: False on a CPU instance: ``options.encoder="auto"`` then means libx264
             without probing a GPU, and ``"nvenc"`` is refused.
@@ -317,8 +327,10 @@ def transcode(
             ``options.encoder="nvenc"`` and NVENC is unavailable.
     """
     options = options or VideoOptions()
-    if decoder not in DECODERS:
-        raise InvalidInputError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    if decoder not in decoder_names("server"):
+        raise InvalidInputError(
+            f"decoder must be one of {decoder_names('server')}, got {decoder!r}"
+        )
     av = _import_av()
     chunked = isinstance(video_bytes, GrowingBytes)
     data = video_bytes if chunked else _as_bytes(video_bytes)
@@ -341,24 +353,23 @@ def transcode(
             audio,
             encoder=encoder,
             gpu_index=gpu_index,
-            device_input=decoder == "nvdec",
+            device_input=DECODERS[decoder].on_gpu,
             x264_options=plan.x264_options,
         )
-        if decoder == "nvdec":
-            from bgblur.video.nvdec import nvdec_batches
-
-            batches: Iterable[_Batch] = nvdec_batches(
-                data.reader() if chunked else data,
-                fmt.quarter_turns,
-                plan.batch_frames,
-                gpu_index,
-                fmt.color_matrix,
-                fmt.full_range,
-            )
-            audio_packets: Iterable[Any] = _audio_packets(av, data, audio is not None)
-        else:
-            batches = _pyav_batches(av, data, fmt, plan)
-            audio_packets = ()
+        settings = DecodeSettings(
+            batch_frames=plan.batch_frames,
+            quarter_turns=fmt.quarter_turns,
+            audio=audio is not None,
+            color_matrix=fmt.color_matrix,
+            full_range=fmt.full_range,
+            gpu_index=gpu_index,
+            threads=plan.decoder_threads,
+            declared_frames=fmt.declared_frames,
+            label="VIDEO",
+            container_options=_GROWING_PROBE if chunked else {},
+        )
+        # A chunked stream: each decoder pass reads it through a reader of its own.
+        items = _decoded(decoder, data.reader if chunked else data, settings)
 
         # A chunked stream's decoder may be waiting for a chunk when the session stops: the
         # abort wakes it (with an error) so that its thread can be joined.
@@ -367,8 +378,7 @@ def transcode(
                 data.abort("the transcode stopped")
 
         yield from _run(
-            batches,
-            audio_packets,
+            items,
             blur_batch,
             output,
             options,
@@ -477,21 +487,13 @@ class _SourceFormat:
         return self.width - self.width % 2, self.height - self.height % 2
 
     @property
-    def color_matrix(self) -> str:
+    def color_matrix(self) -> Literal["bt601", "bt709"]:
         """``"bt709"`` when the stream says BT.709 (AVCOL_SPC 1), else ``"bt601"``."""
         return "bt709" if self.colorspace == 1 else "bt601"
 
     @property
     def full_range(self) -> bool:
         return self.color_range == 2  # AVCOL_RANGE_JPEG
-
-
-@dataclass
-class _Batch:
-    """Upright RGB frames ``[B, H, W, 3]`` uint8 (NumPy or CuPy) and their source pts."""
-
-    frames_nhwc_u8: Any
-    pts: list[int | None]
 
 
 def _import_av() -> Any:
@@ -588,79 +590,13 @@ def _first_frame(av: Any, source: Any, video: Any, *, chunked: bool = False) -> 
     raise InvalidInputError("VIDEO has no decodable video frame (corrupt or truncated)")
 
 
-def _yuv_to_rgb_flags(av: Any) -> Any:
-    from av.video.reformatter import Interpolation
-
-    flags = Interpolation.BILINEAR
-    for name in _YUV_TO_RGB_FLAGS_NAMES[1:]:
-        flags |= getattr(Interpolation, name)
-    return flags
-
-
-def _pyav_batches(
-    av: Any, data: bytes | memoryview | GrowingBytes, fmt: _SourceFormat, plan: FramePlan
-) -> Iterator[_Batch | Any]:
-    """Decoded upright RGB batches of ``plan.batch_frames``, interleaved with the audio packets
-    (``av.Packet``); each frame is converted straight into its batch's array (no stacking)."""
-    flags = _yuv_to_rgb_flags(av)
-    with _open(av, data) as source:
-        video = source.streams.video[0]
-        video.thread_type = "AUTO"
-        video.thread_count = plan.decoder_threads
-        audio = source.streams.audio[0] if source.streams.audio else None
-        streams = [video] if audio is None else [video, audio]
-        batch: np.ndarray | None = None
-        pts: list[int | None] = []
-        decoded = 0
-        try:
-            for packet in source.demux(streams):
-                if packet.stream is audio:
-                    if packet.dts is not None:
-                        yield packet
-                    continue
-                for frame in packet.decode():
-                    if (frame.width, frame.height) != (fmt.width, fmt.height):
-                        raise InvalidInputError(
-                            f"VIDEO changes size mid-stream ({fmt.width}x{fmt.height} -> "
-                            f"{frame.width}x{frame.height}); not supported"
-                        )
-                    rgb = frame.to_ndarray(format="rgb24", interpolation=flags)
-                    upright = np.rot90(rgb, fmt.quarter_turns)
-                    if batch is None:  # a new array each batch: the last one is still in use
-                        batch = np.empty((plan.batch_frames, *upright.shape), np.uint8)
-                    batch[len(pts)] = upright
-                    del rgb, upright
-                    pts.append(frame.pts)
-                    decoded += 1
-                    if len(pts) == plan.batch_frames:
-                        yield _Batch(batch, pts)
-                        batch, pts = None, []
-        except (av.FFmpegError, ValueError) as exc:
-            if isinstance(exc, InvalidInputError):
-                raise
-            raise InvalidInputError(
-                f"VIDEO is corrupt after {decoded} frames: {_reason(exc)}"
-            ) from exc
-        if batch is not None and pts:
-            yield _Batch(batch[: len(pts)], pts)
-        if 0 < decoded < fmt.declared_frames:
-            raise InvalidInputError(
-                f"VIDEO is truncated: its header declares {fmt.declared_frames} frames, "
-                f"{decoded} could be decoded"
-            )
-
-
-def _audio_packets(
-    av: Any, data: bytes | memoryview | GrowingBytes, has_audio: bool
-) -> Iterator[Any]:
-    """Packets of the first audio stream (for decoders that read only the video; with a chunked
-    stream this waits for its end before the video starts)."""
-    if not has_audio:
-        return
-    with _open(av, data) as source:
-        for packet in source.demux(source.streams.audio[0]):
-            if packet.dts is not None:
-                yield packet
+def _decoded(decoder: str, source: VideoSource, settings: DecodeSettings) -> Iterator[DecodedItem]:
+    """``decode_video``'s batches and audio packets, its :class:`VideoDecodeError` as
+    :class:`InvalidInputError` (the message, naming ``VIDEO``, unchanged)."""
+    try:
+        yield from decode_video(decoder, source, settings)
+    except VideoDecodeError as exc:
+        raise InvalidInputError(str(exc)) from exc
 
 
 # ---- output --------------------------------------------------------------------------------
@@ -813,6 +749,8 @@ class _FragmentedMp4Writer:
         if self._audio is None:
             return
         if self._audio_copied:
+            if packet.dts is None:  # the demuxer's end-of-stream packet: nothing to copy
+                return
             packet.stream = self._audio
             self._container.mux([packet])
         else:
@@ -900,8 +838,8 @@ class _ByteBoundedChannel:
 
 def _item_bytes(item: Any) -> int:
     """The bytes a decoded batch (RGB frames) or an audio packet holds."""
-    if isinstance(item, _Batch):
-        return int(item.frames_nhwc_u8.nbytes)
+    if isinstance(item, DecodedBatch):
+        return item.nbytes
     return int(getattr(item, "size", 0) or 0)
 
 
@@ -951,8 +889,7 @@ def _to_host(array: Any) -> np.ndarray:
 
 
 def _run(
-    batches: Iterable[Any],
-    audio_packets: Iterable[Any],
+    items: Iterable[DecodedItem],
     blur_batch: BlurBatch,
     output: _FragmentedMp4Writer,
     options: VideoOptions,
@@ -967,12 +904,10 @@ def _run(
     stop = threading.Event()
     finished = False
     try:
-        for packet in audio_packets:
-            output.write_audio(packet)
-        for item in _prefetch(batches, queued_bytes, stop=stop, on_stop=on_stop):
+        for item in _prefetch(items, queued_bytes, stop=stop, on_stop=on_stop):
             if cancelled():
                 return
-            if not isinstance(item, _Batch):
+            if not isinstance(item, DecodedBatch):
                 output.write_audio(item)
                 continue
             blurred = blur_batch(item.frames_nhwc_u8)
