@@ -10,6 +10,7 @@ import pytest
 
 from bgblur.errors import BgblurError, InvalidInputError
 from bgblur.parameters import (
+    DEFAULT_BACKGROUND_COLOR,
     MAX_FRAME_LONG_SIDE,
     MAX_FRAME_SHORT_SIDE,
     MAX_REQUEST_BYTES,
@@ -18,8 +19,8 @@ from bgblur.parameters import (
 )
 
 FIELD_NAMES = (
-    "bilateral_diameter, bilateral_sigma_color, bilateral_sigma_space, blur_ksize, blur_sigma, "
-    "mask_threshold, soft_mask"
+    "background, background_color, bilateral_diameter, bilateral_sigma_color, "
+    "bilateral_sigma_space, blur_ksize, blur_sigma, halo_free, mask_threshold, soft_mask"
 )
 
 
@@ -242,6 +243,89 @@ class TestWithOverrides:
     ) -> None:
         with pytest.raises(InvalidInputError, match=rf"parameter '{name}' must be (an|in) "):
             BlurParams().with_overrides({name: raw})
+
+
+class TestBackgroundParameters:
+    def test_defaults_are_the_halo_free_blur_and_a_neutral_grey(self) -> None:
+        params = BlurParams()
+        assert params.halo_free is True
+        assert params.background == "blur"
+        assert params.background_color == DEFAULT_BACKGROUND_COLOR == (128, 128, 128)
+
+    @pytest.mark.parametrize(
+        ("raw", "expected"),
+        [
+            ("false", False),
+            ("0", False),
+            (False, False),
+            ("true", True),
+            (1, True),
+        ],
+    )
+    def test_halo_free_is_a_bool(self, raw: object, expected: bool) -> None:
+        assert BlurParams().with_overrides({"halo_free": raw}).halo_free is expected
+
+    @pytest.mark.parametrize(
+        ("raw", "expected"),
+        [("blur", "blur"), ("color", "color"), ("image", "image"), (" Color ", "color")],
+    )
+    def test_background_takes_its_three_values_in_any_case(self, raw: str, expected: str) -> None:
+        assert BlurParams().with_overrides({"background": raw}).background == expected
+
+    @pytest.mark.parametrize("raw", ["colour", "", "none", "blurred"])
+    def test_an_unknown_background_is_invalid_input_listing_the_values(self, raw: str) -> None:
+        message = f"parameter 'background' must be one of blur, color, image, got {raw.lower()!r}"
+        with pytest.raises(InvalidInputError, match=re.escape(message)):
+            BlurParams().with_overrides({"background": raw})
+
+    @pytest.mark.parametrize("raw", [3, True, None, 1.5])
+    def test_a_background_that_is_no_string_is_invalid_input(self, raw: object) -> None:
+        message = f"parameter 'background' must be of type str, got {raw!r}"
+        with pytest.raises(InvalidInputError, match=re.escape(message)):
+            BlurParams().with_overrides({"background": raw})
+
+    @pytest.mark.parametrize(
+        ("raw", "expected"),
+        [
+            ("0,177,64", (0, 177, 64)),
+            (" 255 , 0, 7 ", (255, 0, 7)),
+            ("0,0,0", (0, 0, 0)),
+            ([1, 2, 3], (1, 2, 3)),
+            ((4.0, 5, "6"), (4, 5, 6)),
+        ],
+    )
+    def test_background_color_is_r_g_b(self, raw: object, expected: tuple) -> None:
+        value = BlurParams().with_overrides({"background_color": raw}).background_color
+        assert value == expected
+        assert all(type(v) is int for v in value)
+
+    @pytest.mark.parametrize(
+        "raw", ["1,2", "1,2,3,4", "a,b,c", "", "#00ff00", "1.5,2,3", 7, [1, 2, True], None]
+    )
+    def test_background_color_of_the_wrong_form_is_invalid_input(self, raw: object) -> None:
+        message = "parameter 'background_color' must be R,G,B (three integers in [0, 255]), got"
+        with pytest.raises(InvalidInputError, match=re.escape(message)):
+            BlurParams().with_overrides({"background_color": raw})
+
+    @pytest.mark.parametrize("raw", ["256,0,0", "0,-1,0", "0,0,1000"])
+    def test_background_color_out_of_range_is_invalid_input(self, raw: str) -> None:
+        with pytest.raises(
+            InvalidInputError, match=r"parameter 'background_color' must be R,G,B with each of"
+        ):
+            BlurParams().with_overrides({"background_color": raw})
+
+    def test_the_constructor_checks_the_new_fields_types(self) -> None:
+        with pytest.raises(InvalidInputError, match="'background_color' must be of type"):
+            BlurParams(background_color=[1, 2, 3])  # type: ignore[arg-type]
+        with pytest.raises(InvalidInputError, match="'halo_free' must be of type bool"):
+            BlurParams(halo_free=1)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInputError, match="'background' must be of type str"):
+            BlurParams(background=None)  # type: ignore[arg-type]
+
+    def test_params_with_a_colour_stay_hashable_batch_keys(self) -> None:
+        a = BlurParams().with_overrides({"background": "color", "background_color": "1,2,3"})
+        b = BlurParams(background="color", background_color=(1, 2, 3))
+        assert a == b and hash(a) == hash(b)
 
 
 class TestValidateFramesShape:

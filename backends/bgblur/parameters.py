@@ -3,7 +3,9 @@
 Defaults follow CV-CUDA's segmentation sample (``samples/segmentation/python``): joint bilateral
 refinement with diameter 5, sigma_color 50, sigma_space 1; background blurred by a 15x15 Gaussian
 with sigma 5 at the model's working resolution and upscaled bilinearly; a soft mask
-(probability x 255, no threshold).
+(probability x 255, no threshold). One default differs: the blur is halo-free (``halo_free``:
+the background is blurred from background pixels only); ``halo_free=false`` gives the sample's
+whole-frame blur bit for bit.
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ MAX_REQUEST_BYTES = 8 * 3840 * 2160 * 3
 MIN_SIGMA = 0.01
 # Error messages echo at most this much of a value a client sent.
 ECHO_CHARS = 64
+# Values of BlurParams.background.
+BACKGROUNDS = ("blur", "color", "image")
+# BlurParams.background_color by default: a neutral mid grey (no colour cast on the edges).
+DEFAULT_BACKGROUND_COLOR = (128, 128, 128)
+# BlurParams' type annotation of an RGB colour (fields' types are strings here).
+COLOR_TYPE = "tuple[int, int, int]"
 
 
 def shorten(value: Any, limit: int = ECHO_CHARS) -> str:
@@ -49,6 +57,14 @@ class BlurParams:
         soft_mask: True: mask = probability x 255 (soft edges). False: 255 where the
             probability >= ``mask_threshold``, else 0.
         mask_threshold: threshold of the hard mask (0 < t < 1).
+        halo_free: True: the blurred background is a mask-weighted, normalised blur of the
+            background pixels alone (no glow of the person's colours around them;
+            ``bgblur.ops.background``). False: the whole frame is blurred (CV-CUDA's sample).
+        background: what replaces the background: ``"blur"`` (the blurred frame),
+            ``"color"`` (``background_color``) or ``"image"`` (the request's ``BACKGROUND``
+            tensor, scaled to cover the frame and centre-cropped).
+        background_color: ``(R, G, B)``, each 0..255, of ``background="color"``; a request
+            sends it as the string ``"R,G,B"``.
     """
 
     blur_ksize: int = 15
@@ -58,12 +74,20 @@ class BlurParams:
     bilateral_sigma_space: float = 1.0
     soft_mask: bool = True
     mask_threshold: float = 0.5
+    halo_free: bool = True
+    background: str = "blur"
+    background_color: tuple[int, int, int] = DEFAULT_BACKGROUND_COLOR
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.type == "bool":
                 ok = isinstance(value, bool)
+            elif f.type == "str":
+                ok = isinstance(value, str)
+            elif f.type == COLOR_TYPE:
+                ok = isinstance(value, tuple) and len(value) == 3
+                ok = ok and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
             else:
                 ok = isinstance(value, int if f.type == "int" else (int, float))
                 ok = ok and not isinstance(value, bool)
@@ -101,6 +125,18 @@ class BlurParams:
             "in [0.01, 100]",
         )
         _check(0.0 < self.mask_threshold < 1.0, "mask_threshold", self.mask_threshold, "in (0, 1)")
+        _check(
+            self.background in BACKGROUNDS,
+            "background",
+            self.background,
+            f"one of {', '.join(BACKGROUNDS)}",
+        )
+        _check(
+            all(0 <= v <= 255 for v in self.background_color),
+            "background_color",
+            self.background_color,
+            "R,G,B with each of R, G, B in [0, 255]",
+        )
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> BlurParams:
         """A copy with ``overrides`` applied (values may be strings, as in Triton parameters).
@@ -131,6 +167,8 @@ def _check(ok: bool, name: str, value: Any, expected: str) -> None:
 
 def _coerce(name: str, raw: Any, type_name: str) -> Any:
     """Convert a parameter value (native JSON type or string) to the field's type."""
+    if type_name == COLOR_TYPE:
+        return _coerce_color(name, raw)
     try:
         if type_name == "bool":
             if isinstance(raw, bool):
@@ -148,6 +186,10 @@ def _coerce(name: str, raw: Any, type_name: str) -> Any:
                     raise ValueError
                 return int(raw)
             return int(raw)
+        if type_name == "str":
+            if not isinstance(raw, str):
+                raise ValueError
+            return raw.strip().lower()
         if type_name == "float":
             if isinstance(raw, bool):
                 raise ValueError
@@ -161,6 +203,30 @@ def _coerce(name: str, raw: Any, type_name: str) -> Any:
         raise AssertionError(f"unhandled field type {type_name}")
     raise InvalidInputError(
         f"parameter {shorten(name)} must be of type {type_name}, got {shorten(raw)}"
+    )
+
+
+def _coerce_color(name: str, raw: Any) -> tuple[int, int, int]:
+    """``"R,G,B"`` (or a sequence of three integers) -> ``(R, G, B)``; the range is checked by
+    ``BlurParams``."""
+    parts = raw.split(",") if isinstance(raw, str) else raw
+    try:
+        values = tuple(parts)
+    except TypeError:
+        values = ()
+    if len(values) == 3:
+        out = []
+        for v in values:
+            if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+                break
+            try:
+                out.append(int(v.strip()) if isinstance(v, str) else int(v))
+            except (TypeError, ValueError):
+                break
+        if len(out) == 3:
+            return out[0], out[1], out[2]
+    raise InvalidInputError(
+        f"parameter {shorten(name)} must be R,G,B (three integers in [0, 255]), got {shorten(raw)}"
     )
 
 

@@ -13,12 +13,13 @@ from bgblur.models.registry import get_model_spec
 from bgblur.parameters import BlurParams
 from bgblur.runtimes.select import build_runtime
 from bgblur.stages.nvtx import nvtx_range
-from bgblur.stages.postprocess import Postprocess
+from bgblur.stages.postprocess import Postprocess, PostprocessOutputs
 from bgblur.stages.preprocess import Preprocess
 
 
 class BackgroundBlurPipeline:
-    """``__call__(frames [B, H, W, 3] uint8 RGB, params) -> (blurred, mask)`` on ``device``.
+    """``__call__(frames [B, H, W, 3] uint8 RGB, params) -> (blurred, mask)`` on ``device``;
+    ``outputs`` adds the foreground share.
 
     Args:
         model: segmentation network name (``bgblur.models.registry``).
@@ -56,9 +57,27 @@ class BackgroundBlurPipeline:
         self.preprocess.warm_up()
         self.postprocess.warm_up()
 
-    def __call__(self, frames_nhwc_u8: Any, params: BlurParams | None = None) -> tuple[Any, Any]:
+    def __call__(
+        self,
+        frames_nhwc_u8: Any,
+        params: BlurParams | None = None,
+        background_nhwc_u8: Any = None,
+    ) -> tuple[Any, Any]:
         """``[B, H, W, 3]`` uint8 frames (NumPy, or CuPy on a GPU pipeline) -> ``(blurred
-        [B, H, W, 3] uint8, mask [B, H, W] uint8)`` on the pipeline's device."""
+        [B, H, W, 3] uint8, mask [B, H, W] uint8)`` on the pipeline's device.
+
+        ``background_nhwc_u8``: ``[1 or B, h, w, 3]`` uint8 replacement image for
+        ``params.background == "image"`` (``bgblur.stages.postprocess.check_background``)."""
+        blurred, mask, _ = self.outputs(frames_nhwc_u8, params, background_nhwc_u8)
+        return blurred, mask
+
+    def outputs(
+        self,
+        frames_nhwc_u8: Any,
+        params: BlurParams | None = None,
+        background_nhwc_u8: Any = None,
+    ) -> PostprocessOutputs:
+        """As ``__call__``, with the foreground share ``[B, 1]`` float32 of each frame."""
         inputs, frames_on_device = self.preprocess.with_device_frames(frames_nhwc_u8)
         with nvtx_range("segmentation.network"):
             probability = self.runtime(inputs)
@@ -66,4 +85,6 @@ class BackgroundBlurPipeline:
             import cupy
 
             probability = cupy.from_dlpack(probability)
-        return self.postprocess(frames_on_device, probability, params or BlurParams())
+        return self.postprocess.outputs(
+            frames_on_device, probability, params or BlurParams(), background_nhwc_u8
+        )

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bgblur_client.decoders import DECODER_CHOICES
 from bgblur_client.encoding import (
     DEFAULT_CRF,
     DEFAULT_PRESET,
@@ -31,7 +32,7 @@ from bgblur_client.encoding import (
 )
 from bgblur_client.errors import ClientError, UsageError
 from bgblur_client.files import check_output_path
-from bgblur_client.image import blur_image_file, check_image_writable
+from bgblur_client.image import blur_image_file, check_image_writable, parse_background
 from bgblur_client.preview import write_preview
 from bgblur_client.samples import make_sample_video
 from bgblur_client.server_video import (
@@ -49,7 +50,6 @@ from bgblur_client.transport import (
     default_url,
 )
 from bgblur_client.video import blur_video
-from bgblur_client.video_decoders import DECODER_CHOICES
 
 STDIN = "-"
 STDIN_CHUNK_BYTES = 1 << 20  # a chunk of a piped stream, at most
@@ -216,6 +216,19 @@ def build_parser() -> argparse.ArgumentParser:
     image.add_argument("input", type=Path, help="input image (any format OpenCV reads)")
     image.add_argument("output", type=Path, help="output image; format from the extension")
     image.add_argument("--mask", type=Path, metavar="PNG", help="write the foreground mask")
+    image.add_argument(
+        "--background",
+        metavar="FILE|#RRGGBB",
+        help="replace the background instead of blurring it: an image file (scaled to cover "
+        "the picture, centre-cropped) or a colour such as #00B140",
+    )
+    image.add_argument(
+        "--halo-free",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="blur the background from background pixels only, no glow around the person "
+        "(the server's default); --no-halo-free blurs the whole picture (CV-CUDA's sample)",
+    )
 
     video = commands.add_parser(
         "video",
@@ -330,9 +343,17 @@ def _run_image(args: argparse.Namespace, parameters: dict[str, ParameterValue]) 
     for path in (args.output, args.mask, args.preview):
         if path is not None:
             check_image_writable(path)
+    background = None if args.background is None else parse_background(args.background)
+    if args.halo_free is not None:
+        parameters = {**parameters, "halo_free": args.halo_free}
     with _connect(args) as client:
         outcome = blur_image_file(
-            client, args.input, args.output, mask_path=args.mask, parameters=parameters
+            client,
+            args.input,
+            args.output,
+            mask_path=args.mask,
+            parameters=parameters,
+            background=background,
         )
     if args.preview is not None:
         write_preview(

@@ -20,7 +20,7 @@ import numpy as np
 from bgblur_client.errors import ClientError, UsageError
 from bgblur_client.files import check_output_path, write_bytes_whole
 from bgblur_client.png import without_icc_profile
-from bgblur_client.transport import BlurClient, ParameterValue
+from bgblur_client.transport import Background, BlurClient, ParameterValue
 
 
 @dataclass(frozen=True)
@@ -32,12 +32,14 @@ class ImageBlur:
         blurred_rgb: The server's output, uint8 ``[H, W, 3]``.
         mask_u8: Foreground probability x255, uint8 ``[H, W]``, or ``None`` unless requested.
         seconds: Wall time of the inference request.
+        foreground_share: Share of the picture the person covers (0..1; about 0: no person).
     """
 
     input_rgb: np.ndarray
     blurred_rgb: np.ndarray
     mask_u8: np.ndarray | None
     seconds: float
+    foreground_share: float | None = None
 
 
 def read_image_rgb(path: str | Path) -> np.ndarray:
@@ -111,8 +113,9 @@ def blur_image_file(
     *,
     mask_path: str | Path | None = None,
     parameters: Mapping[str, ParameterValue] | None = None,
+    background: Background = None,
 ) -> ImageBlur:
-    """Read ``in_path``, blur its background on the server and write ``out_path``.
+    """Read ``in_path``, blur (or replace) its background on the server and write ``out_path``.
 
     Args:
         client: Connected client.
@@ -120,6 +123,8 @@ def blur_image_file(
         out_path: Output image; the format follows the extension.
         mask_path: Also write the foreground mask as a grayscale image here.
         parameters: Optional server parameters, e.g. ``{"blur_ksize": 31}``.
+        background: None (the blur), an ``(R, G, B)`` colour, or a uint8 RGB image that the
+            server scales to cover the picture (:meth:`BlurClient.blur`).
 
     Raises:
         ClientError: Unreadable input, unwritable output, or a server-side failure.
@@ -130,7 +135,13 @@ def blur_image_file(
         if path is not None:
             check_image_writable(path)
     started = time.perf_counter()
-    result = client.blur(image_rgb, want_mask=mask_path is not None, parameters=parameters)
+    result = client.blur(
+        image_rgb,
+        want_mask=mask_path is not None,
+        parameters=parameters,
+        background=background,
+        want_foreground_share=True,
+    )
     seconds = time.perf_counter() - started
     # Both encoded before either is written: a failure leaves neither file changed.
     encoded = [(out_path, encode_image_file(out_path, result.blurred_nhwc_u8))]
@@ -139,4 +150,21 @@ def blur_image_file(
         encoded.append((mask_path, encode_image_file(mask_path, result.mask_nhw_u8)))
     for path, data in encoded:
         write_bytes_whole(path, data)
-    return ImageBlur(image_rgb, result.blurred_nhwc_u8, result.mask_nhw_u8, seconds)
+    share = None if result.foreground_share is None else float(result.foreground_share)
+    return ImageBlur(image_rgb, result.blurred_nhwc_u8, result.mask_nhw_u8, seconds, share)
+
+
+def parse_background(text: str) -> tuple[int, int, int] | np.ndarray:
+    """The CLI's ``--background``: ``#RRGGBB`` (a colour) or an image file (read as RGB).
+
+    Raises:
+        UsageError: a ``#`` value that is not ``#RRGGBB``, or an unreadable file.
+    """
+    from bgblur_client.transport import parse_color
+
+    if text.startswith("#"):
+        try:
+            return parse_color(text)
+        except ValueError as exc:
+            raise UsageError(f"--background: {exc}") from None
+    return read_image_rgb(text)

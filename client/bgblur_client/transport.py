@@ -40,6 +40,9 @@ from bgblur_client.stats import StatsSnapshot
 
 ProtocolName = Literal["grpc", "http"]
 ParameterValue = bool | int | float | str
+# What replaces the background (BlurClient.blur's ``background``): the blur (None or "blur"),
+# an (R, G, B) colour, or an image (uint8 RGB [h, w, 3], or [B, h, w, 3] one per frame).
+Background = None | str | tuple[int, int, int] | np.ndarray
 
 PROTOCOLS: tuple[ProtocolName, ...] = ("grpc", "http")
 DEFAULT_MODEL = "background_blur"
@@ -56,8 +59,10 @@ OPT_IN_MODELS: dict[str, str] = {
 _PROBE_TIMEOUT_S = 3.0
 
 INPUT_FRAMES = "FRAMES"
+INPUT_BACKGROUND = "BACKGROUND"
 OUTPUT_BLURRED = "BLURRED"
 OUTPUT_MASK = "MASK"
+OUTPUT_FOREGROUND_SHARE = "FOREGROUND_SHARE"
 
 
 def default_url(protocol: ProtocolName) -> str:
@@ -111,18 +116,89 @@ class BlurResult:
     a batch ``[B, H, W, 3]`` gives ``[B, H, W, 3]`` and ``[B, H, W]``.
 
     Attributes:
-        blurred_nhwc_u8: uint8 RGB frames with the background blurred.
+        blurred_nhwc_u8: uint8 RGB frames with the background blurred (or replaced).
         mask_nhw_u8: uint8 foreground probability x255, or ``None`` unless requested.
+        foreground_share: float32 share of each frame the person covers (mean of the mask
+            / 255; about 0 for a frame with no person): ``[B]``, or a 0-d array for a single
+            frame; ``None`` unless requested.
     """
 
     blurred_nhwc_u8: np.ndarray
     mask_nhw_u8: np.ndarray | None
+    foreground_share: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
 class _PreparedBatch:
     frames_nhwc_u8: np.ndarray
     single_frame: bool
+    background_nhwc_u8: np.ndarray | None = None
+    background_parameters: Mapping[str, ParameterValue] | None = None
+
+
+def background_request(
+    background: Background, batch: int
+) -> tuple[dict[str, ParameterValue], np.ndarray | None]:
+    """The request parameters and BACKGROUND tensor of :meth:`BlurClient.blur`'s
+    ``background`` for a batch of ``batch`` frames.
+
+    ``None`` or ``"blur"``: nothing (the server's blur). ``(R, G, B)`` (or ``"#RRGGBB"``):
+    ``background=color`` with ``background_color="R,G,B"``. A uint8 RGB image ``[h, w, 3]``
+    (or ``[1, h, w, 3]``): ``background=image`` and the image repeated for every frame (Triton
+    needs every input of a request to have the same batch size); ``[batch, h, w, 3]``: one per
+    frame.
+
+    Raises:
+        ValueError: anything else (a colour out of 0..255, an image of the wrong shape or dtype).
+    """
+    if background is None or (isinstance(background, str) and background == "blur"):
+        return {}, None
+    if isinstance(background, str):
+        background = parse_color(background)
+    if isinstance(background, tuple | list):
+        color = tuple(background)
+        if len(color) != 3 or not all(
+            isinstance(v, int | np.integer) and not isinstance(v, bool) and 0 <= v <= 255
+            for v in color
+        ):
+            raise ValueError(f"background colour must be (R, G, B) in 0..255, got {background!r}")
+        return {
+            "background": "color",
+            "background_color": ",".join(str(int(v)) for v in color),
+        }, None
+    if not isinstance(background, np.ndarray):
+        raise ValueError(
+            "background must be None, 'blur', an (R, G, B) tuple or a uint8 RGB image, got "
+            f"{type(background).__name__}"
+        )
+    if background.dtype != np.uint8:
+        raise ValueError(f"background image must be uint8 RGB, got dtype {background.dtype}")
+    images = background[np.newaxis] if background.ndim == 3 else background
+    if images.ndim != 4 or images.shape[-1] != 3 or 0 in images.shape:
+        raise ValueError(
+            "background image must be RGB [h, w, 3] or [B, h, w, 3], got shape "
+            f"{list(background.shape)}"
+        )
+    if images.shape[0] not in (1, batch):
+        raise ValueError(
+            f"background images: {images.shape[0]} for a batch of {batch} frames (give one "
+            "image, or one per frame)"
+        )
+    if images.shape[0] != batch:
+        images = np.broadcast_to(images, (batch, *images.shape[1:]))
+    return {"background": "image"}, np.ascontiguousarray(images)
+
+
+def parse_color(text: str) -> tuple[int, int, int]:
+    """``"#RRGGBB"`` (or ``"RRGGBB"``) -> ``(R, G, B)``.
+
+    Raises:
+        ValueError: not six hexadecimal digits.
+    """
+    digits = text[1:] if text.startswith("#") else text
+    if len(digits) != 6 or any(c not in "0123456789abcdefABCDEF" for c in digits):
+        raise ValueError(f"expected a colour #RRGGBB, got {text!r}")
+    return int(digits[0:2], 16), int(digits[2:4], 16), int(digits[4:6], 16)
 
 
 class BlurClient:
@@ -228,6 +304,8 @@ class BlurClient:
         *,
         want_mask: bool = False,
         parameters: Mapping[str, ParameterValue] | None = None,
+        background: Background = None,
+        want_foreground_share: bool = False,
     ) -> BlurResult:
         """Blur the background of one batch of frames and wait for the answer.
 
@@ -236,6 +314,11 @@ class BlurClient:
                 or a single frame ``[H, W, 3]``.
             want_mask: Also return the refined foreground mask.
             parameters: Optional server parameters, e.g. ``{"blur_ksize": 31}``.
+            background: What replaces the background: None (the blur), an ``(R, G, B)``
+                colour or ``"#RRGGBB"``, or a uint8 RGB image (``[h, w, 3]`` for every frame,
+                or ``[B, h, w, 3]``), scaled by the server to cover each frame
+                (:func:`background_request`).
+            want_foreground_share: Also return the share of each frame the person covers.
 
         Returns:
             A :class:`BlurResult` with the same batch layout as the input.
@@ -246,8 +329,14 @@ class BlurClient:
             ServerUnreachableError: The connection was lost.
             ClientError: No answer within ``timeout_s``.
         """
-        batch = self._prepare(frames_nhwc_u8)
-        return self._infer(self._client, batch, want_mask, parameters)
+        batch = self._prepare(frames_nhwc_u8, background)
+        return self._infer(
+            self._client,
+            batch,
+            want_mask,
+            _with_background(parameters, batch),
+            want_foreground_share,
+        )
 
     def blur_batches(
         self,
@@ -256,6 +345,8 @@ class BlurClient:
         in_flight: int = 2,
         want_mask: bool = False,
         parameters: Mapping[str, ParameterValue] | None = None,
+        background: Background = None,
+        want_foreground_share: bool = False,
     ) -> Iterator[BlurResult]:
         """Blur a stream of batches with up to ``in_flight`` requests outstanding.
 
@@ -269,6 +360,7 @@ class BlurClient:
             in_flight: Most requests outstanding at once (>= 1).
             want_mask: Also return the refined foreground masks.
             parameters: Optional server parameters, applied to every request.
+            background, want_foreground_share: As :meth:`blur`, for every request.
 
         Yields:
             One :class:`BlurResult` per input batch, in order.
@@ -283,11 +375,17 @@ class BlurClient:
         pending: deque[Future[BlurResult]] = deque()
 
         def infer_on_worker(batch: _PreparedBatch) -> BlurResult:
-            return self._infer(connections.get(), batch, want_mask, parameters)
+            return self._infer(
+                connections.get(),
+                batch,
+                want_mask,
+                _with_background(parameters, batch),
+                want_foreground_share,
+            )
 
         try:
             for frames in batches:
-                batch = self._prepare(frames)
+                batch = self._prepare(frames, background)
                 if len(pending) == in_flight:
                     yield pending.popleft().result()
                 pending.append(pool.submit(infer_on_worker, batch))
@@ -364,7 +462,7 @@ class BlurClient:
             f"{how_to_serve(self.model)}"
         )
 
-    def _prepare(self, frames_nhwc_u8: np.ndarray) -> _PreparedBatch:
+    def _prepare(self, frames_nhwc_u8: np.ndarray, background: Background = None) -> _PreparedBatch:
         on_gpu = type(frames_nhwc_u8).__module__.startswith("cupy")
         if on_gpu and self.shared_memory != "cuda":
             raise ValueError("CuPy frames need shared_memory='cuda'")
@@ -384,9 +482,10 @@ class BlurClient:
                 f"batch of {batch.shape[0]} frames exceeds model {self.model!r}'s "
                 f"max_batch_size {self.max_batch_size}"
             )
+        extra, images = background_request(background, int(batch.shape[0]))
         if on_gpu:
-            return _PreparedBatch(batch, single_frame)
-        return _PreparedBatch(np.ascontiguousarray(batch), single_frame)
+            return _PreparedBatch(batch, single_frame, images, extra)
+        return _PreparedBatch(np.ascontiguousarray(batch), single_frame, images, extra)
 
     def _infer(
         self,
@@ -394,10 +493,17 @@ class BlurClient:
         batch: _PreparedBatch,
         want_mask: bool,
         parameters: Mapping[str, ParameterValue] | None,
+        want_share: bool = False,
     ) -> BlurResult:
         module = grpcclient if self.protocol == "grpc" else httpclient
         frames = batch.frames_nhwc_u8
         infer_input = module.InferInput(INPUT_FRAMES, list(frames.shape), "UINT8")
+        inputs = [infer_input]
+        if batch.background_nhwc_u8 is not None:  # in the request whatever the transport
+            images = batch.background_nhwc_u8
+            background_input = module.InferInput(INPUT_BACKGROUND, list(images.shape), "UINT8")
+            background_input.set_data_from_numpy(images)
+            inputs.append(background_input)
         output_names = [OUTPUT_BLURRED, OUTPUT_MASK] if want_mask else [OUTPUT_BLURRED]
         output_shapes = {OUTPUT_BLURRED: tuple(frames.shape), OUTPUT_MASK: tuple(frames.shape[:3])}
         regions = self._regions_for(client) if self.shared_memory != "none" else None
@@ -414,11 +520,13 @@ class BlurClient:
                 output = module.InferRequestedOutput(name)
                 output.set_shared_memory(regions.reserve(name, size), size)
                 outputs.append(output)
+        if want_share:  # a few bytes: in the response whatever the transport
+            outputs.append(module.InferRequestedOutput(OUTPUT_FOREGROUND_SHARE))
         timeout_kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
         try:
             response = client.infer(
                 self.model,
-                [infer_input],
+                inputs,
                 outputs=outputs,
                 parameters=dict(parameters) if parameters else None,
                 **timeout_kwargs,
@@ -456,9 +564,21 @@ class BlurClient:
             raise ClientError(
                 f"server returned {got} for {OUTPUT_MASK}, expected {list(frames.shape[:3])}"
             )
+        share = None
+        if want_share:
+            share = response.as_numpy(OUTPUT_FOREGROUND_SHARE)
+            if share is None or share.size != frames.shape[0]:
+                got = "nothing" if share is None else str(list(share.shape))
+                raise ClientError(
+                    f"server returned {got} for {OUTPUT_FOREGROUND_SHARE}, expected "
+                    f"[{frames.shape[0]}, 1]"
+                )
+            share = share.reshape(frames.shape[0]).astype(np.float32, copy=False)
         if batch.single_frame:
-            return BlurResult(blurred[0], None if mask is None else mask[0])
-        return BlurResult(blurred, mask)
+            return BlurResult(
+                blurred[0], None if mask is None else mask[0], None if share is None else share[0]
+            )
+        return BlurResult(blurred, mask, share)
 
     def _translate_infer_error(self, exc: InferenceServerException) -> ClientError:
         status = exc.status()
@@ -504,6 +624,15 @@ class _PerThreadConnections:
             if self._on_close is not None:
                 self._on_close(client)
             client.close()
+
+
+def _with_background(
+    parameters: Mapping[str, ParameterValue] | None, batch: _PreparedBatch
+) -> dict[str, ParameterValue] | None:
+    """``parameters`` plus those of the batch's background (:func:`background_request`)."""
+    if not batch.background_parameters:
+        return dict(parameters) if parameters else None
+    return {**(parameters or {}), **batch.background_parameters}
 
 
 def _check_host_port(url: str) -> None:

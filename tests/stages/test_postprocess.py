@@ -5,6 +5,8 @@ refined) upscale of probability x 255. References are plain OpenCV calls per fra
 
 from __future__ import annotations
 
+import re
+
 import cv2
 import numpy as np
 import pytest
@@ -12,15 +14,20 @@ import skimage.data
 import torch
 
 from bgblur.device import Device
+from bgblur.errors import InvalidInputError
 from bgblur.parameters import BlurParams
 from bgblur.stages.postprocess import Postprocess
 from tests.stages.postprocess_reference import (
     float_composite,
     reference_background,
+    reference_halo_free,
     reference_mask,
+    reference_postprocess,
 )
 
-NO_REFINEMENT = BlurParams(bilateral_diameter=0)
+NO_REFINEMENT = BlurParams(bilateral_diameter=0, halo_free=False)
+# CV-CUDA's sample: the whole small frame blurred (what reference_background computes).
+WHOLE_FRAME = BlurParams(halo_free=False)
 
 
 @pytest.fixture
@@ -62,7 +69,7 @@ class TestPostprocess:
         assert (mask[inside] == 255).all()
         np.testing.assert_array_equal(blurred[inside], astronaut_frames[inside])
 
-    @pytest.mark.parametrize("params", [BlurParams(), NO_REFINEMENT], ids=["refined", "raw"])
+    @pytest.mark.parametrize("params", [WHOLE_FRAME, NO_REFINEMENT], ids=["refined", "raw"])
     def test_where_the_mask_is_0_far_from_edges_the_output_equals_the_blurred_background(
         self, postprocess: Postprocess, astronaut_frames: np.ndarray, params: BlurParams
     ) -> None:
@@ -78,7 +85,7 @@ class TestPostprocess:
         self, postprocess: Postprocess, astronaut_frames: np.ndarray, rng: np.random.Generator
     ) -> None:
         probability = rng.random((2, 1, 64, 64)).astype(np.float16)
-        blurred, mask = postprocess(astronaut_frames, probability, BlurParams())
+        blurred, mask = postprocess(astronaut_frames, probability, WHOLE_FRAME)
         background = reference_background(astronaut_frames, (224, 224), 15, 5.0)
         expected = float_composite(astronaut_frames, background, mask)
         assert np.abs(blurred.astype(int) - expected).max() <= 1
@@ -169,20 +176,23 @@ class TestPostprocess:
             blurred, reference_background(frames, working_hw, ksize, sigma)
         )
 
+    @pytest.mark.parametrize("params", [BlurParams(), WHOLE_FRAME], ids=["halo-free", "whole"])
     @pytest.mark.parametrize("batch", [1, 3])
     @pytest.mark.parametrize("hw", [(1, 1), (7, 13), (1, 1919)])
     def test_odd_sizes_match_the_reference(
-        self, postprocess: Postprocess, rng: np.random.Generator, batch: int, hw: tuple[int, int]
+        self,
+        postprocess: Postprocess,
+        rng: np.random.Generator,
+        batch: int,
+        hw: tuple[int, int],
+        params: BlurParams,
     ) -> None:
         frames = rng.integers(0, 256, (batch, *hw, 3), dtype=np.uint8)
         probability = rng.random((batch, 1, 5, 9)).astype(np.float16)
-        blurred, mask = postprocess(frames, probability, BlurParams())
-        params = BlurParams()
-        np.testing.assert_array_equal(
-            mask, reference_mask(frames, probability, params, cv2.INTER_NEAREST)
-        )
-        background = reference_background(frames, (224, 224), 15, 5.0)
-        assert np.abs(blurred.astype(int) - float_composite(frames, background, mask)).max() <= 1
+        blurred, mask = postprocess(frames, probability, params)
+        want_mask, _, want_blurred = reference_postprocess(frames, probability, params)
+        np.testing.assert_array_equal(mask, want_mask)
+        assert np.abs(blurred.astype(int) - want_blurred).max() <= 1
 
     def test_large_frame_keeps_the_centre_sharp(
         self, postprocess: Postprocess, rng: np.random.Generator
@@ -277,3 +287,151 @@ def test_gpu_warm_up_builds_the_fused_chain_kernels() -> None:
     kernels.forget_compiled()
     Postprocess(Device("gpu", 0)).warm_up()
     assert {("fused", device), ("gaussian", device)} <= kernels.compiled_modules()
+
+
+# ---- backgrounds ---------------------------------------------------------------------------
+
+
+def person_on_grey(batch: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """``(frames, probability)``: a saturated red box (the person, columns 160..351, rows
+    128..383 of 512x512) on a flat grey wall, and the box's probability (``box_probability``)."""
+    frames = np.full((batch, 512, 512, 3), 120, np.uint8)
+    frames[:, 128:384, 160:352] = (250, 10, 10)
+    return frames, box_probability(batch)
+
+
+class TestBackgrounds:
+    def test_halo_free_blur_keeps_the_persons_colour_out_of_the_background(
+        self, postprocess: Postprocess
+    ) -> None:
+        frames, probability = person_on_grey()
+        halo_free, mask = postprocess(frames, probability, BlurParams())
+        whole, _ = postprocess(frames, probability, WHOLE_FRAME)
+        # A ring 6..30 px outside the box: the mask is 0 there.
+        ring = np.zeros(mask.shape, bool)
+        ring[:, 98:414, 130:382] = True
+        ring[:, 122:390, 154:358] = False
+        assert (mask[ring] == 0).all()
+        red_glow_whole = whole[..., 0][ring].astype(int) - 120
+        red_glow_free = halo_free[..., 0][ring].astype(int) - 120
+        assert red_glow_whole.max() > 25  # CV-CUDA's blur: red bleeds into the wall
+        assert np.abs(red_glow_free).max() <= 2  # halo-free: the wall stays grey
+        assert np.abs(halo_free[ring].astype(int) - 120).max() <= 2
+
+    def test_halo_free_background_is_the_explicit_opencv_formulation(
+        self, postprocess: Postprocess, astronaut_frames: np.ndarray, rng: np.random.Generator
+    ) -> None:
+        probability = rng.random((2, 1, 64, 64)).astype(np.float16) ** 3
+        blurred, mask = postprocess(astronaut_frames, probability, BlurParams())
+        small = reference_halo_free(astronaut_frames, probability, (224, 224), 15, 5.0)
+        background = np.stack([cv2.resize(s, (512, 512)) for s in small])
+        expected = float_composite(astronaut_frames, background, mask)
+        assert np.abs(blurred.astype(int) - expected).max() <= 1
+        whole, _ = postprocess(astronaut_frames, probability, WHOLE_FRAME)
+        assert (whole != blurred).any()
+
+    @pytest.mark.parametrize("color", [(0, 177, 64), (255, 255, 255), (0, 0, 0)])
+    def test_color_background_is_the_colour_where_the_mask_is_0(
+        self, postprocess: Postprocess, astronaut_frames: np.ndarray, color: tuple
+    ) -> None:
+        params = BlurParams(background="color", background_color=color)
+        blurred, mask = postprocess(astronaut_frames, box_probability(2), params)
+        assert (blurred[mask == 0] == color).all()
+        np.testing.assert_array_equal(blurred[mask == 255], astronaut_frames[mask == 255])
+        soft = (mask > 0) & (mask < 255)
+        expected = float_composite(astronaut_frames, np.broadcast_to(color, (2, 512, 512, 3)), mask)
+        assert soft.any() and np.abs(blurred.astype(int) - expected).max() <= 1
+
+    @pytest.mark.parametrize("image_hw", [(100, 400), (600, 150), (512, 512)])
+    def test_image_background_is_cover_fitted_where_the_mask_is_0(
+        self, postprocess: Postprocess, astronaut_frames: np.ndarray, image_hw: tuple
+    ) -> None:
+        image = cv2.resize(skimage.data.chelsea(), image_hw[::-1])
+        params = BlurParams(background="image")
+        blurred, mask = postprocess(astronaut_frames, box_probability(2), params, image[None])
+        # Cover fit by hand: scale so that the image covers 512x512, centre crop.
+        ih, iw = image_hw
+        side = min(ih, iw)
+        crop = image[(ih - side) // 2 : (ih - side) // 2 + side, (iw - side) // 2 :][:, :side]
+        fitted = cv2.resize(crop, (512, 512), interpolation=cv2.INTER_LINEAR)
+        for b in range(2):
+            np.testing.assert_array_equal(blurred[b][mask[b] == 0], fitted[mask[b] == 0])
+        np.testing.assert_array_equal(blurred[mask == 255], astronaut_frames[mask == 255])
+
+    def test_image_background_one_per_frame_or_one_for_all(
+        self, postprocess: Postprocess, astronaut_frames: np.ndarray
+    ) -> None:
+        images = np.stack([skimage.data.chelsea(), skimage.data.coffee()[:300, :451]])
+        params = BlurParams(background="image")
+        each, mask = postprocess(astronaut_frames, box_probability(2), params, images)
+        first, _ = postprocess(astronaut_frames, box_probability(2), params, images[:1])
+        broadcast = np.broadcast_to(images[:1], images.shape)
+        first_view, _ = postprocess(astronaut_frames, box_probability(2), params, broadcast)
+        np.testing.assert_array_equal(each[0], first[0])
+        both = (mask[0] == 0) & (mask[1] == 0)  # background in both frames: the same image
+        np.testing.assert_array_equal(first[1][both], first[0][both])
+        assert (each[1][mask[1] == 0] != first[1][mask[1] == 0]).any()
+        np.testing.assert_array_equal(first_view, first)
+
+    @pytest.mark.parametrize(
+        ("params", "images", "fragment"),
+        [
+            (BlurParams(background="image"), None, "background=image needs the BACKGROUND"),
+            (BlurParams(), np.zeros((1, 4, 4, 3), np.uint8), "BACKGROUND was sent but"),
+            (
+                BlurParams(background="color"),
+                np.zeros((1, 4, 4, 3), np.uint8),
+                "parameter 'background' is 'color'",
+            ),
+            (
+                BlurParams(background="image"),
+                np.zeros((3, 4, 4, 3), np.uint8),
+                "BACKGROUND batch 3 must be 1",
+            ),
+            (
+                BlurParams(background="image"),
+                np.zeros((1, 4, 4, 3), np.float32),
+                "BACKGROUND must be uint8",
+            ),
+            (
+                BlurParams(background="image"),
+                np.zeros((1, 4, 4, 4), np.uint8),
+                "BACKGROUND must have 3 channels",
+            ),
+            (
+                BlurParams(background="image"),
+                np.zeros((1, 4321, 4321, 3), np.uint8),
+                "BACKGROUND frame of 4321x4321 exceeds",
+            ),
+        ],
+        ids=["missing", "unasked", "with-color", "batch", "dtype", "channels", "too-large"],
+    )
+    def test_bad_background_is_invalid_input_naming_it(
+        self,
+        postprocess: Postprocess,
+        astronaut_frames: np.ndarray,
+        params: BlurParams,
+        images: np.ndarray | None,
+        fragment: str,
+    ) -> None:
+        with pytest.raises(InvalidInputError, match=re.escape(fragment)):
+            postprocess(astronaut_frames, box_probability(2), params, images)
+
+    def test_foreground_share_is_the_mean_of_the_mask(
+        self, postprocess: Postprocess, astronaut_frames: np.ndarray
+    ) -> None:
+        probability = box_probability(2)
+        probability[1] = 0
+        outputs = postprocess.outputs(astronaut_frames, probability, BlurParams())
+        assert outputs.foreground_share.dtype == np.float32
+        assert outputs.foreground_share.shape == (2, 1)
+        assert outputs.foreground_share[1, 0] == 0.0
+        # The box is 256 x 192 of 512 x 512 (the refinement moves a few edge values only).
+        assert abs(outputs.foreground_share[0, 0] - 256 * 192 / 512**2) < 0.005
+        np.testing.assert_array_equal(
+            outputs.foreground_share[:, 0],
+            (outputs.mask.astype(np.float64).mean(axis=(1, 2)) / 255).astype(np.float32),
+        )
+        blurred, mask = postprocess(astronaut_frames, probability, BlurParams())
+        np.testing.assert_array_equal(blurred, outputs.blurred)
+        np.testing.assert_array_equal(mask, outputs.mask)

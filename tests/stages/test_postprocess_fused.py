@@ -149,7 +149,8 @@ def test_fused_probability_edge_values_and_float64(cupy, make_frames, assert_u8_
 def test_fused_repeated_calls_with_changing_shapes_and_params(cupy, make_frames):
     """One instance (one workspace), shapes, batches, params and probability sizes changing from
     call to call, then the first call again: every result equals the per-op chain's; steady-state
-    calls launch 4 kernels (the weight tables are built once per parameter set)."""
+    calls launch 5 kernels, 4 without halo_free (the weight tables are built once per parameter
+    set)."""
     fused = FusedPostprocess((224, 224), "nearest")
     unfused = Postprocess(GPU, fused=False)
     cases = [
@@ -173,11 +174,18 @@ def test_fused_repeated_calls_with_changing_shapes_and_params(cupy, make_frames)
             first = cupy.asnumpy(blurred), cupy.asnumpy(mask)
     np.testing.assert_array_equal(cupy.asnumpy(blurred), first[0])
     np.testing.assert_array_equal(cupy.asnumpy(mask), first[1])
-    assert fused.launches == 4  # params of cases[0] seen before: tables cached
+    # Params of cases[0] seen before: tables cached. Halo-free (the default): weights (with the
+    # resize), two Gaussian passes, normalisation, fused; the whole-frame blur: resize, two
+    # passes, fused.
+    assert fused.launches == 5
     fused(frames, prob, cases[1][3])
+    assert fused.launches == 5
+    fused(frames, prob, dataclasses.replace(cases[1][3], halo_free=False))
     assert fused.launches == 4
     fused(frames, prob, BlurParams(bilateral_sigma_color=12.0, blur_sigma=2.0))
-    assert fused.launches == 6  # new bilateral tables and Gaussian taps
+    assert fused.launches == 7  # new bilateral tables and Gaussian taps
+    fused(frames, prob, BlurParams(background="color"))
+    assert fused.launches == 1  # the colour needs no blur: the fused kernel alone
 
 
 @gpu
@@ -271,3 +279,65 @@ def test_every_allowed_diameter_fits_the_fused_kernel(diameter):
     radius = bilateral_radius(diameter)
     assert radius == (0 if diameter <= 1 else max(diameter // 2, 1))
     assert fused_shared_bytes(radius, radius > 0) <= 48 * 1024
+
+
+# ---- backgrounds: halo-free blur, colour, image ------------------------------------------------
+
+BACKGROUND_PARAMS = {
+    "halo-free": BlurParams(),
+    "halo-free-d0-hard": BlurParams(bilateral_diameter=0, soft_mask=False),
+    "halo-free-k31": BlurParams(blur_ksize=31, blur_sigma=9.0),
+    "whole-frame": BlurParams(halo_free=False),
+    "color": BlurParams(background="color", background_color=(0, 177, 64)),
+    "color-d31": BlurParams(background="color", bilateral_diameter=31),
+}
+
+
+@gpu
+@pytest.mark.parametrize("name", list(BACKGROUND_PARAMS))
+@pytest.mark.parametrize("dtype", [np.float16, np.float32], ids=["f16", "f32"])
+def test_fused_backgrounds_match_the_chain_and_cpu(cupy, make_frames, assert_u8_close, name, dtype):
+    frames = make_frames("astronaut", 2, (181, 263))
+    prob = probability(2, (64, 48), dtype=dtype)
+    check_all(cupy, assert_u8_close, frames, prob, BACKGROUND_PARAMS[name], name, max_diff=0)
+
+
+@gpu
+@pytest.mark.parametrize("image_batch", [1, 3])
+@pytest.mark.parametrize("image_hw", [(120, 333), (500, 90), (181, 263)], ids=size_id)
+def test_fused_image_background_matches_the_chain_and_cpu(
+    cupy, make_frames, assert_u8_close, image_batch, image_hw
+):
+    """A replacement image (one for every frame, or one each), wider, taller and of the frame's
+    own size: fused == per-op GPU chain == CPU stage, bit for bit."""
+    frames = make_frames("astronaut", 3, (181, 263))
+    prob = probability(3, (64, 48))
+    images = make_frames("chelsea", image_batch, image_hw, seed=4)
+    params = BlurParams(background="image")
+    kwargs = {"blur_working_hw": (224, 224), "mask_interpolation": "nearest"}
+    results = []
+    for stage in (Postprocess(GPU, **kwargs), Postprocess(GPU, fused=False, **kwargs)):
+        blurred, mask = stage(
+            cupy.asarray(frames), cupy.asarray(prob), params, cupy.asarray(images)
+        )
+        results.append((cupy.asnumpy(blurred), cupy.asnumpy(mask)))
+    results.append(Postprocess(CPU, **kwargs)(frames, prob, params, images))
+    (fb, fm), (ub, um), (cb, cm) = results
+    np.testing.assert_array_equal(fb, ub)
+    np.testing.assert_array_equal(fm, um)
+    assert_u8_close(fb, cb, case=f"image {image_hw} x{image_batch}", max_diff=0)
+    assert_u8_close(fm, cm, case="mask", max_diff=0)
+
+
+@gpu
+def test_fused_foreground_share_equals_the_cpu_stage(cupy, make_frames):
+    frames = make_frames("astronaut", 2, (181, 263))
+    prob = probability(2, (64, 48))
+    gpu_outputs = Postprocess(GPU).outputs(cupy.asarray(frames), cupy.asarray(prob), BlurParams())
+    cpu_outputs = Postprocess(CPU).outputs(frames, prob, BlurParams())
+    share = cupy.asnumpy(gpu_outputs.foreground_share)
+    assert share.dtype == np.float32 and share.shape == (2, 1)
+    np.testing.assert_array_equal(share, cpu_outputs.foreground_share)
+    np.testing.assert_array_equal(
+        share[:, 0], (cupy.asnumpy(gpu_outputs.mask).mean(axis=(1, 2)) / 255).astype(np.float32)
+    )

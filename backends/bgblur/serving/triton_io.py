@@ -70,6 +70,31 @@ def input_array(pb_utils: Any, request: Any, name: str, device: Device) -> Any:
         return cupy.from_dlpack(tensor)
 
 
+def optional_input_array(pb_utils: Any, request: Any, name: str, device: Device) -> Any:
+    """Input ``name`` of ``request`` as ``input_array`` gives it, or None when the request has
+    no such tensor (an ``optional: true`` input left out)."""
+    if pb_utils.get_input_tensor_by_name(request, name) is None:
+        return None
+    return input_array(pb_utils, request, name, device)
+
+
+def background_input(
+    pb_utils: Any, request: Any, device: Device, params: BlurParams, batch: int
+) -> Any:
+    """The request's optional BACKGROUND tensor, checked against ``params`` and the frames'
+    ``batch`` (``bgblur.stages.postprocess.check_background``: ``InvalidInputError`` naming the
+    parameter or the tensor), a batch of 1 broadcast to ``batch`` (a view, no copy); None
+    without one."""
+    from bgblur.stages.postprocess import BACKGROUND_TENSOR, check_background
+
+    background = optional_input_array(pb_utils, request, BACKGROUND_TENSOR, device)
+    check_background(params, background, batch)
+    if background is not None and background.shape[0] != batch:
+        xp = array_module(background)
+        background = xp.broadcast_to(background, (batch, *background.shape[1:]))
+    return background
+
+
 def frames_input(pb_utils: Any, request: Any, device: Device, name: str = "FRAMES") -> Any:
     """The frames tensor of a request, validated (``bgblur.parameters.validate_frames_shape``)."""
     frames = input_array(pb_utils, request, name, device)

@@ -8,12 +8,20 @@ refined mask, grey, background) through memory. Here, per call, on the current s
 
 1. ``resize_linear_u8`` (``resize.cu``): frames -> small working image ``[B, h, w, 3]``;
 2. ``gaussian_h_*`` and 3. ``gaussian_v_*`` (``gaussian.cu``): the small image blurred (OpenCV's
-   bit-exact fixed-point Gaussian);
+   bit-exact fixed-point Gaussian); with ``halo_free`` (the default) instead of 1-3
+   ``halo_weights_*`` (which does the resize of 1. itself), the two Gaussian passes over 7
+   channels and ``halo_normalise`` (``background.cu``, ``bgblur.ops.background_gpu``): four
+   launches at the working size, one more than without;
 4. ``fused_post_*`` (``fused.cu``): per 32x16 tile of the frame, the mask samples are computed on
    the fly from the low-resolution probability (x255 or threshold, then nearest/linear upscale),
    the grey guide from the RGB tile, the joint bilateral refinement from both tiles in shared
    memory; the background is the bilinear upscale of the small blurred image, sampled in the same
    thread; the composite is written as BLURRED and the refined mask as MASK.
+
+A replacement background needs no blur: ``background="color"`` passes a 1x1 image of the colour
+as the small image (its bilinear upscale is that colour), ``background="image"`` the image
+cover-fitted to the frame size (``cover_resize_nhwc``; bilinear sampling at scale 1 is the
+identity), so the fused kernel is the same for every background.
 
 Full-resolution traffic: frames read once, BLURRED and MASK written once. Every step uses the
 same arithmetic as the per-op kernels, so both outputs are bit-identical to the unfused chain
@@ -43,14 +51,14 @@ from bgblur.kernels import (
     strides,
 )
 from bgblur.parameters import BlurParams
-from bgblur.stages.postprocess import postprocess_chain
+from bgblur.stages.postprocess import fitted_background, postprocess_chain
 
 _BLOCK = (32, 8, 1)  # FU_BX, FU_BY in fused.cu
 _TILE_W = 32  # FU_TX
 _TILE_H = 16  # FU_TY (two rows per thread)
 _COLOUR = 511  # colour weights of guide differences -255..255
 _TAP_BYTES = 16  # sizeof(LinearTap): four ints
-_MAX_WORKSPACES = 4  # small-image workspaces kept (least recently used dropped)
+_MAX_WORKSPACES = 8  # small-image workspaces kept, plain and halo-free (LRU dropped)
 _MAX_TABLES = 16  # weight tables kept per kind
 
 
@@ -107,7 +115,7 @@ class FusedPostprocess:
             raise ValueError(f"blur_working_hw must be positive, got {blur_working_hw}")
         self.blur_working_hw = (h, w)
         self.mask_interpolation = mask_interpolation
-        self._workspaces: collections.OrderedDict[tuple[int, int], tuple[Any, Any, Any]] = (
+        self._workspaces: collections.OrderedDict[tuple, tuple[Any, Any, Any]] = (
             collections.OrderedDict()
         )
         self._tables: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
@@ -123,13 +131,15 @@ class FusedPostprocess:
         probability_n1hw: Any,
         params: BlurParams,
         *,
+        background_nhwc_u8: Any = None,
         out: Any = None,
         mask_out: Any = None,
     ) -> tuple[Any, Any]:
         """Returns ``(blurred [B, H, W, 3] uint8, mask [B, H, W] uint8)`` (CuPy).
 
-        ``out`` / ``mask_out``: optional arrays (views allowed) to write the results into; by
-        default both come from CuPy's memory pool.
+        ``background_nhwc_u8``: ``[1 or B, h, w, 3]`` uint8 CuPy replacement image
+        (``background="image"``). ``out`` / ``mask_out``: optional arrays (views allowed) to
+        write the results into; by default both come from CuPy's memory pool.
         """
         import cupy
 
@@ -170,28 +180,30 @@ class FusedPostprocess:
                     f"cannot upscale an empty {(ph, pw)} probability to {(height, width)}"
                 )
             if not fits_fused(params.bilateral_diameter):
-                return self._per_op_chain(frames, probability, params, out, mask_out)
+                return self._per_op_chain(
+                    frames, probability, params, background_nhwc_u8, out, mask_out
+                )
             if probability.dtype not in (np.float16, np.float32):
                 probability = probability.astype(np.float32)  # rare: float64 & co.
             stream = cupy.cuda.get_current_stream()
             device = int(frames.device.id)
             self._order_after_previous_call(device, stream)
-            small_blurred = self._small_background(frames, params)
+            small_blurred = fitted_background(frames, params, background_nhwc_u8)
+            if small_blurred is None:
+                small_blurred = self._small_background(frames, probability, params)
             self._launch_fused(frames, probability, small_blurred, params, out, mask_out)
             self._record_call(device, stream)
         return out, mask_out
 
     # ---- steps -------------------------------------------------------------------------------
 
-    def _small_background(self, frames: Any, params: BlurParams) -> Any:
-        """Frames -> small working image -> Gaussian; returns the workspace's blurred buffer."""
-        from bgblur.ops import gaussian_gpu, resize_gpu
+    def _small_background(self, frames: Any, probability: Any, params: BlurParams) -> Any:
+        """Frames -> small working image -> Gaussian (halo-free or of the whole image); returns
+        the workspace's blurred buffer."""
+        from bgblur.ops import background_gpu, gaussian_gpu, resize_gpu
 
         batch = frames.shape[0]
         small, tmp, small_blurred = self._workspace(int(frames.device.id), batch)
-        resize_gpu.resize_linear_nhwc(frames, self.blur_working_hw, out=small)
-        self.launches += 1
-
         try:
             ksize, sigma = gaussian_gpu.check_kernel(params.blur_ksize, params.blur_sigma)
         except ValueError:
@@ -199,8 +211,23 @@ class FusedPostprocess:
                 f"blur_ksize {params.blur_ksize} / blur_sigma {params.blur_sigma} out of range"
             ) from None
         taps = self._gaussian_taps(ksize, sigma)
+        if params.halo_free:  # the weights kernel resizes the frames itself: no resize launch
+            work, work_blurred, work_u16 = self._halo_workspace(int(frames.device.id), batch)
+            background_gpu.launch_halo_free(
+                frames,
+                probability,
+                taps,
+                ksize,
+                work=work,
+                work_blurred=work_blurred,
+                work_u16=work_u16,
+                out=small_blurred,
+            )
+            self.launches += 4
+            return small_blurred
+        resize_gpu.resize_linear_nhwc(frames, self.blur_working_hw, out=small)
         gaussian_gpu.launch_separable(small, small_blurred, tmp, taps, ksize)
-        self.launches += 2
+        self.launches += 3
         return small_blurred
 
     def _launch_fused(
@@ -214,7 +241,7 @@ class FusedPostprocess:
     ) -> None:
         batch, height, width, _ = frames.shape
         ph, pw = int(probability.shape[2]), int(probability.shape[3])
-        sh, sw = self.blur_working_hw
+        sh, sw = int(small_blurred.shape[1]), int(small_blurred.shape[2])
         radius = bilateral_radius(params.bilateral_diameter)
         refine = radius > 0
         tables = (
@@ -269,7 +296,13 @@ class FusedPostprocess:
         self.launches += 1
 
     def _per_op_chain(
-        self, frames: Any, probability: Any, params: BlurParams, out: Any, mask_out: Any
+        self,
+        frames: Any,
+        probability: Any,
+        params: BlurParams,
+        background: Any,
+        out: Any,
+        mask_out: Any,
     ) -> tuple[Any, Any]:
         """The unfused chain (bilateral windows too large for the fused kernel)."""
         return postprocess_chain(
@@ -278,6 +311,7 @@ class FusedPostprocess:
             params,
             blur_working_hw=self.blur_working_hw,
             mask_interpolation=self.mask_interpolation,
+            background_nhwc_u8=background,
             out=out,
             mask_out=mask_out,
         )
@@ -296,6 +330,30 @@ class FusedPostprocess:
                 cupy.empty((batch, h, w, 3), np.uint8),
                 cupy.empty((batch, h, w, 3), np.uint16),
                 cupy.empty((batch, h, w, 3), np.uint8),
+            )
+            self._workspaces[key] = buffers
+            while len(self._workspaces) > _MAX_WORKSPACES:
+                self._workspaces.popitem(last=False)
+        else:
+            self._workspaces.move_to_end(key)
+        return buffers
+
+    def _halo_workspace(self, device: int, batch: int) -> tuple[Any, Any, Any]:
+        """``(work u8, blurred work u8, Gaussian tmp u16)``, each ``[batch, h, w, 7]``, of the
+        halo-free blur (``background_gpu.launch_halo_free``)."""
+        import cupy
+
+        from bgblur.ops.background_gpu import WORK_CHANNELS
+
+        key = ("halo", device, batch)
+        buffers = self._workspaces.get(key)
+        if buffers is None:
+            h, w = self.blur_working_hw
+            shape = (batch, h, w, WORK_CHANNELS)
+            buffers = (
+                cupy.empty(shape, np.uint8),
+                cupy.empty(shape, np.uint8),
+                cupy.empty(shape, np.uint16),
             )
             self._workspaces[key] = buffers
             while len(self._workspaces) > _MAX_WORKSPACES:

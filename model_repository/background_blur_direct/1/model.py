@@ -1,4 +1,5 @@
-"""Triton adapter: frames -> blurred frames + mask in one process (bgblur.pipeline)."""
+"""Triton adapter: frames (+ optional background image) -> blurred frames, mask and foreground
+share in one process (bgblur.pipeline)."""
 
 import json
 
@@ -12,6 +13,7 @@ from bgblur.serving.metrics import StageMetrics
 from bgblur.serving.profiling import write_all as write_profiles
 from bgblur.serving.triton_io import (
     PreparedRequest,
+    background_input,
     blur_params_from_request,
     execute_grouped,
     frames_input,
@@ -47,7 +49,7 @@ class TritonPythonModel:
             requests,
             self._prepare,
             self._run,
-            output_names=["BLURRED", "MASK"],
+            output_names=["BLURRED", "MASK", "FOREGROUND_SHARE"],
             metrics=self.metrics,
             stage="background_blur_direct",  # named in GPU out-of-memory errors
         )
@@ -58,9 +60,13 @@ class TritonPythonModel:
     def _prepare(self, request):
         frames = frames_input(pb_utils, request, self.device)
         params = blur_params_from_request(request, self.defaults)
+        background = background_input(pb_utils, request, self.device, params, frames.shape[0])
+        arrays = (frames,) if background is None else (frames, background)
+        background_key = None if background is None else tuple(background.shape[1:])
         return PreparedRequest(
-            key=(tuple(frames.shape[1:]), params), arrays=(frames,), options=params
+            key=(tuple(frames.shape[1:]), params, background_key), arrays=arrays, options=params
         )
 
     def _run(self, arrays, params):
-        return self.pipeline(arrays[0], params)
+        background = arrays[1] if len(arrays) > 1 else None
+        return self.pipeline.outputs(arrays[0], params, background)

@@ -1,4 +1,5 @@
-"""Triton adapter: frames + probability -> blurred frames + mask (bgblur.stages.postprocess)."""
+"""Triton adapter: frames + probability (+ optional background image) -> blurred frames, mask and
+foreground share (bgblur.stages.postprocess)."""
 
 import triton_python_backend_utils as pb_utils
 
@@ -9,6 +10,7 @@ from bgblur.serving.metrics import StageMetrics
 from bgblur.serving.profiling import write_all as write_profiles
 from bgblur.serving.triton_io import (
     PreparedRequest,
+    background_input,
     blur_params_from_request,
     execute_grouped,
     frames_input,
@@ -38,7 +40,7 @@ class TritonPythonModel:
             requests,
             self._prepare,
             self._run,
-            output_names=["BLURRED", "MASK"],
+            output_names=["BLURRED", "MASK", "FOREGROUND_SHARE"],
             metrics=self.metrics,
             stage="postprocess",  # named in GPU out-of-memory errors
         )
@@ -54,8 +56,12 @@ class TritonPythonModel:
                 f"PROBABILITY batch {probability.shape[0]} != FRAMES batch {frames.shape[0]}"
             )
         params = blur_params_from_request(request, self.defaults)
-        key = (tuple(frames.shape[1:]), tuple(probability.shape[1:]), params)
-        return PreparedRequest(key=key, arrays=(frames, probability), options=params)
+        background = background_input(pb_utils, request, self.device, params, frames.shape[0])
+        arrays = (frames, probability) if background is None else (frames, probability, background)
+        background_key = None if background is None else tuple(background.shape[1:])
+        key = (tuple(frames.shape[1:]), tuple(probability.shape[1:]), params, background_key)
+        return PreparedRequest(key=key, arrays=arrays, options=params)
 
     def _run(self, arrays, params):
-        return self.stage(arrays[0], arrays[1], params)
+        background = arrays[2] if len(arrays) > 2 else None
+        return self.stage.outputs(arrays[0], arrays[1], params, background)
