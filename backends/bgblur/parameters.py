@@ -149,13 +149,43 @@ class BlurParams:
         fields = {f.name: f for f in dataclasses.fields(self)}
         changes: dict[str, Any] = {}
         for name, raw in overrides.items():
+            if name in STREAM_PARAMETERS:  # another step's (background_blur_stream)
+                continue
             if name not in fields:
                 raise InvalidInputError(
                     f"unknown parameter {shorten(name)}; known parameters: "
-                    f"{', '.join(sorted(fields))}"
+                    f"{', '.join(sorted([*fields, *STREAM_PARAMETERS]))}"
                 )
             changes[name] = _coerce(name, raw, fields[name].type)
         return dataclasses.replace(self, **changes)
+
+
+# Parameters of the background_blur_stream ensemble's temporal step; the other steps (and the
+# stateless ensemble, which has no such step) accept and ignore them.
+TEMPORAL_SMOOTHING = "temporal_smoothing"
+STREAM_PARAMETERS = (TEMPORAL_SMOOTHING,)
+# How much of a stream's mask history a frame keeps where it barely changed (0: none, off).
+DEFAULT_TEMPORAL_SMOOTHING = 0.6
+MAX_TEMPORAL_SMOOTHING = 0.95
+
+
+def temporal_smoothing_from(overrides: Mapping[str, Any]) -> float:
+    """The request's ``temporal_smoothing`` (0 <= s <= 0.95; ``DEFAULT_TEMPORAL_SMOOTHING``
+    when absent); the other parameters are left to the steps that take them.
+
+    Raises:
+        InvalidInputError: not a number, or out of range.
+    """
+    if TEMPORAL_SMOOTHING not in overrides:
+        return DEFAULT_TEMPORAL_SMOOTHING
+    value = _coerce(TEMPORAL_SMOOTHING, overrides[TEMPORAL_SMOOTHING], "float")
+    _check(
+        0.0 <= value <= MAX_TEMPORAL_SMOOTHING,
+        TEMPORAL_SMOOTHING,
+        value,
+        f"in [0, {MAX_TEMPORAL_SMOOTHING}] (0 turns smoothing off)",
+    )
+    return value
 
 
 def _check(ok: bool, name: str, value: Any, expected: str) -> None:

@@ -30,13 +30,13 @@ from bgblur.server.deploy import (
     container_admin_key,
     container_server_options,
     parse_size,
+    python_models_max_batch,
     render_container_repository,
     shm_requirement,
     visible_gpus,
 )
 from bgblur.server.launcher import (
     MODEL_REPOSITORY,
-    PYTHON_MODELS,
     TritonServer,
     render_model_repository,
 )
@@ -177,7 +177,9 @@ class TestRenderContainerRepository:
 
     def test_intermediate_tensors_agree_in_dtype_and_dims(self, tmp_path: Path) -> None:
         repository = self.render(tmp_path, "selfie_landscape")
-        pre, seg, post = (read_config(repository, m) for m in PYTHON_MODELS)
+        pre, seg, post = (
+            read_config(repository, m) for m in ("preprocess", "segmentation", "postprocess")
+        )
         ensemble = read_config(repository, "background_blur")
         steps = {s.model_name: s for s in ensemble.ensemble_scheduling.step}
         produced = {}
@@ -242,6 +244,26 @@ class TestRenderContainerRepository:
         )
         plan = repository / "segmentation" / "1" / "model.plan"
         assert plan.read_bytes() == wanted.read_bytes()
+
+    def test_a_segmentation_batch_above_the_ensembles_merges_requests(self, tmp_path: Path) -> None:
+        """``--max-batch 64``: the plan model batches up to 64 with the Python model's preferred
+        sizes; the ensemble and its other steps keep the request batch (8)."""
+        plan = make_plan(tmp_path / "plans", "selfie_general", max_batch=64)
+        repository = self.render(tmp_path, plan=plan, max_batch=64)
+        seg = read_config(repository, "segmentation")
+        assert seg.max_batch_size == 64
+        assert list(seg.dynamic_batching.preferred_batch_size) == [8, 16, 32, 64]
+        for model in ("background_blur", "preprocess", "postprocess"):
+            assert read_config(repository, model).max_batch_size == 8, model
+        check_repository(repository)
+        # the default stays the plan default: preferred 4 and 8
+        default = self.render(tmp_path / "default")
+        assert list(read_config(default, "segmentation").dynamic_batching.preferred_batch_size) == [
+            4,
+            8,
+        ]
+        with pytest.raises(ValueError, match="rebuild with --max-batch 64"):
+            self.render(tmp_path / "narrow", max_batch=64)  # a b1-8 plan cannot serve it
 
     def test_link_symlinks_the_cached_plan(self, tmp_path: Path) -> None:
         plan = make_plan(tmp_path / "plans", "selfie_general")
@@ -597,6 +619,22 @@ class TestServe:
         assert any(a.endswith("bgblur-admin-key=***") for a in argv)
         assert shown["http_guard"] == "0.0.0.0:8000"
         check_repository(tmp_path / "models")
+
+    def test_segmentation_batch_and_mps_reach_the_server(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """``serve --max-batch 64 --mps``: the plan model batches 64 while /dev/shm is computed
+        for the Python models' batch (8, as without it), and the server runs under MPS."""
+        make_plan(tmp_path / "plans", "selfie_general", max_batch=64)
+        args = self.args(tmp_path, "--dry-run", "--shm-check", "off", "--mps")
+        args[args.index("--dry-run") : args.index("--dry-run")] = ["--max-batch", "64"]
+        assert deploy.main(args) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert shown["mps"] is True
+        assert shown["shm"]["max_batch"] == 8 == python_models_max_batch(MODEL_REPOSITORY)
+        assert read_config(tmp_path / "models", "segmentation").max_batch_size == 64
+        assert deploy.main(self.args(tmp_path, "--dry-run", "--shm-check", "off")) == 0
+        assert json.loads(capsys.readouterr().out)["mps"] is False
 
     def test_too_little_shared_memory_stops_it(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]

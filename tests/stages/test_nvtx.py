@@ -13,7 +13,12 @@ from bgblur.stages import nvtx
 from bgblur.stages.nvtx import RANGES, nvtx_range
 
 REPO = Path(__file__).resolve().parents[2]
-STAGES = ("preprocess", "segmentation", "postprocess")  # the metrics' ``model`` labels
+STAGES = (
+    "preprocess",
+    "segmentation",
+    "temporal_smoothing",
+    "postprocess",
+)  # the metrics' ``model`` labels
 
 
 def test_every_range_is_named_after_a_stage() -> None:

@@ -13,6 +13,7 @@ from typing import Any
 RANGES = (
     "preprocess.resize_normalize",
     "segmentation.network",
+    "temporal_smoothing.smooth",
     "postprocess.fused",
     "postprocess.mask",
     "postprocess.bilateral",

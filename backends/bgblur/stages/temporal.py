@@ -1,0 +1,136 @@
+"""Temporal stage: per-stream smoothed probability, kept in device memory between requests.
+
+A stream is a Triton sequence (its correlation ID): the sequence batcher routes all of a
+sequence's requests to one model instance, in order, with START on the first and END on the last.
+This stage keeps one ``[1, h, w]`` float32 state per live sequence on the stage's device
+(``bgblur.ops.temporal.smooth_probability`` updates it), frees it at END, after
+``idle_timeout_s`` without a request, or, beyond ``max_streams``, the least recently used one.
+A request of an unknown sequence without START (its state expired) starts it afresh.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bgblur.device import Device
+from bgblur.ops.temporal import JITTER, MOTION, check_gate, smooth_probability
+from bgblur.stages.nvtx import nvtx_range
+from bgblur.stages.stream import StageStream
+
+
+@dataclass
+class _StreamState:
+    probability_1hw_f32: Any
+    last_used_s: float
+
+
+class TemporalSmoother:
+    """Probability of a stream's frames -> smoothed probability, state per sequence.
+
+    Args:
+        device: CPU (NumPy) or GPU (CuPy kernel on this stage's own stream).
+        max_streams: states kept at most (least recently used dropped beyond it).
+        idle_timeout_s: a state unused this long is dropped.
+        jitter, motion: the gate of ``bgblur.ops.temporal``.
+        clock: monotonic seconds (tests pass their own).
+    """
+
+    def __init__(
+        self,
+        device: Device,
+        *,
+        max_streams: int = 1024,
+        idle_timeout_s: float = 60.0,
+        jitter: float = JITTER,
+        motion: float = MOTION,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_streams < 1:
+            raise ValueError(f"max_streams must be >= 1, got {max_streams}")
+        if idle_timeout_s <= 0:
+            raise ValueError(f"idle_timeout_s must be > 0, got {idle_timeout_s}")
+        check_gate(0.0, jitter, motion)
+        self.device = device
+        self.max_streams = max_streams
+        self.idle_timeout_s = idle_timeout_s
+        self.jitter, self.motion = jitter, motion
+        self._clock = clock
+        self._states: collections.OrderedDict[Hashable, _StreamState] = collections.OrderedDict()
+        self.stream = StageStream(device)
+
+    @property
+    def live_streams(self) -> int:
+        """Sequences whose state is held now."""
+        return len(self._states)
+
+    def holds(self, sequence_id: Hashable) -> bool:
+        return sequence_id in self._states
+
+    def __call__(
+        self,
+        sequence_id: Hashable,
+        probability_n1hw: Any,
+        *,
+        start: bool,
+        end: bool,
+        strength: float,
+        out_dtype: Any = np.float32,
+    ) -> Any:
+        """Smooth ``[T, 1, h, w]`` probabilities of ``T`` consecutive frames of one stream.
+
+        Returns ``[T, 1, h, w]`` of ``out_dtype`` (float32 or float16) on this stage's device
+        (host synchronised: the hand-off). A state whose shape differs from the frames' (the
+        stream changed size) starts afresh.
+        """
+        now = self._clock()
+        self._drop_idle(now)
+        with self.stream.activate():
+            probability = self.stream.to_device(probability_n1hw)
+            _, _, h, w = probability.shape
+            state = self._states.pop(sequence_id, None)
+            fresh = start or state is None
+            if state is None or tuple(state.probability_1hw_f32.shape) != (1, h, w):
+                xp = _array_module(probability)
+                state = _StreamState(xp.zeros((1, h, w), np.float32), now)
+                fresh = True
+            with nvtx_range("temporal_smoothing.smooth"):
+                smoothed = smooth_probability(
+                    probability,
+                    state.probability_1hw_f32,
+                    start=fresh,
+                    strength=strength,
+                    jitter=self.jitter,
+                    motion=self.motion,
+                )
+                if np.dtype(out_dtype) != np.float32:
+                    smoothed = smoothed.astype(out_dtype)
+            if not end:
+                state.last_used_s = now
+                self._states[sequence_id] = state  # most recently used last
+                while len(self._states) > self.max_streams:
+                    self._states.popitem(last=False)
+        self.stream.synchronize()
+        return smoothed
+
+    def end(self, sequence_id: Hashable) -> None:
+        """Drop a sequence's state (no-op when none is held)."""
+        self._states.pop(sequence_id, None)
+
+    def _drop_idle(self, now: float) -> None:
+        while self._states:
+            oldest_id, oldest = next(iter(self._states.items()))
+            if now - oldest.last_used_s < self.idle_timeout_s:
+                break
+            del self._states[oldest_id]
+
+
+def _array_module(array: Any) -> Any:
+    from bgblur.ops.dispatch import array_module
+
+    return array_module(array)

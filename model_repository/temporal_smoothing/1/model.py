@@ -1,0 +1,64 @@
+"""Triton adapter: a stream's probability -> smoothed over time (bgblur.stages.temporal)."""
+
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from bgblur.device import Device
+from bgblur.errors import InvalidInputError
+from bgblur.parameters import temporal_smoothing_from
+from bgblur.serving.metrics import StageMetrics
+from bgblur.serving.triton_io import (
+    error_response,
+    input_array,
+    model_parameters,
+    output_tensor,
+    request_parameters,
+)
+from bgblur.stages.temporal import TemporalSmoother
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        parameters = model_parameters(args)
+        self.device = Device.from_triton_args(args)
+        self.stage = TemporalSmoother(
+            self.device,
+            max_streams=int(parameters["max_streams"]),
+            idle_timeout_s=float(parameters["idle_timeout_s"]),
+        )
+        self.metrics = StageMetrics.for_model(pb_utils, args, stage="temporal_smoothing")
+
+    def execute(self, requests):
+        return [self._one(request) for request in requests]
+
+    def _one(self, request):
+        try:
+            strength = temporal_smoothing_from(request_parameters(request))
+            probability = input_array(pb_utils, request, "PROBABILITY", self.device)
+            flags = request.flags()
+            start = bool(flags & pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_START)
+            end = bool(flags & pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END)
+            began = time.perf_counter()
+            smoothed = self.stage(
+                request.correlation_id(),
+                probability,
+                start=start,
+                end=end,
+                strength=strength,
+                out_dtype=np.float16,
+            )
+        except InvalidInputError as exc:
+            if self.metrics is not None:
+                self.metrics.rejected(exc, 0)
+            return error_response(pb_utils, str(exc), invalid_arg=True)
+        except Exception as exc:  # a failed request must not take the stream's others down
+            if self.metrics is not None:
+                self.metrics.failed(1)
+            return error_response(pb_utils, f"temporal smoothing failed: {exc}")
+        if self.metrics is not None:
+            self.metrics.batch(int(smoothed.shape[0]), time.perf_counter() - began)
+        return pb_utils.InferenceResponse(
+            [output_tensor(pb_utils, "SMOOTHED_PROBABILITY", smoothed)]
+        )

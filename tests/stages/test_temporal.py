@@ -1,0 +1,129 @@
+"""TemporalSmoother: state per sequence, START/END, expiry, least-recently-used bound."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bgblur.device import Device
+from bgblur.ops.temporal import smooth_probability
+from bgblur.stages.temporal import TemporalSmoother
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _frames(seed: int, count: int = 3, hw: tuple[int, int] = (4, 5)) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 1, (count, 1, *hw)).astype(np.float32)
+
+
+def _reference(frames: np.ndarray, strength: float) -> np.ndarray:
+    state = np.zeros((1, *frames.shape[2:]), np.float32)
+    return smooth_probability(frames, state, start=True, strength=strength)
+
+
+def test_a_stream_split_over_requests_matches_one_pass():
+    smoother = TemporalSmoother(Device("cpu"))
+    frames = _frames(0, 7)
+    parts = [
+        smoother("s", frames[:2], start=True, end=False, strength=0.6),
+        smoother("s", frames[2:5], start=False, end=False, strength=0.6),
+        smoother("s", frames[5:], start=False, end=True, strength=0.6),
+    ]
+    np.testing.assert_array_equal(np.concatenate(parts), _reference(frames, 0.6))
+    assert not smoother.holds("s")
+
+
+def test_streams_do_not_share_state():
+    smoother = TemporalSmoother(Device("cpu"))
+    a, b = _frames(1), _frames(2)
+    out_a1 = smoother("a", a[:1], start=True, end=False, strength=0.8)
+    out_b = smoother("b", b, start=True, end=False, strength=0.8)
+    out_a2 = smoother("a", a[1:], start=False, end=False, strength=0.8)
+    np.testing.assert_array_equal(np.concatenate([out_a1, out_a2]), _reference(a, 0.8))
+    np.testing.assert_array_equal(out_b, _reference(b, 0.8))
+    assert smoother.live_streams == 2
+
+
+def test_start_resets_a_held_stream():
+    smoother = TemporalSmoother(Device("cpu"))
+    smoother("s", _frames(3), start=True, end=False, strength=0.8)
+    fresh = _frames(4)
+    np.testing.assert_array_equal(
+        smoother("s", fresh, start=True, end=False, strength=0.8), _reference(fresh, 0.8)
+    )
+
+
+def test_unknown_sequence_without_start_starts_afresh():
+    smoother = TemporalSmoother(Device("cpu"))
+    frames = _frames(5)
+    out = smoother("lost", frames, start=False, end=False, strength=0.8)
+    np.testing.assert_array_equal(out, _reference(frames, 0.8))
+
+
+def test_idle_states_expire():
+    clock = _Clock()
+    smoother = TemporalSmoother(Device("cpu"), idle_timeout_s=10.0, clock=clock)
+    smoother("old", _frames(6), start=True, end=False, strength=0.5)
+    clock.now = 5.0
+    smoother("recent", _frames(7), start=True, end=False, strength=0.5)
+    clock.now = 12.0
+    smoother("other", _frames(8), start=True, end=False, strength=0.5)
+    assert not smoother.holds("old")
+    assert smoother.holds("recent") and smoother.holds("other")
+
+
+def test_least_recently_used_state_goes_beyond_max_streams():
+    smoother = TemporalSmoother(Device("cpu"), max_streams=2)
+    for name in ("a", "b"):
+        smoother(name, _frames(9), start=True, end=False, strength=0.5)
+    smoother("a", _frames(10), start=False, end=False, strength=0.5)  # b is now the oldest
+    smoother("c", _frames(11), start=True, end=False, strength=0.5)
+    assert smoother.holds("a") and smoother.holds("c") and not smoother.holds("b")
+
+
+def test_a_stream_that_changes_size_starts_afresh():
+    smoother = TemporalSmoother(Device("cpu"))
+    smoother("s", _frames(12, hw=(4, 5)), start=True, end=False, strength=0.5)
+    bigger = _frames(13, hw=(6, 5))
+    out = smoother("s", bigger, start=False, end=False, strength=0.5)
+    np.testing.assert_array_equal(out, _reference(bigger, 0.5))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"max_streams": 0}, "max_streams"), ({"idle_timeout_s": 0}, "idle_timeout_s")],
+)
+def test_bad_settings_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TemporalSmoother(Device("cpu"), **kwargs)
+
+
+@pytest.mark.gpu
+def test_gpu_smoother_matches_cpu(cupy):
+    frames = _frames(14, 6, (64, 48))
+    cpu = TemporalSmoother(Device("cpu"))
+    gpu = TemporalSmoother(Device("gpu", 0))
+    expected = [
+        cpu("s", frames[i : i + 2], start=i == 0, end=False, strength=0.7) for i in (0, 2, 4)
+    ]
+    actual = [
+        gpu("s", cupy.asarray(frames[i : i + 2]), start=i == 0, end=False, strength=0.7)
+        for i in (0, 2, 4)
+    ]
+    for e, a in zip(expected, actual, strict=True):
+        assert isinstance(a, cupy.ndarray)
+        np.testing.assert_array_equal(cupy.asnumpy(a), e)
+
+
+def test_float16_output_is_the_rounded_float32():
+    smoother = TemporalSmoother(Device("cpu"))
+    frames = _frames(15)
+    out = smoother("s", frames, start=True, end=False, strength=0.6, out_dtype=np.float16)
+    assert out.dtype == np.float16
+    np.testing.assert_array_equal(out, _reference(frames, 0.6).astype(np.float16))
