@@ -77,7 +77,7 @@ LOG = logging.getLogger("bgblur.server.launcher")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 MODEL_REPOSITORY = PROJECT_ROOT / "model_repository"
-PYTHON_MODELS = ("preprocess", "segmentation", "postprocess")
+PYTHON_MODELS = ("preprocess", "segmentation", "temporal_smoothing", "postprocess")
 # Decoupled Python models, rendered like PYTHON_MODELS (one instance each) when present.
 VIDEO_MODELS = ("background_blur_video",)
 # The whole service in one Python model (one backend hop; same interface as the ensemble).
