@@ -44,6 +44,13 @@
 #                  NVDEC alone beside it), server side with BLS vs in-process blur, file to
 #                  file vs the CPU pipeline
 #   bench-video-processes  the 16 NVDEC streams over 4 client processes
+#   perf-levers    A/B of the server's performance levers on one machine, in one command:
+#                  baseline, --segmentation-batch 64 (segmentation merges the requests of
+#                  several clients), --mps (server and client under one CUDA MPS daemon) and
+#                  both, for the fcn_resnet101 and selfie_general ensembles, then the selfie
+#                  one-hop model at the defaults; each at 1080p over CUDA shm, the rows that
+#                  decide (batch 8 x 16 clients, batch 1 x 1 client), 3 s each; one JSON per
+#                  variant (levers-<gpu>-<day>-<model>-<variant>.json) and levers-summary.txt
 #   soak-start     the 10-minute soak at concurrency 16 (bench/soak.py) in its own session,
 #                  then tests-kernels beside it (correctness only, so the two can share the
 #                  machine; the soak samples its server's own GPU memory, not the device's)
@@ -296,6 +303,38 @@ PYEOF
     run 80 bench-video.log "$PY" bench/video.py --size 1080p --frames 120 --streams 16 \
       --model fcn_resnet101 --shared-memory cuda --paths decode-nvdec --client-processes 4 \
       --out "$OUT/video-$gpu-$day-processes.json"
+    ;;
+  perf-levers)  # 9 server starts; the limits add up to 535 s, the most wanted first
+    gpu="$(gpu_label)"
+    nvidia-smi -L | tee "$OUT/device.txt"
+    command -v nvidia-cuda-mps-control >/dev/null \
+      || echo "WARNING: no nvidia-cuda-mps-control here: the --mps variants fail" \
+      | tee -a "$OUT/perf-levers.log"
+    for model in fcn_resnet101 selfie_general; do
+      limit=55
+      [ "$model" = fcn_resnet101 ] && limit=65  # a larger network to load, 7 graphs to capture
+      for variant in baseline seg64 mps seg64-mps; do
+        levers=()
+        case "$variant" in *seg64*) levers+=(--segmentation-batch 64);; esac
+        case "$variant" in *mps*) levers+=(--mps);; esac
+        run "$limit" perf-levers.log "$PY" bench/e2e.py --device gpu --model "$model" \
+          --sizes 1080p --pairs 8x16,1x1 --seconds 3 --shared-memory cuda "${levers[@]}" \
+          --out "$OUT/levers-$gpu-$day-$model-$variant.json"
+      done
+    done
+    run 55 perf-levers.log "$PY" bench/e2e.py --device gpu --served-model background_blur_direct \
+      --sizes 1080p --pairs 8x16,1x1 --seconds 3 --shared-memory cuda \
+      --out "$OUT/levers-$gpu-$day-selfie_general-direct.json"
+    "$PY" - "$OUT" <<'PYEOF' 2>&1 | tee "$OUT/levers-summary.txt"
+import json, pathlib, sys
+print(f"{'file':<58} {'8x16 frames/s':>13} {'seg frames/exec':>15} {'1x1 p50 ms':>10}")
+for path in sorted(pathlib.Path(sys.argv[1]).glob("levers-*.json")):
+    rows = {(r["batch"], r["concurrency"]): r for r in json.loads(path.read_text())["served"]}
+    wide, one = rows.get((8, 16), {}), rows.get((1, 1), {})
+    seg = wide.get("stages", {}).get("segmentation", {}).get("frames_per_execution", float("nan"))
+    print(f"{path.stem:<58} {wide.get('frames_per_s', float('nan')):>13.0f} {seg:>15.1f} "
+          f"{one.get('latency_ms_p50', float('nan')):>10.2f}")
+PYEOF
     ;;
   soak-start)
     gpu="$(gpu_label)"

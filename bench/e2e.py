@@ -8,6 +8,13 @@ memory and energy per frame from NVML when present (bgblur.nvml). ``--in-process
 the library pipeline without Triton on the same device (the stages alone) and the CPU pipeline
 (OpenCV pre/post on the CPU, the network with torch on the best device: the reference CPU baseline
 shape). ``--instances postprocess=2`` sets instances per GPU of the Python models (tuning).
+The performance levers of the server (``bgblur.server.launcher``) are options here too:
+``--segmentation-batch 64`` (segmentation merges the requests of several clients; the row's
+``stages.segmentation.frames_per_execution`` says how many frames it ran at once),
+``--segmentation-queue-delay-us``, ``--mps`` (server and this client process under one CUDA MPS
+daemon: started here, before this process's first CUDA call, unless
+``$CUDA_MPS_PIPE_DIRECTORY`` names a running one; the server then runs as this process's user,
+as MPS serves one user at a time).
 
     python bench/e2e.py --sizes 720p,1080p --batches 1,4 --concurrency 1,4 --seconds 10
 """
@@ -169,7 +176,7 @@ def run_in_process(pipeline: Any, frames: np.ndarray, seconds: float) -> dict:
 
 
 def main() -> None:
-    from bgblur.server.launcher import add_model_param_argument
+    from bgblur.server.launcher import add_lever_arguments, add_model_param_argument
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="a running server (default: start the embedded one)")
@@ -185,6 +192,12 @@ def main() -> None:
     parser.add_argument("--sizes", default="720p,1080p")
     parser.add_argument("--batches", default="1,4")
     parser.add_argument("--concurrency", default="1,4")
+    parser.add_argument(
+        "--pairs",
+        default="",
+        help="only these batch x clients rows, e.g. 8x16,1x1 (instead of --batches x "
+        "--concurrency)",
+    )
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument(
         "--shared-memory", default="none", help="comma list of none, system, cuda (transports)"
@@ -209,6 +222,7 @@ def main() -> None:
     )
     parser.add_argument("--cpu-baseline-frames", type=int, default=60)
     add_model_param_argument(parser)
+    add_lever_arguments(parser)
     parser.add_argument(
         "--profile-dir",
         type=Path,
@@ -229,16 +243,37 @@ def main() -> None:
     model = args.model or DEFAULT_MODEL
     server = None
     url = args.url
+    mps = None
+    if args.mps and url is None:
+        # Before this process's first CUDA call: its client work (CUDA shared memory) and the
+        # server's share one MPS server (the launcher then attaches to this daemon).
+        import tempfile
+
+        from bgblur.server.mps import MpsDaemon
+
+        mps = MpsDaemon.attach_or_start(Path(tempfile.mkdtemp(prefix="bgblur-mps-")))
+        os.environ.update(mps.client_environment())
     if url is None:
         instances = {k: int(v) for k, v in (i.split("=") for i in args.instances.split(",") if i)}
-        server = TritonServer(
+        starting = TritonServer(
             device=args.device,
             segmentation_model=model,
             instance_counts=instances,
             queue_delay_us=args.queue_delay_us,
             model_parameters=parse_key_values(args.model_param),
             direct_model=args.served_model == "background_blur_direct",
-        ).start()
+            segmentation_batch=args.segmentation_batch,
+            segmentation_queue_delay_us=args.segmentation_queue_delay_us,
+            mps=args.mps,
+            # MPS runs one user's processes at a time: the server as this client's user.
+            **({"user": None} if args.mps else {}),
+        )
+        try:
+            server = starting.start()
+        except BaseException:
+            if mps is not None:
+                mps.stop()
+            raise
         url = server.grpc_url if args.protocol == "grpc" else server.http_url
     device = server.device if server else args.device
     if args.client_gpus == "all":
@@ -255,6 +290,9 @@ def main() -> None:
         "served_model": args.served_model,
         "instances": server.instance_counts if server else args.instances or None,
         "queue_delay_us": args.queue_delay_us,
+        "segmentation_batch": args.segmentation_batch,
+        "segmentation_queue_delay_us": args.segmentation_queue_delay_us,
+        "mps": args.mps,
         "model_parameters": parse_key_values(args.model_param),
         "server_gpus": server.gpus if server else None,
         "client_gpus": list(client_gpus),
@@ -262,35 +300,46 @@ def main() -> None:
         "served": [],
         "in_process": [],
     }
+
+    def write_report() -> None:
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+    plan = served_plan(args.batches, args.concurrency, args.shared_memory, args.pairs)
     try:
         for size in args.sizes.split(","):
-            for batch in map(int, args.batches.split(",")):
-                frames = frames_of(size, batch)
-                for transport in args.shared_memory.split(","):
-                    for concurrency in map(int, args.concurrency.split(",")):
-                        row = {
-                            "size": size,
-                            "batch": batch,
-                            "concurrency": concurrency,
-                            "transport": f"{args.protocol}+{transport}-shm"
-                            if transport != "none"
-                            else args.protocol,
-                        }
-                        row |= run_served(
-                            url,
-                            args.protocol,
-                            frames,
-                            concurrency,
-                            args.seconds,
-                            transport,
-                            client_gpus,
-                            args.served_model,
-                        )
-                        report["served"].append(row)
-                        print(json.dumps(row), flush=True)
+            frames_by_batch: dict[int, np.ndarray] = {}
+            for batch, transport, concurrency in plan:
+                frames = frames_by_batch.setdefault(batch, frames_of(size, batch))
+                row = {
+                    "size": size,
+                    "batch": batch,
+                    "concurrency": concurrency,
+                    "transport": f"{args.protocol}+{transport}-shm"
+                    if transport != "none"
+                    else args.protocol,
+                }
+                row |= run_served(
+                    url,
+                    args.protocol,
+                    frames,
+                    concurrency,
+                    args.seconds,
+                    transport,
+                    client_gpus,
+                    args.served_model,
+                )
+                report["served"].append(row)
+                print(json.dumps(row), flush=True)
+                write_report()  # a run cut short keeps the rows it measured
     finally:
         if server is not None:
             server.stop()
+        if mps is not None:
+            # This process is a client of the daemon too: quit waits for it, so give the
+            # daemon little time before it is stopped by force.
+            mps.stop(timeout_s=2)
     if args.profile_dir is not None:
         # First line of each model process's summary (the stages write theirs at unload).
         report["profile"] = {
@@ -318,9 +367,30 @@ def main() -> None:
         )
         report["ratios"] = ratios_against(report["served"], report["cpu_baseline"])
         print(json.dumps({"ratios": report["ratios"]}), flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report()
+
+
+def served_plan(
+    batches: str, concurrency: str, transports: str, pairs: str = ""
+) -> list[tuple[int, str, int]]:
+    """The served rows per size, in order, as ``(batch, transport, concurrency)``: every batch
+    x transport x concurrency of the comma lists, or, with ``pairs`` (``"8x16,1x1"``: batch x
+    clients), those pairs alone, each over every transport."""
+    kinds = [t for t in transports.split(",") if t]
+    if pairs:
+        chosen = []
+        for item in pairs.split(","):
+            batch, sep, clients = item.strip().lower().partition("x")
+            if not sep or not batch.isdigit() or not clients.isdigit():
+                raise ValueError(f"--pairs takes BATCHxCLIENTS items, e.g. 8x16,1x1; got {item!r}")
+            chosen.append((int(batch), int(clients)))
+        return [(b, t, c) for b, c in chosen for t in kinds]
+    return [
+        (b, t, c)
+        for b in map(int, batches.split(","))
+        for t in kinds
+        for c in map(int, concurrency.split(","))
+    ]
 
 
 def run_cpu_baseline(model: str, size: str, processes: str, frames: int) -> dict:

@@ -13,7 +13,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "device_session.sh"
-PHASES = ["bundle", "tests-kernels", "tests-serving", "bench-e2e", "bench-video", "soak-start"]
+PHASES = [
+    "bundle",
+    "tests-kernels",
+    "tests-serving",
+    "bench-e2e",
+    "bench-video",
+    "soak-start",
+    "perf-levers",
+]
 
 
 def bench_invocations() -> list[tuple[str, list[str]]]:

@@ -239,6 +239,7 @@ class TestComposeValidates:
     ) -> None:
         self.run(binary, "config", "-q")
         self.run(binary, "--profile", "monitoring", "config", "-q")
+        self.run(binary, "--profile", "mps", "config", "-q")
 
     def test_settings_reach_the_resolved_config(self, binary: list[str]) -> None:
         out = self.run(
@@ -305,7 +306,7 @@ class TestCompose:
                 for port in service.get("ports", []):
                     assert published_port(port)[0] == address, (name, port)
                     published += 1
-        assert published == 2 * 5  # Triton's three, Prometheus, Grafana
+        assert published == 2 * 8  # Triton's three (and triton-mps's), Prometheus, Grafana
         value, comments = read_env_file()["BGBLUR_BIND_ADDRESS"]
         assert value == "127.0.0.1"
         assert "0.0.0.0" in " ".join(comments)  # the documented switch to all interfaces
@@ -325,6 +326,7 @@ class TestCompose:
     def test_every_long_running_service_has_a_health_check(self, services) -> None:
         endpoints = {
             "triton": "http://127.0.0.1:8000/v2/health/ready",
+            "triton-mps": "http://127.0.0.1:8000/v2/health/ready",
             "prometheus": "http://127.0.0.1:9090/-/healthy",
             "grafana": "http://127.0.0.1:3000/api/health",
         }
@@ -436,6 +438,21 @@ class TestCompose:
         assert {"plans", "cupy-cache"} <= set(compose["volumes"])
         dockerfile = DOCKERFILE.read_text()
         assert "/plans" in dockerfile and "CUPY_CACHE_DIR=/var/cache/bgblur/cupy" in dockerfile
+
+    def test_the_mps_service_is_the_server_with_mps_on(self, services) -> None:
+        """``triton-mps`` (profile ``mps``): ``triton`` in every setting, its command the same
+        plus ``--mps`` before Triton's flags, and parsed by ``serve`` with MPS on."""
+        triton, mps = services["triton"], services["triton-mps"]
+        assert mps["profiles"] == ["mps"] and "profiles" not in triton
+        same = ("command", "profiles")
+        assert {k: v for k, v in mps.items() if k not in same} == {
+            k: v for k, v in triton.items() if k not in same
+        }
+        cut = triton["command"].index("--")
+        assert mps["command"] == [*triton["command"][:cut], "--mps", *triton["command"][cut:]]
+        parser = deploy.build_parser()
+        assert parser.parse_args(mps["command"][3:]).mps is True
+        assert parser.parse_args(triton["command"][3:]).mps is False
 
     def test_builder_and_server_build_the_same_batch_profile(self, services) -> None:
         builder = services["engine-builder"]["command"]

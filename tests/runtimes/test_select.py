@@ -50,7 +50,7 @@ def made(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
     monkeypatch.setattr(onnx_runtime, "OnnxRuntimeCPU", FakeOnnx)
     monkeypatch.setattr(tensorrt_runtime, "TensorRTRuntime", FakeTensorRT)
 
-    def plan_for(spec, device, plan_dir=None):
+    def plan_for(spec, device, plan_dir=None, max_batch=None):
         return Path("/plans/x.plan") if record["plan"] and device.is_gpu else None
 
     monkeypatch.setattr(select, "tensorrt_plan_for", plan_for)

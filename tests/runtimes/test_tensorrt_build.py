@@ -211,6 +211,37 @@ class TestVersionsAndKeys:
         assert find_plan(tmp_path, "selfie_general", (9, 0), "10.3.0") is None
         assert find_plan(tmp_path / "missing", "fcn_resnet101", (9, 0), "10.3.0") is None
 
+    def test_find_plan_for_a_max_batch_takes_the_narrowest_profile_that_covers_it(
+        self, tmp_path: Path
+    ) -> None:
+        """``--segmentation-batch 64``: a b1-64 plan beside the b1-8 one serves batches up to
+        64; the default batch 8 keeps its own plan (each profile is tuned for its range)."""
+        plans = {m: key(max_batch=m, opt_batch=min(4, m)) for m in (4, 8, 64)}
+        for k in plans.values():
+            (tmp_path / k.file_name).write_bytes(b"plan")
+
+        def found(max_batch: int | None) -> Path | None:
+            return find_plan(tmp_path, "fcn_resnet101", (9, 0), "10.3.0", max_batch)
+
+        assert found(None) == tmp_path / plans[64].file_name  # the widest, as before
+        assert found(8) == tmp_path / plans[8].file_name
+        assert found(5) == tmp_path / plans[8].file_name
+        assert found(4) == tmp_path / plans[4].file_name
+        assert found(64) == tmp_path / plans[64].file_name
+        assert found(16) == tmp_path / plans[64].file_name
+        assert found(128) == tmp_path / plans[64].file_name  # none covers: widest, chunked
+        # fp16 still comes first
+        (tmp_path / key(max_batch=8, fp16=False).file_name).write_bytes(b"plan")
+        assert found(8) == tmp_path / plans[8].file_name
+
+    @pytest.mark.parametrize(
+        ("max_batch", "min_batch", "opt"),
+        [(8, 1, 4), (4, 1, 4), (2, 1, 2), (64, 1, 32), (16, 1, 8)],
+    )
+    def test_default_opt_batch(self, max_batch: int, min_batch: int, opt: int) -> None:
+        assert tensorrt_build.default_opt_batch(max_batch, min_batch) == opt
+        assert tensorrt_build.default_opt_batch(64, 40) == 40
+
 
 @pytest.fixture(scope="module")
 def pb():
@@ -465,6 +496,18 @@ class TestSelect:
         runtime = select.build_runtime(self.spec, self.gpu)
         assert runtime.name == "tensorrt" and not stub_runtimes["torch"]
         assert stub_runtimes["tensorrt"][0][2].parent == plan_dir
+
+    def test_build_runtime_takes_the_plan_that_covers_the_models_batch(
+        self, plan_dir: Path, fake_tensorrt, stub_runtimes: dict
+    ) -> None:
+        wide = plan_dir / "fixed_ellipse_sm90_trt10.5.0_b1-64_fp16.plan"
+        wide.write_bytes(b"plan")
+        by_batch = {}
+        for sizes in ((1, 2, 4, 8), (1, 2, 4, 8, 16, 32, 64)):
+            options = {"batch_sizes": sizes, "compile": None}
+            select.build_runtime(self.spec, self.gpu, torch_options=options)
+            by_batch[sizes[-1]] = stub_runtimes["tensorrt"][-1][2].name
+        assert by_batch == {8: "fixed_ellipse_sm90_trt10.5.0_b1-8_fp16.plan", 64: wide.name}
 
     def test_build_runtime_falls_back_to_torch_without_tensorrt(
         self, plan_dir: Path, no_tensorrt: None, stub_runtimes: dict, tmp_path: Path

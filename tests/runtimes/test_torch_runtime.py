@@ -398,3 +398,59 @@ class TestTorchRuntimeGpu:
         np.testing.assert_allclose(out.float().cpu().numpy(), expected, atol=5e-3)
         with pytest.raises(InvalidInputError):
             runtime(cupy.zeros((1, 3, 8, 13), dtype=cupy.float16))
+
+
+class TestSegmentationBatchBuckets:
+    """``--segmentation-batch 64``: the rendered config's buckets reach the runtime, and batches
+    merged from several requests (16-64 frames) pad and chunk like any other."""
+
+    @staticmethod
+    def rendered_options(tmp_path: Path, segmentation_batch: int) -> dict:
+        from bgblur.runtimes.select import runtime_options
+        from bgblur.server.launcher import render_model_repository
+        from bgblur.server.model_config import read_model_config
+
+        repository = render_model_repository(
+            tmp_path / "repo", device="gpu", gpus=[0], segmentation_batch=segmentation_batch
+        )
+        config = read_model_config(repository / "segmentation" / "config.pbtxt")
+        parameters = {k: v.string_value for k, v in config.parameters.items()}
+        return runtime_options(parameters, config.max_batch_size)
+
+    @pytest.mark.parametrize(
+        ("segmentation_batch", "sizes"),
+        [(64, (1, 2, 4, 8, 16, 32, 64)), (16, (1, 2, 4, 8, 16)), (24, (1, 2, 4, 8, 16, 24))],
+    )
+    def test_the_rendered_config_gives_a_bucket_up_to_the_batch(
+        self, tmp_path: Path, segmentation_batch: int, sizes: tuple[int, ...]
+    ) -> None:
+        options = self.rendered_options(tmp_path, segmentation_batch)
+        assert options["torch_options"]["batch_sizes"] == sizes
+
+    @pytest.mark.parametrize(("batch", "fed"), [(24, [32]), (40, [64]), (64, [64]), (72, [64, 8])])
+    def test_merged_batches_pad_to_the_next_bucket(
+        self, rng: np.random.Generator, batch: int, fed: list[int]
+    ) -> None:
+        module = RecordingSigmoid()
+        runtime = TorchRuntime(
+            spec_for(module), Device("cpu"), batch_sizes=(1, 2, 4, 8, 16, 32, 64), bucketed=True
+        )
+        x = rng.standard_normal((batch, 3, 7, 13)).astype(np.float16)
+        out = runtime(x)
+        assert [t.shape[0] for t in module.seen] == fed
+        np.testing.assert_allclose(out.astype(np.float32), weighted_sigmoid_reference(x), atol=1e-3)
+
+    @pytest.mark.gpu
+    def test_graphs_up_to_64_equal_eager_on_the_gpu(self, selfie_on_gpu: dict) -> None:
+        spec, eager = selfie_on_gpu["spec"], selfie_on_gpu["eager"]
+        sizes = (1, 2, 4, 8, 16, 32, 64)
+        graphs = TorchRuntime(spec, Device("gpu", 0), batch_sizes=sizes)
+        assert graphs.captures == len(sizes)
+        assert "CUDA graphs captured at load for batch 1,2,4,8,16,32,64" in graphs.describe()
+        for batch in (16, 40, 64, 72):
+            gen = torch.Generator(device="cuda").manual_seed(batch)
+            x = torch.rand((batch, 3, *spec.input_hw), device="cuda", generator=gen).half()
+            got, want = graphs(x), eager(x)
+            assert got.shape == want.shape == (batch, 1, *spec.input_hw)
+            diff = (got.float() - want.float()).abs()
+            assert float(diff.max()) <= 0.05 and float(diff.mean()) <= 1e-3, batch

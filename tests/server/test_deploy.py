@@ -140,10 +140,12 @@ class TestRenderContainerRepository:
     def test_every_config_parses_and_the_ensemble_wiring_checks(self, tmp_path: Path) -> None:
         repository = self.render(tmp_path)
         configs = check_repository(repository)
-        assert set(configs) == {
-            *("background_blur", "preprocess", "segmentation", "postprocess"),
-            "background_blur_video",  # decoupled; answers UNAVAILABLE where PyAV is missing
-        }
+        # every model of the source but the opt-in one-hop model (the video model among them:
+        # decoupled; it answers UNAVAILABLE where PyAV is missing)
+        source = {p.parent.name for p in MODEL_REPOSITORY.glob("*/config.pbtxt")}
+        assert set(configs) == source - {"background_blur_direct"}
+        assert {"background_blur", "preprocess", "segmentation", "postprocess"} <= set(configs)
+        assert "background_blur_video" in configs
         for name in configs:
             assert read_config(repository, name).name == name
 
@@ -182,7 +184,7 @@ class TestRenderContainerRepository:
         )
         ensemble = read_config(repository, "background_blur")
         steps = {s.model_name: s for s in ensemble.ensemble_scheduling.step}
-        produced = {}
+        produced = {t.name: t for t in ensemble.input}  # the client's tensors (BACKGROUND)
         for model in (pre, seg, post):
             for own, tensor in steps[model.name].output_map.items():
                 produced[tensor] = next(t for t in model.output if t.name == own)

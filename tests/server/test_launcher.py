@@ -21,14 +21,17 @@ from bgblur.server.launcher import (
     DIRECT_MODELS,
     MODEL_REPOSITORY,
     PYTHON_MODELS,
+    SEGMENTATION_BATCH_LIMIT,
     VIDEO_MODELS,
     ServerStartError,
     TritonServer,
+    doubling_batch_sizes,
     free_port,
     instance_counts_for,
     parse_key_values,
     prepare_backends,
     render_model_repository,
+    segmentation_preferred_batch_sizes,
     tritonserver_home,
 )
 
@@ -93,17 +96,26 @@ class TestRenderModelRepository:
             tmp_path / "repo", device=device, gpus=[0], instance_counts={"postprocess": 3}
         )
         counts = {m: read_config(repository, m).instance_group[0].count for m in PYTHON_MODELS}
-        assert counts == {"preprocess": 1, "segmentation": 1, "postprocess": 3}
+        assert counts == {m: 3 if m == "postprocess" else 1 for m in PYTHON_MODELS}
+        assert {"preprocess", "segmentation", "postprocess"} <= set(counts)
 
     def test_queue_delay_override(self, tmp_path: Path) -> None:
         repository = render_model_repository(
             tmp_path / "repo", device="cpu", gpus=[], queue_delay_us=0
         )
-        for model in PYTHON_MODELS:
+        batched = [
+            m
+            for m in PYTHON_MODELS
+            if read_config(MODEL_REPOSITORY, m).HasField("dynamic_batching")
+        ]
+        assert {"preprocess", "segmentation", "postprocess"} <= set(batched)
+        for model in batched:
             config = read_config(repository, model)
             assert config.dynamic_batching.max_queue_delay_microseconds == 0, model
             source = read_config(MODEL_REPOSITORY, model)
             assert source.dynamic_batching.max_queue_delay_microseconds > 0, model
+        for model in set(PYTHON_MODELS) - set(batched):  # other schedulers: left as they are
+            assert read_config(repository, model).HasField("dynamic_batching") is False, model
         with pytest.raises(ValueError, match="queue_delay_us must be >= 0"):
             render_model_repository(tmp_path / "r2", device="cpu", gpus=[], queue_delay_us=-1)
 
@@ -269,6 +281,102 @@ class TestRenderModelRepository:
         with pytest.raises(FileExistsError):
             render_model_repository(destination, device="cpu", gpus=[])
         assert (destination / "keep.txt").read_text() == "mine"
+
+
+class TestSegmentationBatch:
+    """``segmentation_batch``: segmentation batches past a request's size, the rest as it was."""
+
+    @pytest.mark.parametrize(
+        ("max_batch", "sizes"),
+        [(1, (1,)), (8, (1, 2, 4, 8)), (24, (1, 2, 4, 8, 16, 24)), (64, (1, 2, 4, 8, 16, 32, 64))],
+    )
+    def test_doubling_batch_sizes(self, max_batch: int, sizes: tuple[int, ...]) -> None:
+        assert doubling_batch_sizes(max_batch) == sizes
+        with pytest.raises(ValueError, match="max_batch must be >= 1"):
+            doubling_batch_sizes(0)
+
+    def test_preferred_sizes_start_at_the_request_batch(self) -> None:
+        assert segmentation_preferred_batch_sizes(64, 8) == (8, 16, 32, 64)
+        assert segmentation_preferred_batch_sizes(24, 8) == (8, 16, 24)
+        assert segmentation_preferred_batch_sizes(8, 8) == (8,)
+
+    @pytest.mark.parametrize("device", ["cpu", "gpu"], ids=["render_cpu", "render_gpu"])
+    def test_segmentation_64_batches_and_nothing_else_changes(
+        self, tmp_path: Path, device: str
+    ) -> None:
+        plain = render_model_repository(tmp_path / "plain", device=device, gpus=[0])
+        repository = render_model_repository(
+            tmp_path / "repo", device=device, gpus=[0], segmentation_batch=64
+        )
+        config = read_config(repository, "segmentation")
+        assert config.max_batch_size == 64
+        assert parameter(config, "cuda_graph_batch_sizes") == "1,2,4,8,16,32,64"
+        assert list(config.dynamic_batching.preferred_batch_size) == [8, 16, 32, 64]
+        # the queue delay and the overload policy stay the repository's
+        source = read_config(MODEL_REPOSITORY, "segmentation")
+        assert config.dynamic_batching.max_queue_delay_microseconds == (
+            source.dynamic_batching.max_queue_delay_microseconds
+        )
+        assert config.dynamic_batching.default_queue_policy == (
+            source.dynamic_batching.default_queue_policy
+        )
+        # requests stay at most the ensemble's batch; every other model is as without it
+        assert read_config(repository, "background_blur").max_batch_size == 8
+        models = {p.parent.name for p in repository.glob("*/config.pbtxt")} - {"segmentation"}
+        assert {"preprocess", "postprocess", "background_blur"} <= models
+        for model in sorted(models):
+            assert read_config(repository, model) == read_config(plain, model), model
+
+    def test_the_rendered_ensemble_is_one_triton_accepts(self, tmp_path: Path) -> None:
+        from bgblur.server.deploy import check_repository
+
+        repository = render_model_repository(
+            tmp_path / "repo", device="gpu", gpus=[0], segmentation_batch=16
+        )
+        configs = check_repository(repository)  # every step batches at least the ensemble's
+        assert configs["segmentation"].max_batch_size == 16
+
+    def test_segmentation_queue_delay_alone(self, tmp_path: Path) -> None:
+        repository = render_model_repository(
+            tmp_path / "repo",
+            device="cpu",
+            gpus=[],
+            queue_delay_us=100,
+            segmentation_queue_delay_us=2000,
+        )
+        delays = {
+            m: read_config(repository, m).dynamic_batching.max_queue_delay_microseconds
+            for m in PYTHON_MODELS
+        }
+        assert (delays["segmentation"], delays["preprocess"], delays["postprocess"]) == (
+            2000,
+            100,
+            100,
+        )
+        with pytest.raises(ValueError, match="segmentation_queue_delay_us must be >= 0"):
+            render_model_repository(
+                tmp_path / "r2", device="cpu", gpus=[], segmentation_queue_delay_us=-1
+            )
+
+    @pytest.mark.parametrize("batch", [0, 4, 7, SEGMENTATION_BATCH_LIMIT + 1])
+    def test_a_batch_below_the_ensembles_or_above_the_limit_is_refused(
+        self, tmp_path: Path, batch: int
+    ) -> None:
+        destination = tmp_path / "repo"
+        with pytest.raises(
+            ValueError,
+            match=rf"segmentation_batch must be between the max_batch_size of the ensembles "
+            rf"that call segmentation \(background_blur 8[^)]*\) and "
+            rf"{SEGMENTATION_BATCH_LIMIT}, got {batch}",
+        ):
+            render_model_repository(destination, device="gpu", gpus=[0], segmentation_batch=batch)
+        assert not destination.exists()
+
+    def test_the_server_options_and_command_line_carry_it(self) -> None:
+        server = TritonServer(device="cpu", segmentation_batch=32, segmentation_queue_delay_us=0)
+        assert server.options.segmentation_batch == 32
+        assert server.options.segmentation_queue_delay_us == 0
+        assert server.options.mps is False
 
 
 class TestFreePort:

@@ -125,11 +125,16 @@ def describe_runtime(runtime: Any) -> str:
 
 
 def tensorrt_plan_for(
-    spec: SegmentationModelSpec, device: Device, plan_dir: Path | None = None
+    spec: SegmentationModelSpec,
+    device: Device,
+    plan_dir: Path | None = None,
+    max_batch: int | None = None,
 ) -> Path | None:
     """The TensorRT plan to run ``spec`` on ``device`` with, or None: not a GPU, no plan folder
     (``plan_dir`` or ``$BGBLUR_TRT_PLAN_DIR``), TensorRT not importable, or no plan there for
-    this model, GPU architecture and TensorRT version."""
+    this model, GPU architecture and TensorRT version. ``max_batch``: the largest batch it will
+    run (the model's ``max_batch_size``): the narrowest plan covering it is preferred
+    (``tensorrt_build.find_plan``)."""
     from bgblur.runtimes.tensorrt_build import default_plan_dir, find_plan, gpu_compute_capability
 
     if not device.is_gpu:
@@ -147,7 +152,7 @@ def tensorrt_plan_for(
         capability = gpu_compute_capability(device.index)
     except ModelUnavailableError:
         return None
-    plan = find_plan(folder, spec.name, capability, version)
+    plan = find_plan(folder, spec.name, capability, version, max_batch)
     if plan is None:
         LOG.info(
             "no TensorRT plan for %s (sm%d%d, TensorRT %s) in %s: PyTorch runs it",
@@ -183,7 +188,9 @@ def build_runtime(
     if choice == "onnxruntime":
         return _onnxruntime(spec, device, cache_dir)
     if device.is_gpu and choice in ("auto", "tensorrt"):
-        plan = tensorrt_plan_for(spec, device, plan_dir)
+        # The largest bucket covers the model's max_batch_size (parse_batch_sizes).
+        buckets = tuple((torch_options or {}).get("batch_sizes") or ())
+        plan = tensorrt_plan_for(spec, device, plan_dir, max(buckets) if buckets else None)
         if plan is not None:
             from bgblur.runtimes.tensorrt_runtime import TensorRTRuntime
 

@@ -50,6 +50,7 @@ __all__ = [
     "build_engine",
     "build_for_model",
     "decode_trt_version",
+    "default_opt_batch",
     "default_plan_dir",
     "find_plan",
     "gpu_compute_capability",
@@ -250,9 +251,13 @@ def find_plan(
     model: str,
     compute_capability: tuple[int, int],
     trt_version: str,
+    max_batch: int | None = None,
 ) -> Path | None:
     """The plan in ``plan_dir`` for ``model`` built on this GPU architecture and TensorRT
-    version: fp16 before fp32, then the widest batch range; None when there is none."""
+    version: fp16 before fp32; then, with ``max_batch`` (the batches the plan will run), the
+    narrowest profile that covers it (a b1-8 plan for batches up to 8, a b1-64 one for 64: a
+    profile is tuned for its own range), else the widest (larger batches run in chunks);
+    without ``max_batch``, the widest. None when there is none."""
     folder = Path(plan_dir)
     if not folder.is_dir():
         return None
@@ -268,8 +273,19 @@ def find_plan(
             and parts["trt"] == version
             and path.is_file()
         ):
-            found.append((parts["precision"] == "fp16", parts["max_batch"], path.name, path))
+            width = parts["max_batch"]
+            covers = max_batch is None or width >= max_batch
+            rank = -width if max_batch is not None and covers else width
+            found.append((parts["precision"] == "fp16", covers, rank, path.name, path))
     return max(found)[-1] if found else None
+
+
+def default_opt_batch(max_batch: int, min_batch: int = 1) -> int:
+    """The profile's ``opt`` batch when none is given: 4 up to a max of 8 (the requests'
+    batches), half the max above it (batches merged from several requests land between half
+    and all of a large profile); never below ``min_batch``."""
+    opt = min(4, max_batch) if max_batch <= 8 else max_batch // 2
+    return max(opt, min_batch)
 
 
 def _major(version: str) -> int:
@@ -486,7 +502,7 @@ def build_for_model(
     dry_run: bool = False,
     fp16: bool = True,
     min_batch: int = 1,
-    opt_batch: int = 4,
+    opt_batch: int | None = None,
     max_batch: int = 8,
     weights: str | os.PathLike | None = None,
     cache_dir: Path | None = None,
@@ -501,10 +517,13 @@ def build_for_model(
     ``<out_dir>/<EngineKey.file_name>`` (skipped when the plan and its ``.json`` key are
     current), write ``<out_dir>/<model>.config.pbtxt``, and, with ``triton_model_dir``, a Triton
     model folder (``config.pbtxt``, ``1/model.plan``). ``dry_run`` stops before TensorRT and
-    reports the trtexec argv. Returns what was done (paths, key, argv)."""
+    reports the trtexec argv. ``opt_batch`` None: ``default_opt_batch(max_batch)``. Returns
+    what was done (paths, key, argv)."""
     from bgblur.models.export import export_onnx
     from bgblur.models.registry import get_model_spec
 
+    if opt_batch is None:
+        opt_batch = default_opt_batch(max_batch, min_batch)
     _check_batches(min_batch, opt_batch, max_batch)
     spec = get_model_spec(model)
     out = Path(out_dir)

@@ -41,7 +41,9 @@ from bgblur.models.registry import SegmentationModelSpec
 LOG = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZES: tuple[int, ...] = (1, 2, 4, 8)
-"""CUDA-graph buckets: cover the ``segmentation`` model's ``max_batch_size`` (8)."""
+"""CUDA-graph buckets: cover the ``segmentation`` model's ``max_batch_size`` (8). A larger
+segmentation batch (``--segmentation-batch 64``) renders its own list into the config's
+``cuda_graph_batch_sizes`` (``bgblur.server.launcher.doubling_batch_sizes``: 1, 2, ... 64)."""
 
 COMPILE_MODES: tuple[str, ...] = (
     "default",

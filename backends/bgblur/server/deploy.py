@@ -33,7 +33,7 @@ Command line::
     python -m bgblur.server.deploy build-engine --model M --cache /plans [--max-batch 8] [--force]
     python -m bgblur.server.deploy render --model M --plans /plans --out /models [--check]
     python -m bgblur.server.deploy serve --model M --plans /plans --out DIR [--dry-run] \
-        [-- TRITON_ARGS]
+        [--max-batch 64] [--mps] [-- TRITON_ARGS]
     python -m bgblur.server.deploy shm-size [--gpus 1] [--max-batch 8] [--model M]
 """
 
@@ -202,7 +202,7 @@ def build_engines(
     trtexec: str | None = None,
     trt_version: str | None = None,
     min_batch: int = 1,
-    opt_batch: int = 4,
+    opt_batch: int | None = None,
     max_batch: int = 8,
     fp16: bool = True,
     weights_cache: Path | None = None,
@@ -213,7 +213,8 @@ def build_engines(
     with ``trtexec`` on a GPU of that capability. Idempotent: a plan whose key
     (``EngineKey``, in ``<plan>.json``) matches is not rebuilt. Returns one report per compute
     capability (``tensorrt_build.build_for_model``'s, plus ``gpu``); ``built`` says whether
-    trtexec ran.
+    trtexec ran. ``opt_batch`` None: ``tensorrt_build.default_opt_batch(max_batch)`` (4 for the
+    default profile 1-8, 32 for 1-64: ``serve --max-batch 64`` batches segmentation up to 64).
 
     Raises:
         ModelUnavailableError: no GPU, no trtexec, or the TensorRT version is unreadable.
@@ -402,6 +403,10 @@ def render_container_repository(
     ``compute_capabilities`` (default: the visible GPUs') and ``trt_version`` (default: the
     container's trtexec's), else the best ``tensorrt_build.find_plan`` finds.
 
+    ``max_batch`` is the plan model's ``max_batch_size``: the ensemble's (8) or more, when
+    segmentation is to merge the requests of several clients into one batch (the plan's
+    profile must cover it: ``build-engine --max-batch`` the same value).
+
     Raises:
         ValueError: a plan of another model, a batch range that does not cover the ensemble's
             ``max_batch_size``.
@@ -410,7 +415,10 @@ def render_container_repository(
     from bgblur.device import cuda_device_count
     from bgblur.models.registry import get_model_spec
     from bgblur.runtimes.tensorrt_build import parse_plan_name, tensorrt_plan_config
-    from bgblur.server.launcher import render_model_repository
+    from bgblur.server.launcher import (
+        render_model_repository,
+        segmentation_preferred_batch_sizes,
+    )
 
     spec = get_model_spec(segmentation_model)
     source = default_model_source() if source is None else Path(source)
@@ -453,8 +461,21 @@ def render_container_repository(
         else:
             shutil.copyfile(plan, target)
         files[cc] = name
+    # Above the ensemble's batch, segmentation merges requests: the same preferred sizes as the
+    # Python model's (launcher.segmentation_preferred_batch_sizes); at it, the plan default.
+    preferred = (
+        segmentation_preferred_batch_sizes(max_batch, ensemble_batch)
+        if max_batch > ensemble_batch
+        else None
+    )
     config = parse_model_config(
-        tensorrt_plan_config(spec.name, spec.input_hw, max_batch, name=SEGMENTATION)
+        tensorrt_plan_config(
+            spec.name,
+            spec.input_hw,
+            max_batch,
+            name=SEGMENTATION,
+            preferred_batch_sizes=preferred,
+        )
     )
     if len(files) > 1:
         for cc, name in files.items():
@@ -465,6 +486,19 @@ def render_container_repository(
     )
     (dest / RENDER_MARKER).write_text(json.dumps({"model": spec.name, "plans": sources}) + "\n")
     return dest
+
+
+PYTHON_BACKEND_MODELS = ("preprocess", "postprocess")
+"""The container's Python-backend models (their stubs pass tensors through ``/dev/shm``)."""
+
+
+def python_models_max_batch(source: Path) -> int:
+    """The largest ``max_batch_size`` of ``PYTHON_BACKEND_MODELS`` in the model repository
+    ``source``: the batch ``shm_requirement`` is computed for."""
+    return max(
+        int(read_model_config(Path(source) / model / "config.pbtxt").max_batch_size)
+        for model in PYTHON_BACKEND_MODELS
+    )
 
 
 def check_repository(repository: str | os.PathLike) -> dict[str, Any]:
@@ -676,13 +710,16 @@ def container_server_options(
     startup_timeout_s: float = 600.0,
     tritonserver: str = "tritonserver",
     triton_args: Sequence[str] = (),
+    mps: bool = False,
 ) -> ServerOptions:
     """How the container serves ``repository``: the same ``TritonServer`` as the embedded
     server (the HTTP guard on :8000 with Triton's HTTP on loopback behind it, the supervisor
     restarting after a crash or a hang, the restricted APIs behind ``admin_key``), on the
     fixed ports 8000/8001/8002 (the host side is compose's business), the log on stdout (the
     container's log), a start-up that retries until ``startup_timeout_s``, and
-    ``triton_args`` (compose's flags: metrics settings, log verbosity) last."""
+    ``triton_args`` (compose's flags: metrics settings, log verbosity) last. ``mps``: under a
+    CUDA MPS control daemon (``ServerOptions.mps``: started in the container, with private
+    folders, unless ``$CUDA_MPS_PIPE_DIRECTORY`` names a running one)."""
     return ServerOptions(
         http_port=HTTP_PORT,
         grpc_port=GRPC_PORT,
@@ -699,6 +736,7 @@ def container_server_options(
         start_attempts=None,
         startup_timeout_s=startup_timeout_s,
         extra_args=(*CONTAINER_TRITON_FLAGS, *triton_args),
+        mps=mps,
     )
 
 
@@ -783,7 +821,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         )
     need = shm_requirement(
         gpus=len(gpus),
-        max_batch=args.max_batch,
+        # The Python models' batch: segmentation (a plan: no stub) may batch more (--max-batch).
+        max_batch=python_models_max_batch(args.source or default_model_source()),
         network_hw=get_model_spec(args.model).input_hw,
     )
     have = shm_available(args.shm_path)
@@ -819,6 +858,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         startup_timeout_s=args.startup_timeout,
         tritonserver=args.tritonserver,
         triton_args=triton_args,
+        mps=args.mps,
     )
     server = TritonServer(options)
     if args.dry_run:
@@ -827,6 +867,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             "argv": argv,
             "http_guard": f"{options.address}:{server.http_port}",
             "triton_http": f"127.0.0.1:{server.triton_http_port}",
+            "mps": options.mps,
             "shm": dataclasses.asdict(need),
         }
         print(json.dumps(shown, indent=2))
@@ -848,7 +889,13 @@ def _add_render_args(p: argparse.ArgumentParser, model_names: list[str]) -> None
     p.add_argument("--model", required=True, choices=model_names)
     p.add_argument("--plans", required=True, type=Path, help="plan cache (or one plan file)")
     p.add_argument("--out", required=True, type=Path, help="model repository to write")
-    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=8,
+        help="segmentation's max_batch_size: the ensemble's (8) or more, to merge requests "
+        "(the plan's profile must cover it)",
+    )
     p.add_argument("--gpus", type=int, default=None, help="GPU count (default: visible)")
     p.add_argument("--sm", type=_parse_sm, action="append", help="compute capability (repeat)")
     p.add_argument("--trt-version", default=None, help="default: the container's trtexec's")
@@ -872,8 +919,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, choices=names)
     p.add_argument("--cache", required=True, type=Path, help="plan cache folder (volume)")
     p.add_argument("--min-batch", type=int, default=1)
-    p.add_argument("--opt-batch", type=int, default=4)
-    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument(
+        "--opt-batch", type=int, default=None, help="default: 4 up to --max-batch 8, half above"
+    )
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=8,
+        help="the profile's largest batch: serve's --max-batch (8, or up to 64 for "
+        "segmentation to merge requests)",
+    )
     p.add_argument("--fp32", action="store_true", help="no reduced precision")
     p.add_argument("--trtexec", default=None, help="default: PATH, /usr/src/tensorrt/bin")
     p.add_argument("--trt-version", default=None, help="default: read from trtexec")
@@ -907,6 +962,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds in-flight requests get at a stop (below compose's stop_grace_period)",
     )
     p.add_argument("--startup-timeout", type=float, default=600.0, help="seconds to become ready")
+    p.add_argument(
+        "--mps",
+        action="store_true",
+        help="serve under CUDA MPS (a daemon started in the container unless "
+        "$CUDA_MPS_PIPE_DIRECTORY names a running one)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print what would run, then exit")
     p.add_argument("triton_args", nargs=argparse.REMAINDER, help="-- then tritonserver flags")
     p.set_defaults(handler=_cmd_serve)

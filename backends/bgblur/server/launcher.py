@@ -17,7 +17,7 @@ The server is the real ``tritonserver`` 2.51 that PyPI's nvidia-pytriton bundles
 - stops it on SIGINT/SIGTERM or on leaving the context, and kills only what it started.
 
 Command line (``make serve``): ``python -m bgblur.server.launcher [--http-port 8000]
-[--device auto]``.
+[--device auto] [--segmentation-batch 64] [--mps]``.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ from bgblur.server.model_config import (
     set_string_parameter,
     write_model_config,
 )
+from bgblur.server.mps import MpsDaemon, MpsError
 from bgblur.server.privileges import (
     ServerAccount,
     account_cannot_serve,
@@ -179,6 +180,47 @@ def instance_counts_for(
     return {**defaults, **(asked or {})}
 
 
+# The segmentation step's batch: larger than a request (the ensemble's max_batch_size), so that
+# its dynamic batcher merges the requests of several clients into one network run
+# (``render_model_repository(segmentation_batch=...)``, ``--segmentation-batch``).
+SEGMENTATION = "segmentation"
+SEGMENTATION_BATCH_LIMIT = 256
+"""The largest ``segmentation_batch`` accepted (a CUDA graph is captured per bucket up to it)."""
+CONFIG_BATCH_SIZES = "cuda_graph_batch_sizes"  # bgblur.runtimes.select.CONFIG_BATCH_SIZES
+
+
+def doubling_batch_sizes(max_batch: int) -> tuple[int, ...]:
+    """1, 2, 4, ... below ``max_batch``, then ``max_batch``: the CUDA-graph buckets of a
+    segmentation model batching up to ``max_batch`` frames (``(1, 2, 4, 8)`` for 8,
+    ``(1, 2, 4, 8, 16, 32, 64)`` for 64, ``(1, 2, 4, 8, 16, 24)`` for 24)."""
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    sizes = []
+    size = 1
+    while size < max_batch:
+        sizes.append(size)
+        size *= 2
+    return (*sizes, max_batch)
+
+
+def segmentation_preferred_batch_sizes(max_batch: int, request_batch: int) -> tuple[int, ...]:
+    """The segmentation batcher's ``preferred_batch_size`` for batches up to ``max_batch`` of
+    requests of up to ``request_batch`` frames: the buckets of ``doubling_batch_sizes`` from
+    ``request_batch`` up. A batch that fills a bucket runs at once (no padded rows, no wait);
+    any other waits up to the queue delay for more requests. A request below ``request_batch``
+    (batch-1 latency) waits the queue delay as without the option."""
+    return tuple(b for b in doubling_batch_sizes(max_batch) if b >= request_batch)
+
+
+def ensembles_using(configs: Sequence[Any], model: str) -> dict[str, int]:
+    """``{ensemble: max_batch_size}`` of the ensembles among ``configs`` with a ``model`` step."""
+    return {
+        config.name: int(config.max_batch_size)
+        for config in configs
+        if model in ensemble_steps(config)
+    }
+
+
 def render_model_repository(
     destination: Path,
     *,
@@ -190,6 +232,8 @@ def render_model_repository(
     queue_delay_us: int | None = None,
     model_parameters: dict[str, str] | None = None,
     direct_model: bool = False,
+    segmentation_batch: int | None = None,
+    segmentation_queue_delay_us: int | None = None,
 ) -> Path:
     """Copy ``source`` to ``destination`` with instance groups for ``device`` ("cpu"/"gpu").
 
@@ -200,12 +244,25 @@ def render_model_repository(
     (tuning); ``model_parameters`` replaces the value of each named config ``parameters`` key
     in every model that has it (e.g. ``{"resize_interpolation": "area"}``; a key no model has
     is a ValueError). ``DIRECT_MODELS`` are left out unless ``direct_model``.
+
+    ``segmentation_batch`` lets the ``segmentation`` step batch more frames than a request may
+    hold: its ``max_batch_size`` becomes ``segmentation_batch`` (at least every ensemble's
+    ``max_batch_size`` that calls it: Triton refuses a step that batches less than its
+    ensemble; at most ``SEGMENTATION_BATCH_LIMIT``), its ``cuda_graph_batch_sizes``
+    ``doubling_batch_sizes(segmentation_batch)`` and its ``preferred_batch_size``
+    ``segmentation_preferred_batch_sizes``; requests stay at most the ensemble's
+    ``max_batch_size`` frames. ``segmentation_queue_delay_us`` sets segmentation's queue delay
+    alone (after ``queue_delay_us``).
     """
     overrides = dict(model_parameters or {})
     if segmentation_model is not None:
         overrides["segmentation_model"] = segmentation_model
-    if queue_delay_us is not None and queue_delay_us < 0:
-        raise ValueError(f"queue_delay_us must be >= 0, got {queue_delay_us}")
+    for name, delay in (
+        ("queue_delay_us", queue_delay_us),
+        ("segmentation_queue_delay_us", segmentation_queue_delay_us),
+    ):
+        if delay is not None and delay < 0:
+            raise ValueError(f"{name} must be >= 0, got {delay}")
     counts = dict(instance_counts or {})
     countable = (*PYTHON_MODELS, *DIRECT_MODELS)
     unknown = set(counts) - set(countable)
@@ -223,6 +280,17 @@ def render_model_repository(
     for key in overrides:
         if not any(key in config.parameters for config in configs):
             raise ValueError(f"no model has a config parameter {key!r}")
+    callers = ensembles_using(configs, SEGMENTATION)
+    request_batch = max(callers.values(), default=1)
+    if segmentation_batch is not None and not (
+        request_batch <= segmentation_batch <= SEGMENTATION_BATCH_LIMIT
+    ):
+        users = ", ".join(f"{name} {size}" for name, size in sorted(callers.items()))
+        raise ValueError(
+            f"segmentation_batch must be between the max_batch_size of the ensembles that call "
+            f"segmentation ({users or 'none'}) and {SEGMENTATION_BATCH_LIMIT}, got "
+            f"{segmentation_batch}"
+        )
     left_out = () if direct_model else DIRECT_MODELS
     shutil.copytree(source, destination, ignore=shutil.ignore_patterns("__pycache__", *left_out))
     for model in (*PYTHON_MODELS, *VIDEO_MODELS, *DIRECT_MODELS):
@@ -234,11 +302,41 @@ def render_model_repository(
             set_string_parameter(config, key, value)
         if queue_delay_us is not None and config.HasField("dynamic_batching"):
             config.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
+        if model == SEGMENTATION:
+            set_segmentation_batching(
+                config,
+                segmentation_batch=segmentation_batch,
+                request_batch=request_batch,
+                queue_delay_us=segmentation_queue_delay_us,
+            )
         set_instance_group(config, kind=device, count=int(counts.get(model, 1)), gpus=gpus)
         write_model_config(
             config_path, config, f"Rendered by bgblur.server.launcher from {source / model}."
         )
     return destination
+
+
+def set_segmentation_batching(
+    config: Any,
+    *,
+    segmentation_batch: int | None,
+    request_batch: int,
+    queue_delay_us: int | None = None,
+) -> None:
+    """``segmentation``'s ``config`` batching up to ``segmentation_batch`` frames (None: as it
+    is): ``max_batch_size``, the CUDA-graph buckets and the preferred batch sizes (see
+    ``render_model_repository``); ``queue_delay_us``: its queue delay (None: as it is)."""
+    if segmentation_batch is not None:
+        config.max_batch_size = segmentation_batch
+        config.parameters[CONFIG_BATCH_SIZES].string_value = ",".join(
+            map(str, doubling_batch_sizes(segmentation_batch))
+        )
+        del config.dynamic_batching.preferred_batch_size[:]
+        config.dynamic_batching.preferred_batch_size.extend(
+            segmentation_preferred_batch_sizes(segmentation_batch, request_batch)
+        )
+    if queue_delay_us is not None:
+        config.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
 
 
 @dataclass(frozen=True)
@@ -260,6 +358,16 @@ class ServerOptions:
             those of the models they name).
         queue_delay_us: the Python models' ``max_queue_delay_microseconds`` (default: the
             repository's).
+        segmentation_batch: the segmentation step's ``max_batch_size`` when above the
+            ensemble's (its batcher merges requests of several clients; CUDA graphs and
+            preferred batch sizes up to it: ``render_model_repository``); None: the
+            repository's (8). Not applied to a prepared ``repository``.
+        segmentation_queue_delay_us: segmentation's ``max_queue_delay_microseconds`` alone
+            (default: ``queue_delay_us``, else the repository's).
+        mps: run the server's processes as clients of a CUDA MPS control daemon
+            (``bgblur.server.mps``): the one ``$CUDA_MPS_PIPE_DIRECTORY`` names when it runs,
+            else one started for this server (private pipe and log folders) and stopped with
+            it. GPU only; ``nvidia-cuda-mps-control`` must be on PATH to start one.
         model_parameters: config ``parameters`` values to replace, by key, in every model that
             has them, e.g. ``{"resize_interpolation": "area"}`` (``render_model_repository``).
         address: the address the HTTP (guard), gRPC and metrics endpoints bind to; loopback by
@@ -308,6 +416,9 @@ class ServerOptions:
     model_repository: Path = MODEL_REPOSITORY
     instance_counts: Mapping[str, int] | None = None
     queue_delay_us: int | None = None
+    segmentation_batch: int | None = None
+    segmentation_queue_delay_us: int | None = None
+    mps: bool = False
     model_parameters: Mapping[str, str] = field(default_factory=dict)
     address: str = "127.0.0.1"
     shared_memory: str = "auto"
@@ -334,6 +445,8 @@ class ServerOptions:
             raise ValueError(f"shared_memory must be auto, on or off, got {self.shared_memory!r}")
         if self.device not in ("auto", "cpu", "gpu"):
             raise ValueError(f"device must be auto, cpu or gpu, got {self.device!r}")
+        if self.mps and self.device == "cpu":
+            raise ValueError("mps (CUDA MPS) serves GPU processes: not with device='cpu'")
         owned = [a for a in self.extra_args if a.split("=", 1)[0] in OWNED_FLAGS]
         if owned:
             raise ValueError(
@@ -380,6 +493,8 @@ class TritonServer:
             raise ServerStartError("--device gpu: no CUDA GPU usable by CuPy on this machine")
         device = options.device
         self.device = ("gpu" if gpu_count else "cpu") if device == "auto" else device
+        if options.mps and self.device != "gpu":
+            raise ServerStartError("--mps: CUDA MPS needs a GPU server; this one runs on the CPU")
         if self.device == "gpu":
             self.gpus = list(options.gpus) if options.gpus is not None else list(range(gpu_count))
         else:
@@ -432,6 +547,7 @@ class TritonServer:
         self._probe_model = PROBE_MODEL
         self._lock = threading.RLock()
         self._stopping = False
+        self.mps: MpsDaemon | None = None  # set at start when options.mps
 
     @property
     def http_url(self) -> str:
@@ -518,7 +634,31 @@ class TritonServer:
             env["BGBLUR_CACHE"] = str(weights_cache_dir())
             env["HOME"] = str(self._workdir)
             env.pop("XDG_CACHE_HOME", None)
+        if self.mps is not None:
+            env.update(self.mps.client_environment())
         return env
+
+    def _start_mps(self) -> MpsDaemon:
+        """The MPS daemon the server is to use (``ServerOptions.mps``): the running one
+        ``$CUDA_MPS_PIPE_DIRECTORY`` names, else one started with folders in the work folder,
+        owned by the server's account."""
+        account = self.account
+        try:
+            daemon = MpsDaemon.attach_or_start(
+                self._workdir / "mps",
+                owner=None if account is None else (account.uid, account.gid),
+            )
+        except MpsError as exc:
+            raise ServerStartError(str(exc)) from None
+        if account is not None and account.uid != os.geteuid():
+            LOG.warning(
+                "CUDA MPS runs one user's processes at a time: tritonserver runs as %s, this "
+                "process as uid %d, so CUDA work of this user's processes waits while the "
+                "server's run (user=None / --user '' runs both as one account)",
+                account.name,
+                os.geteuid(),
+            )
+        return daemon
 
     def _server_account(self) -> ServerAccount | None:
         """The account the server runs as (None: this process's), checked to be able to."""
@@ -574,6 +714,8 @@ class TritonServer:
                 queue_delay_us=options.queue_delay_us,
                 model_parameters=dict(options.model_parameters or {}),
                 direct_model=options.direct_model,
+                segmentation_batch=options.segmentation_batch,
+                segmentation_queue_delay_us=options.segmentation_queue_delay_us,
             )
         self.command(self._repository)  # fails here, not in the supervisor, without a server
         self.account = self._server_account()
@@ -582,6 +724,8 @@ class TritonServer:
         self._stopping = False
         self._log_file = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
         try:
+            if options.mps:
+                self.mps = self._start_mps()
             if options.guard:
                 self.guard = HttpGuard(
                     GuardSettings(
@@ -800,6 +944,9 @@ class TritonServer:
         # Normally none is left; a stub killed by SIGKILL cannot remove its own region.
         remove_shm_regions(shm_regions(self.stub_shm_prefix))
         self._stop_guard()
+        if self.mps is not None:  # after the server and its stubs: its clients
+            self.mps.stop()  # an attached daemon keeps running
+            self.mps = None
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -838,6 +985,32 @@ def add_model_param_argument(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="replace a model config parameter, e.g. resize_interpolation=area (repeatable)",
+    )
+
+
+def add_lever_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--segmentation-batch N``, ``--segmentation-queue-delay-us US``, ``--mps`` (the
+    ``ServerOptions`` fields of the same names; ``bench/e2e.py`` takes them too)."""
+    parser.add_argument(
+        "--segmentation-batch",
+        type=int,
+        default=None,
+        metavar="N",
+        help="segmentation batches up to N frames, merging requests of several clients "
+        "(>= the ensemble's max_batch_size; default: the repository's)",
+    )
+    parser.add_argument(
+        "--segmentation-queue-delay-us",
+        type=int,
+        default=None,
+        metavar="US",
+        help="segmentation's max queue delay (default: the repository's)",
+    )
+    parser.add_argument(
+        "--mps",
+        action="store_true",
+        help="run the server's processes under CUDA MPS (the daemon $CUDA_MPS_PIPE_DIRECTORY "
+        "names, else one started for the server and stopped with it)",
     )
 
 
@@ -906,6 +1079,7 @@ def main(argv: list[str] | None = None) -> int:
         "that account can run it; '' keeps this process's)",
     )
     add_model_param_argument(parser)
+    add_lever_arguments(parser)
     args = parser.parse_args(argv)
     try:
         model_parameters = parse_key_values(args.model_param)
@@ -929,6 +1103,9 @@ def main(argv: list[str] | None = None) -> int:
         triton_http_port=args.triton_http_port,
         triton_grpc_port=args.triton_grpc_port,
         user=args.user or None,
+        segmentation_batch=args.segmentation_batch,
+        segmentation_queue_delay_us=args.segmentation_queue_delay_us,
+        mps=args.mps,
         # A service retries a crashing start-up until --startup-timeout, then exits 1.
         start_attempts=None,
     )

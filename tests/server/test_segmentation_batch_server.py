@@ -1,0 +1,74 @@
+"""``segmentation_batch`` on the real embedded Triton server: the ensemble (max_batch_size 8)
+loads with a segmentation step that batches up to 32 frames, requests of several clients are
+merged into one segmentation execution, and every client gets its own frames back, as it would
+without the option.
+
+A CPU server with ``fixed_ellipse`` (no weights, a cheap network) and a long segmentation
+queue delay, so that the requests sent at once are still queued together on a shared 2-core
+machine; the GPU variant runs the same on a KIND_GPU server (CUDA graphs up to 32)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+
+import numpy as np
+import pytest
+
+from bgblur.server.launcher import TritonServer
+from bgblur_client.transport import BlurClient
+
+CLIENTS = 4
+FRAMES_PER_REQUEST = 8
+
+
+def frames_of(index: int) -> np.ndarray:
+    """Client ``index``'s request: 8 frames of 48x64 it alone sends (values by index)."""
+    rng = np.random.default_rng(index)
+    return rng.integers(0, 256, (FRAMES_PER_REQUEST, 48, 64, 3), dtype=np.uint8)
+
+
+def merged_run(device: str) -> None:
+    server = TritonServer(
+        device=device,
+        segmentation_model="fixed_ellipse",
+        segmentation_batch=32,
+        segmentation_queue_delay_us=1_500_000,  # the 4 requests meet in segmentation's queue
+        supervision={"probe_interval_s": 0},
+    )
+    with server:
+        url = server.grpc_url
+        with BlurClient(url) as client:
+            singles = [client.blur(frames_of(i)).blurred_nhwc_u8 for i in range(CLIENTS)]
+            before = client.statistics()
+        start = threading.Barrier(CLIENTS)
+
+        def send(index: int) -> np.ndarray:
+            with BlurClient(url) as own:
+                own.blur(frames_of(index))  # connection and first call outside the window
+                start.wait()
+                return own.blur(frames_of(index)).blurred_nhwc_u8
+
+        with concurrent.futures.ThreadPoolExecutor(CLIENTS) as pool:
+            merged = list(pool.map(send, range(CLIENTS)))
+        with BlurClient(url) as client:
+            split = client.statistics().since(before)
+    segmentation = split["segmentation"]
+    assert segmentation["frames"] == 2 * CLIENTS * FRAMES_PER_REQUEST
+    # some execution ran more frames than one request holds: requests were merged
+    assert segmentation["frames_per_execution"] > FRAMES_PER_REQUEST, segmentation
+    assert split["background_blur"]["frames"] == 2 * CLIENTS * FRAMES_PER_REQUEST
+    for index in range(CLIENTS):
+        blurred = np.asarray(merged[index])
+        assert blurred.shape == (FRAMES_PER_REQUEST, 48, 64, 3) and blurred.dtype == np.uint8
+        np.testing.assert_array_equal(blurred, np.asarray(singles[index]))
+
+
+@pytest.mark.slow
+def test_requests_of_several_clients_share_one_segmentation_batch_cpu() -> None:
+    merged_run("cpu")
+
+
+@pytest.mark.gpu
+def test_requests_of_several_clients_share_one_segmentation_batch_gpu() -> None:
+    merged_run("gpu")
