@@ -24,15 +24,39 @@ from bgblur.server.launcher import MODEL_REPOSITORY, PYTHON_MODELS, TritonServer
 REJECT = model_config_pb2.ModelQueuePolicy.TimeoutAction.REJECT
 
 
-@pytest.mark.parametrize("model", PYTHON_MODELS)
-def test_every_composing_model_has_a_bounded_rejecting_queue(model: str) -> None:
+def _config(model: str) -> Any:
     text = (MODEL_REPOSITORY / model / "config.pbtxt").read_text()
-    config = text_format.Parse(text, model_config_pb2.ModelConfig())
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
+
+
+SEQUENCE_MODELS = tuple(m for m in PYTHON_MODELS if _config(m).HasField("sequence_batching"))
+
+
+@pytest.mark.parametrize("model", [m for m in PYTHON_MODELS if m not in SEQUENCE_MODELS])
+def test_every_composing_model_has_a_bounded_rejecting_queue(model: str) -> None:
+    config = _config(model)
     policy = config.dynamic_batching.default_queue_policy
     assert policy.max_queue_size == 64
     assert policy.timeout_action == REJECT
     assert policy.default_timeout_microseconds == 10_000_000
     assert policy.allow_timeout_override
+
+
+def test_sequence_models_sit_behind_bounded_queues() -> None:
+    """Triton's sequence batcher has no queue policy; a sequence-batched step (the stream
+    ensemble's temporal_smoothing) is reached only through steps whose queues are bounded and
+    reject, and handles a bounded number of streams at once."""
+    assert SEQUENCE_MODELS == ("temporal_smoothing",)
+    ensemble = _config("background_blur_stream")
+    steps = [step.model_name for step in ensemble.ensemble_scheduling.step]
+    for model in SEQUENCE_MODELS:
+        upstream = steps[: steps.index(model)]
+        assert upstream, f"{model} is the first step of background_blur_stream"
+        for step in upstream:
+            policy = _config(step).dynamic_batching.default_queue_policy
+            assert policy.max_queue_size == 64 and policy.timeout_action == REJECT, step
+        oldest = _config(model).sequence_batching.oldest
+        assert 0 < oldest.max_candidate_sequences <= 64
 
 
 @pytest.fixture(scope="module")
