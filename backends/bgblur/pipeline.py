@@ -5,6 +5,7 @@ Used by the tests (the served result must equal this) and by the benchmarks' in-
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +63,20 @@ class BackgroundBlurPipeline:
         frames_nhwc_u8: Any,
         params: BlurParams | None = None,
         background_nhwc_u8: Any = None,
+        *,
+        smooth_probability: Callable[[Any], Any] | None = None,
     ) -> tuple[Any, Any]:
         """``[B, H, W, 3]`` uint8 frames (NumPy, or CuPy on a GPU pipeline) -> ``(blurred
         [B, H, W, 3] uint8, mask [B, H, W] uint8)`` on the pipeline's device.
 
         ``background_nhwc_u8``: ``[1 or B, h, w, 3]`` uint8 replacement image for
-        ``params.background == "image"`` (``bgblur.stages.postprocess.check_background``)."""
-        blurred, mask, _ = self.outputs(frames_nhwc_u8, params, background_nhwc_u8)
+        ``params.background == "image"`` (``bgblur.stages.postprocess.check_background``).
+        ``smooth_probability``: applied to the network's ``[B, 1, h, w]`` probability before
+        postprocess (e.g. a ``bgblur.stages.temporal.TemporalSmoother`` of one stream), the
+        step ``background_blur_stream`` puts between segmentation and postprocess."""
+        blurred, mask, _ = self.outputs(
+            frames_nhwc_u8, params, background_nhwc_u8, smooth_probability=smooth_probability
+        )
         return blurred, mask
 
     def outputs(
@@ -76,6 +84,8 @@ class BackgroundBlurPipeline:
         frames_nhwc_u8: Any,
         params: BlurParams | None = None,
         background_nhwc_u8: Any = None,
+        *,
+        smooth_probability: Callable[[Any], Any] | None = None,
     ) -> PostprocessOutputs:
         """As ``__call__``, with the foreground share ``[B, 1]`` float32 of each frame."""
         inputs, frames_on_device = self.preprocess.with_device_frames(frames_nhwc_u8)
@@ -85,6 +95,8 @@ class BackgroundBlurPipeline:
             import cupy
 
             probability = cupy.from_dlpack(probability)
+        if smooth_probability is not None:
+            probability = smooth_probability(probability)
         return self.postprocess.outputs(
             frames_on_device, probability, params or BlurParams(), background_nhwc_u8
         )

@@ -36,8 +36,8 @@ def test_round_trip_keeps_frames_size_rate_audio_and_order(
     )
 
 
-# blur_sigma 2.5 cannot travel in a BLS request (2.51 takes bool/int/str): the in-process path
-@pytest.mark.parametrize("blur_sigma", [8.0, 2.5], ids=["bls", "in_process"])
+# BLS requests of Triton 2.51 take bool/int/str values: 8.0 travels as 8, 2.5 as "2.5"
+@pytest.mark.parametrize("blur_sigma", [8.0, 2.5], ids=["integral", "fractional"])
 def test_sample_clip_with_blur_parameters(
     triton_server, tmp_path: Path, video, blur_sigma: float
 ) -> None:
@@ -203,16 +203,19 @@ def test_the_order_check_tells_a_codec_shift_from_frames_out_of_place(video) -> 
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("blur_sigma", [8.0, 2.5], ids=["bls", "in_process"])
+@pytest.mark.parametrize("smoothing", [0.6, 0.0], ids=["stream", "stateless"])
 def test_round_trip_on_the_gpu_server(
-    server_pool, ramp_clip_bytes, video, blur_sigma: float
+    server_pool, ramp_clip_bytes, video, smoothing: float
 ) -> None:
-    """The video model on a KIND_GPU server: PyAV loads in its stub, both blur paths (BLS to the
-    ensemble, in-process pipeline) answer every frame in order."""
+    """The video model on a KIND_GPU server: PyAV loads in its stub, both BLS paths (frame by
+    frame through the stream ensemble, batches through the stateless one) answer every frame
+    in order."""
     server = server_pool.get("gpu")
 
     out, done, error = video.stream_video(
-        server.grpc_url, ramp_clip_bytes, {"batch_size": 8, "blur_sigma": blur_sigma}
+        server.grpc_url,
+        ramp_clip_bytes,
+        {"batch_size": 8, "blur_sigma": 2.5, "temporal_smoothing": smoothing},
     )
 
     assert error is None, error
@@ -221,14 +224,10 @@ def test_round_trip_on_the_gpu_server(
 
 
 @pytest.mark.gpu
-def test_in_process_blur_with_the_seed_network_on_the_gpu_server(
-    server_pool, ramp_clip_bytes, video
-) -> None:
-    """The in-process blur built with fcn_resnet101 (torch, CUDA graphs) inside a video session:
-    on the H200 its first batch failed with cudaErrorInvalidResourceHandle (2026-12-02)."""
+def test_the_seed_network_on_the_gpu_server(server_pool, ramp_clip_bytes, video) -> None:
+    """A video session through the ensembles built with fcn_resnet101 (torch, CUDA graphs)."""
     server = server_pool.get("gpu", "fcn_resnet101")
 
-    # blur_sigma 2.5 cannot travel in a BLS request: the model blurs in process
     out, done, error = video.stream_video(
         server.grpc_url, ramp_clip_bytes, {"batch_size": 8, "blur_sigma": 2.5}
     )

@@ -7,7 +7,10 @@ Protocol (one request per video file; gRPC streaming, ``tritonclient.grpc`` ``st
   optional request parameters: ``batch_size``, ``crf``, ``gop_seconds``, ``chunk_bytes``,
   ``encoder`` (``auto``: NVENC where the instance's GPU has one, else libx264; ``nvenc``;
   ``x264``) (:class:`~bgblur.video.transcode.VideoOptions`) and any blur parameter of
-  :class:`~bgblur.parameters.BlurParams` (``blur_sigma``, ``soft_mask``, ...).
+  :class:`~bgblur.parameters.BlurParams` (``blur_sigma``, ``soft_mask``, ...) and
+  ``temporal_smoothing`` (0..0.95, default 0.6: the masks are smoothed over the video, each
+  frame a BLS request to ``background_blur_stream`` under a sequence of the session's own; 0:
+  each batch one request to the stateless ``background_blur``, the highest throughput).
 - responses, streamed as the output is produced: ``VIDEO_CHUNK`` UINT8 ``[M]`` (the next bytes
   of the output, a fragmented MP4: concatenate them in order) and ``FRAMES_DONE`` INT64 ``[1]``
   (frames encoded so far). The last response carries Triton's final flag (with
@@ -50,6 +53,7 @@ import dataclasses
 import hmac
 import logging
 import math
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -61,7 +65,7 @@ import numpy as np
 
 from bgblur.device import Device
 from bgblur.errors import InvalidInputError, ModelUnavailableError
-from bgblur.parameters import BlurParams
+from bgblur.parameters import BlurParams, temporal_smoothing_from
 from bgblur.serving.triton_io import error_response, output_tensor, request_parameters
 from bgblur.video.growing import GrowingBytes
 from bgblur.video.transcode import VideoOptions, transcode
@@ -73,6 +77,7 @@ INPUT_VIDEO = "VIDEO"
 OUTPUT_CHUNK = "VIDEO_CHUNK"
 OUTPUT_FRAMES_DONE = "FRAMES_DONE"
 ENSEMBLE = "background_blur"
+STREAM_ENSEMBLE = "background_blur_stream"
 BLUR_MODES = ("bls", "in_process")
 DECODER_CHOICES = ("auto", *decoder_names("server"))
 
@@ -83,10 +88,12 @@ class VideoModelSettings:
     there, and docs/reliability.md, say why each default).
 
     Attributes:
-        blur: ``"bls"`` (each batch is a BLS request to the ``background_blur`` ensemble:
-            shares its instances, batching and GPU memory) or ``"in_process"`` (this
-            instance builds its own ``BackgroundBlurPipeline``: no hops, its own network copy;
-            also used for requests with a fractional float parameter, which BLS cannot carry).
+        blur: ``"bls"`` (BLS requests to the served ensembles: shares their instances,
+            batching and GPU memory; with temporal smoothing on, the default, each frame is a
+            request to ``background_blur_stream`` under the session's own sequence ID, else
+            each batch is one request to ``background_blur``) or ``"in_process"`` (this
+            instance builds its own ``BackgroundBlurPipeline`` and ``TemporalSmoother``: no
+            hops, its own network copy).
         decoder: ``"auto"`` (NVDEC on a GPU instance when PyNvVideoCodec imports, else PyAV),
             ``"pyav"`` or ``"nvdec"``.
         segmentation_model: the network of ``in_process`` (the launcher keeps it equal to the
@@ -179,6 +186,7 @@ class _Session:
     options: VideoOptions
     blur_params: BlurParams
     blur_overrides: dict[str, Any]
+    temporal_smoothing: float = 0.0  # of the frames' masks over the video (0: off)
     stream_key: Any = None  # the sequence ID of a chunked stream
 
 
@@ -219,6 +227,7 @@ class VideoModel:
         )
         self._stopping = threading.Event()
         self._pipeline: Any = None
+        self._smoother: Any = None
         self._pipeline_lock = threading.Lock()
         self._streams: dict[Any, _OpenStream] = {}
         self._stream_sessions = 0  # chunked streams from their START to their session's end
@@ -300,7 +309,8 @@ class VideoModel:
         parameters.pop(STREAM_TOKEN, None)
         options, rest = VideoOptions.split_parameters(parameters)
         blur_params = BlurParams().with_overrides(rest)
-        return _Session(video, options, blur_params, rest)
+        smoothing = temporal_smoothing_from(rest)
+        return _Session(video, options, blur_params, rest, temporal_smoothing=smoothing)
 
     # -- chunked streams ----------------------------------------------------------------------
 
@@ -447,10 +457,12 @@ class VideoModel:
                 with self._streams_lock:
                     self._stream_sessions -= 1
 
+        blur: _SessionBlur | None = None
         try:
+            blur = self._session_blur(session)
             chunks = transcode(
                 session.video_bytes,
-                self._blur_function(session),
+                blur,
                 options=session.options,
                 decoder=self._decoder(chunked=chunked),
                 gpu_index=self.device.index,
@@ -497,6 +509,8 @@ class VideoModel:
                 LOG.info("could not report the failure: the client is gone")
         finally:
             release()  # ended before its END chunk, or a send failed
+            if blur is not None and not self._stopping.is_set():
+                blur.end()
 
     def _decoder(self, *, chunked: bool = False) -> str:
         """The session's decoder. ``auto`` takes PyAV for a chunked stream: the NVDEC path
@@ -508,20 +522,19 @@ class VideoModel:
             return "nvdec" if nvdec else "pyav"
         return choice
 
-    def _blur_function(self, session: _Session) -> Callable[[Any], Any]:
+    def _session_blur(self, session: _Session) -> _SessionBlur:
+        """The session's blur: BLS or in-process, with or without temporal smoothing."""
+        smoothing = session.temporal_smoothing > 0.0
+        if self.settings.blur == "in_process":
+            pipeline, smoother = self._in_process_stages(with_smoother=smoothing)
+            return _InProcessBlur(pipeline, smoother, self._pipeline_lock, session)
         overrides = _bls_parameters(session.blur_overrides)
-        if self.settings.blur == "in_process" or overrides is None:
-            pipeline = self._in_process_pipeline()
+        if smoothing:
+            return _StreamBls(self._blur_bls, overrides)
+        return _BatchBls(self._blur_bls, overrides)
 
-            def blur_in_process(frames_nhwc_u8: Any) -> Any:
-                with self._pipeline_lock:
-                    blurred, _ = pipeline(frames_nhwc_u8, session.blur_params)
-                return blurred
-
-            return blur_in_process
-        return lambda frames_nhwc_u8: self._blur_bls(frames_nhwc_u8, overrides)
-
-    def _in_process_pipeline(self) -> Any:
+    def _in_process_stages(self, *, with_smoother: bool) -> tuple[Any, Any]:
+        """This instance's own pipeline (and smoother when asked), built on first use."""
         with self._pipeline_lock:
             if self._pipeline is None:
                 from bgblur.pipeline import BackgroundBlurPipeline
@@ -529,24 +542,38 @@ class VideoModel:
                 self._pipeline = BackgroundBlurPipeline(
                     self.settings.segmentation_model, self.device
                 )
-            return self._pipeline
+            if with_smoother and self._smoother is None:
+                from bgblur.stages.temporal import TemporalSmoother
 
-    def _blur_bls(self, frames_nhwc_u8: Any, overrides: dict[str, Any]) -> Any:
-        """One BLS request to the ensemble: ``[B, H, W, 3]`` uint8 -> BLURRED (same device)."""
+                self._smoother = TemporalSmoother(self.device)
+            return self._pipeline, self._smoother if with_smoother else None
+
+    def _blur_bls(
+        self,
+        frames_nhwc_u8: Any,
+        overrides: dict[str, Any],
+        *,
+        model: str = ENSEMBLE,
+        correlation_id: int = 0,
+        flags: int = 0,
+    ) -> Any:
+        """One BLS request to ``model``: ``[B, H, W, 3]`` uint8 -> BLURRED (same device)."""
         pb_utils = self.pb_utils
         if isinstance(frames_nhwc_u8, np.ndarray):
             frames = output_tensor(pb_utils, "FRAMES", frames_nhwc_u8)
         else:  # CuPy frames from NVDEC: handed on in GPU memory
             frames = pb_utils.Tensor.from_dlpack("FRAMES", frames_nhwc_u8)
         kwargs: dict[str, Any] = {"parameters": overrides} if overrides else {}
+        if correlation_id:
+            kwargs.update(correlation_id=correlation_id, flags=flags)
         response = pb_utils.InferenceRequest(
-            model_name=ENSEMBLE,
+            model_name=model,
             requested_output_names=["BLURRED"],
             inputs=[frames],
             **kwargs,
         ).exec()
         if response.has_error():
-            raise RuntimeError(f"{ENSEMBLE} failed: {response.error().message()}")
+            raise RuntimeError(f"{model} failed: {response.error().message()}")
         blurred = pb_utils.get_output_tensor_by_name(response, "BLURRED")
         if blurred.is_cpu():
             return np.from_dlpack(blurred)
@@ -560,19 +587,122 @@ class VideoModel:
         return owned
 
 
-def _bls_parameters(overrides: dict[str, Any]) -> dict[str, Any] | None:
-    """``overrides`` as BLS request parameters, or None when BLS cannot carry them.
+class _SessionBlur:
+    """A session's blur: ``[B, H, W, 3]`` uint8 upright frames -> blurred, same shape and
+    device, called batch after batch in the video's order; ``end()`` once the session is over
+    (finished, failed or cancelled) frees what the session holds on the server."""
+
+    def __call__(self, frames_nhwc_u8: Any) -> Any:
+        raise NotImplementedError
+
+    def end(self) -> None:
+        """Nothing to free (stateless)."""
+
+
+class _BatchBls(_SessionBlur):
+    """Each batch one request to the stateless ``background_blur`` ensemble."""
+
+    def __init__(self, blur_bls: Callable[..., Any], overrides: dict[str, Any]) -> None:
+        self._blur_bls, self._overrides = blur_bls, overrides
+
+    def __call__(self, frames_nhwc_u8: Any) -> Any:
+        return self._blur_bls(frames_nhwc_u8, self._overrides)
+
+
+class _StreamBls(_SessionBlur):
+    """Each frame one request to ``background_blur_stream``, in order, one at a time (the
+    ensemble may reorder concurrent requests of a sequence), under a sequence ID of the
+    session's own: START on the first frame. The last frame is known only once the video has
+    ended, so ``end()`` sends it again flagged END (its output is dropped): the temporal step
+    frees the sequence's state then, and its idle timeout frees it if even that fails."""
+
+    def __init__(self, blur_bls: Callable[..., Any], overrides: dict[str, Any]) -> None:
+        self._blur_bls, self._overrides = blur_bls, overrides
+        self.sequence_id = secrets.randbits(63) or 1
+        self._last_frame: Any = None  # [1, H, W, 3], a copy
+
+    def __call__(self, frames_nhwc_u8: Any) -> Any:
+        blurred = []
+        for i in range(frames_nhwc_u8.shape[0]):
+            frame = frames_nhwc_u8[i : i + 1]
+            blurred.append(self._send(frame, _SEQUENCE_START if self._last_frame is None else 0))
+            self._last_frame = frame
+        self._last_frame = self._last_frame.copy()  # the decoder may reuse the batch's memory
+        xp = np if isinstance(blurred[0], np.ndarray) else _cupy()
+        return xp.concatenate(blurred)
+
+    def end(self) -> None:
+        if self._last_frame is None:
+            return
+        frame, self._last_frame = self._last_frame, None
+        try:
+            self._send(frame, _SEQUENCE_END)
+        except Exception as exc:  # the stream's state then goes at the temporal step's timeout
+            LOG.warning("could not end sequence %d: %s", self.sequence_id, exc)
+
+    def _send(self, frame_1hw3: Any, flags: int) -> Any:
+        return self._blur_bls(
+            frame_1hw3,
+            self._overrides,
+            model=STREAM_ENSEMBLE,
+            correlation_id=self.sequence_id,
+            flags=flags,
+        )
+
+
+class _InProcessBlur(_SessionBlur):
+    """This instance's own pipeline (shared by its sessions, one batch at a time), with the
+    session's frames smoothed over time by its own ``TemporalSmoother`` when ``smoother``."""
+
+    def __init__(self, pipeline: Any, smoother: Any, lock: threading.Lock, session: _Session):
+        self._pipeline, self._smoother, self._lock = pipeline, smoother, lock
+        self._params, self._strength = session.blur_params, session.temporal_smoothing
+        self._sequence_id = object()  # a key of this session's own
+        self._started = False
+
+    def __call__(self, frames_nhwc_u8: Any) -> Any:
+        smooth = None
+        if self._smoother is not None:
+            start = not self._started
+            self._started = True
+
+            def smooth(probability_n1hw: Any) -> Any:
+                return self._smoother(
+                    self._sequence_id,
+                    probability_n1hw,
+                    start=start,
+                    end=False,
+                    strength=self._strength,
+                    out_dtype=probability_n1hw.dtype,
+                )
+
+        with self._lock:
+            blurred, _ = self._pipeline(frames_nhwc_u8, self._params, smooth_probability=smooth)
+        return blurred
+
+    def end(self) -> None:
+        if self._smoother is not None:
+            with self._lock:
+                self._smoother.end(self._sequence_id)
+
+
+def _cupy() -> Any:
+    import cupy
+
+    return cupy
+
+
+def _bls_parameters(overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` as BLS request parameters.
 
     Triton 2.51's BLS ``InferenceRequest`` takes bool/int/str parameter values only: integral
-    floats go as ints (``BlurParams`` accepts ints for float fields); a fractional float (e.g.
-    ``blur_sigma=2.5``) cannot be sent, and such a session runs the in-process pipeline.
+    floats go as ints and the others as their exact decimal string (``repr``), which the
+    steps parse back to the same float (``bgblur.parameters``).
     """
     converted: dict[str, Any] = {}
     for key, value in overrides.items():
         if isinstance(value, float):
-            if not value.is_integer():
-                return None
-            value = int(value)
+            value = int(value) if value.is_integer() else repr(value)
         converted[key] = value
     return converted
 
