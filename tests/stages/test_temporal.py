@@ -127,3 +127,25 @@ def test_float16_output_is_the_rounded_float32():
     out = smoother("s", frames, start=True, end=False, strength=0.6, out_dtype=np.float16)
     assert out.dtype == np.float16
     np.testing.assert_array_equal(out, _reference(frames, 0.6).astype(np.float16))
+
+
+@pytest.mark.gpu
+def test_many_streams_launched_then_one_wait_match_waiting_each(cupy):
+    """As the temporal_smoothing model runs a batch of requests: every stream's kernels
+    launched unsynchronised on the stage's stream, one ``synchronize`` at the end."""
+    streams = {f"s{k}": _frames(20 + k, 4, (256, 256)) for k in range(16)}
+    waited = TemporalSmoother(Device("gpu", 0))
+    launched = TemporalSmoother(Device("gpu", 0))
+    for step in range(4):
+        expected, pending = {}, {}
+        for key, frames in streams.items():
+            frame = cupy.asarray(frames[step : step + 1])
+            expected[key] = cupy.asnumpy(
+                waited(key, frame, start=step == 0, end=False, strength=0.7)
+            )
+            pending[key] = launched(
+                key, frame, start=step == 0, end=False, strength=0.7, synchronize=False
+            )
+        launched.synchronize()
+        for key, out in pending.items():
+            np.testing.assert_array_equal(cupy.asnumpy(out), expected[key])

@@ -81,12 +81,15 @@ class TemporalSmoother:
         end: bool,
         strength: float,
         out_dtype: Any = np.float32,
+        synchronize: bool = True,
     ) -> Any:
         """Smooth ``[T, 1, h, w]`` probabilities of ``T`` consecutive frames of one stream.
 
-        Returns ``[T, 1, h, w]`` of ``out_dtype`` (float32 or float16) on this stage's device
-        (host synchronised: the hand-off). A state whose shape differs from the frames' (the
-        stream changed size) starts afresh.
+        Returns ``[T, 1, h, w]`` of ``out_dtype`` (float32 or float16) on this stage's device,
+        host synchronised (the hand-off) unless ``synchronize`` is False: then the caller calls
+        :meth:`synchronize` before handing the result on (one host wait for the streams of a
+        whole batch of requests). A state whose shape differs from the frames' (the stream
+        changed size) starts afresh.
         """
         now = self._clock()
         self._drop_idle(now)
@@ -115,8 +118,13 @@ class TemporalSmoother:
                 self._states[sequence_id] = state  # most recently used last
                 while len(self._states) > self.max_streams:
                     self._states.popitem(last=False)
-        self.stream.synchronize()
+        if synchronize:
+            self.stream.synchronize()
         return smoothed
+
+    def synchronize(self) -> None:
+        """Wait for the smoothing launched so far (a no-op on the CPU)."""
+        self.stream.synchronize()
 
     def end(self, sequence_id: Hashable) -> None:
         """Drop a sequence's state (no-op when none is held)."""

@@ -31,9 +31,18 @@ class TritonPythonModel:
         self.metrics = StageMetrics.for_model(pb_utils, args, stage="temporal_smoothing")
 
     def execute(self, requests):
-        return [self._one(request) for request in requests]
+        # Every stream's kernels go on the stage's stream, then one host wait for them all.
+        results = [self._one(request) for request in requests]
+        self.stage.synchronize()
+        return [
+            r
+            if isinstance(r, pb_utils.InferenceResponse)
+            else pb_utils.InferenceResponse([output_tensor(pb_utils, "SMOOTHED_PROBABILITY", r)])
+            for r in results
+        ]
 
     def _one(self, request):
+        """The request's smoothed probability (not yet synchronised), or an error response."""
         try:
             strength = temporal_smoothing_from(request_parameters(request))
             probability = input_array(pb_utils, request, "PROBABILITY", self.device)
@@ -48,6 +57,7 @@ class TritonPythonModel:
                 end=end,
                 strength=strength,
                 out_dtype=np.float16,
+                synchronize=False,
             )
         except InvalidInputError as exc:
             if self.metrics is not None:
@@ -59,6 +69,4 @@ class TritonPythonModel:
             return error_response(pb_utils, f"temporal smoothing failed: {exc}")
         if self.metrics is not None:
             self.metrics.batch(int(smoothed.shape[0]), time.perf_counter() - began)
-        return pb_utils.InferenceResponse(
-            [output_tensor(pb_utils, "SMOOTHED_PROBABILITY", smoothed)]
-        )
+        return smoothed
