@@ -16,6 +16,23 @@ Figures, not tests. Runs the network (``--model``, default ``selfie_general``, C
   (probability upscaled bilinearly to the frame, >= 0.5) with the moved alpha: its mean and
   minimum, smoothing on and off; the difference is the lag the smoothing costs.
 
+``--clip PATH`` (repeatable) adds the ``real`` scenario: a real camera clip, decoded with PyAV
+(all its frames, or the first ``--clip-frames``), through the same network and smoothing, on
+and off. Figures, on the network's probability (``[h, w]`` of the model input), for each pair of
+consecutive frames, then averaged: mean ``|m_t - m_(t-1)|`` (x 255, grey levels) and the share of
+pixels whose decision flips, over the whole frame and over the edge band: the pixels within
+``--band`` px (network resolution) of the edge of the unsmoothed decision of ``t - 1`` or ``t``
+(the same pixels with smoothing on and off), where flicker is visible. On a real clip part of
+each change is the person's own motion, which smoothing must let through: these figures bound the
+flicker from above, and their drop is the flicker removed plus any motion lagged. The
+motion-compensated change ``|m_t - warp(m_(t-1))|`` (x 255; the previous mask moved by the
+Farneback optical flow of the frames) leaves most of that motion out. Clips, their sources and
+licences: ``bench/data/clips/README.md``::
+
+    .venv/bin/python bench/temporal_quality.py --clip bench/data/clips/carphone.mp4 \\
+        --clip bench/data/clips/foreman.mp4 --clip bench/data/clips/tears_of_steel_bridge.mp4 \\
+        --out bench/results/temporal-cpu-$(date +%F)-clips.json
+
 Writes JSON and prints a table::
 
     .venv/bin/python bench/temporal_quality.py --out bench/results/temporal-cpu-$(date +%F).json
@@ -97,6 +114,142 @@ def flicker(masks: list[np.ndarray]) -> dict[str, float]:
     return {"mean_abs_change_grey": float(np.mean(diffs)), "flip_percent": float(np.mean(flips))}
 
 
+def decode_clip(path: Path, max_frames: int | None = None) -> tuple[list[np.ndarray], float]:
+    """``(frames, fps)`` of a video file: ``[H, W, 3]`` uint8 RGB host frames, decode order."""
+    import av
+
+    frames: list[np.ndarray] = []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate) if stream.average_rate else 0.0
+        for frame in container.decode(stream):
+            if max_frames is not None and len(frames) == max_frames:
+                break
+            frames.append(frame.to_ndarray(format="rgb24"))
+    return frames, fps
+
+
+def edge_bands(probabilities: list[np.ndarray], band_px: int) -> list[np.ndarray]:
+    """``[h, w]`` bool band of each pair ``(t - 1, t)``: within ``band_px`` of either edge.
+
+    The edge is that of the decision (p >= 0.5) of the given (unsmoothed) probabilities; one band
+    per consecutive pair, ``len(probabilities) - 1`` in all.
+    """
+    size = 2 * band_px + 1
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+    edges = []
+    for p in probabilities:
+        decided = (p >= 0.5).astype(np.uint8)
+        edges.append(cv2.dilate(decided, kernel) != cv2.erode(decided, kernel))
+    return [a | b for a, b in itertools.pairwise(edges)]
+
+
+def backward_flows(frames: list[np.ndarray], hw: tuple[int, int]) -> list[np.ndarray]:
+    """``[h, w]`` float32 sampling maps ``(map_x, map_y)`` of each pair ``(t - 1, t)``.
+
+    Farneback optical flow from frame ``t`` to ``t - 1`` of the RGB frames resized (area) to the
+    probability's ``hw``: ``cv2.remap(m_(t-1), map_x, map_y)`` is the previous mask moved along
+    the scene's motion to frame ``t``.
+    """
+    h, w = hw
+    grey = [
+        cv2.cvtColor(cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
+        for f in frames
+    ]
+    grid_x, grid_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    maps = []
+    for before, after in itertools.pairwise(grey):
+        flow = cv2.calcOpticalFlowFarneback(after, before, None, 0.5, 3, 15, 3, 5, 1.2, 0)
+        maps.append(np.stack([grid_x + flow[..., 0], grid_y + flow[..., 1]]))
+    return maps
+
+
+def clip_flicker(
+    masks: list[np.ndarray], bands: list[np.ndarray], maps: list[np.ndarray]
+) -> dict[str, Any]:
+    """Flicker of ``[h, w]`` float probabilities over the frame and over each pair's edge band.
+
+    Means over the consecutive pairs: ``|m_t - m_(t-1)|`` x 255 (grey levels), the percent of
+    pixels whose decision (p >= 0.5) flips, and the motion-compensated change
+    ``|m_t - warp(m_(t-1))|`` x 255 (previous mask moved by the pair's optical flow ``maps``: the
+    change the scene's motion does not explain); the per-pair series of the whole frame too.
+    """
+    diffs, flips, band_diffs, band_flips, warped_diffs, band_warped = [], [], [], [], [], []
+    for (a, b), band, (map_x, map_y) in zip(itertools.pairwise(masks), bands, maps, strict=True):
+        change = np.abs(b - a) * 255
+        flipped = (a >= 0.5) != (b >= 0.5)
+        moved = cv2.remap(a, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        residual = np.abs(b - moved) * 255
+        diffs.append(float(change.mean()))
+        flips.append(float(flipped.mean() * 100))
+        warped_diffs.append(float(residual.mean()))
+        if band.any():
+            band_diffs.append(float(change[band].mean()))
+            band_flips.append(float(flipped[band].mean() * 100))
+            band_warped.append(float(residual[band].mean()))
+
+    def mean(values: list[float]) -> float:
+        return float(np.mean(values)) if values else 0.0
+
+    return {
+        "mean_abs_change_grey": mean(diffs),
+        "flip_percent": mean(flips),
+        "edge_mean_abs_change_grey": mean(band_diffs),
+        "edge_flip_percent": mean(band_flips),
+        "warped_abs_change_grey": mean(warped_diffs),
+        "edge_warped_abs_change_grey": mean(band_warped),
+        "mean_abs_change_grey_per_frame": diffs,
+        "flip_percent_per_frame": flips,
+        "warped_abs_change_grey_per_frame": warped_diffs,
+    }
+
+
+def real_clip(
+    pipeline: BackgroundBlurPipeline,
+    path: Path,
+    strengths: tuple[float, ...],
+    band_px: int,
+    max_frames: int | None,
+) -> dict[str, Any]:
+    """Flicker of one real clip, smoothing off and on (one row per strength)."""
+    frames, fps = decode_clip(path, max_frames)
+    if len(frames) < 2:
+        raise SystemExit(f"{path}: {len(frames)} frame(s) decoded, need at least 2")
+    probabilities = [probability_of(pipeline, f).astype(np.float32) for f in frames]
+    raw = [p[0, 0] for p in probabilities]
+    bands = edge_bands(raw, band_px)
+    maps = backward_flows(frames, raw[0].shape)
+    rows = [
+        {
+            "temporal_smoothing": strength,
+            **clip_flicker(smoothed(probabilities, strength), bands, maps),
+        }
+        for strength in strengths
+    ]
+    off = rows[0]
+    for row in rows:
+        for key in (
+            "mean_abs_change_grey",
+            "edge_mean_abs_change_grey",
+            "warped_abs_change_grey",
+            "edge_warped_abs_change_grey",
+        ):
+            row[f"{key}_reduction_percent"] = (
+                float((1 - row[key] / off[key]) * 100) if off[key] else 0.0
+            )
+    h, w = frames[0].shape[:2]
+    return {
+        "clip": str(path),
+        "frames": len(frames),
+        "frame_hw": [h, w],
+        "fps": fps,
+        "probability_hw": list(raw[0].shape),
+        "band_px": band_px,
+        "edge_band_percent": float(np.mean([b.mean() * 100 for b in bands])),
+        "rows": rows,
+    }
+
+
 def ious(masks: list[np.ndarray], truth: list[np.ndarray]) -> list[float]:
     out = []
     for m, t in zip(masks, truth, strict=True):
@@ -113,6 +266,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--noise", type=float, default=4.0, help="sensor noise sigma, grey")
     parser.add_argument("--step", type=int, default=4, help="px a frame of the moving clip")
     parser.add_argument("--strength", type=float, default=DEFAULT_TEMPORAL_SMOOTHING)
+    parser.add_argument(
+        "--clip", type=Path, action="append", default=[], help="real clip (repeatable)"
+    )
+    parser.add_argument("--clip-frames", type=int, help="first frames of each clip (all)")
+    parser.add_argument("--band", type=int, default=4, help="edge band half-width, network px")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 
@@ -146,6 +304,29 @@ def main(argv: list[str] | None = None) -> None:
             f"{row['still']['flip_percent']:>9.3f}{row['moving_iou_mean']:>10.4f}"
             f"{row['moving_iou_min']:>9.4f}"
         )
+    clips = [
+        real_clip(pipeline, path, (0.0, args.strength), args.band, args.clip_frames)
+        for path in args.clip
+    ]
+    if clips:
+        print(f"real clips: edge band {args.band} px of the {clips[0]['probability_hw']} mask")
+        print(
+            f"{'clip':>22}{'frames':>7}{'smoothing':>10}{'|dm| grey':>10}{'flips %':>8}"
+            f"{'edge |dm|':>10}{'edge flip%':>11}{'warped':>8}{'edge warped':>12}"
+            f"{'|dm| -%':>8}{'edge -%':>8}{'warped -%':>10}"
+        )
+    for clip in clips:
+        for row in clip["rows"]:
+            print(
+                f"{Path(clip['clip']).stem:>22}{clip['frames']:>7}"
+                f"{row['temporal_smoothing']:>10.2f}{row['mean_abs_change_grey']:>10.3f}"
+                f"{row['flip_percent']:>8.3f}{row['edge_mean_abs_change_grey']:>10.3f}"
+                f"{row['edge_flip_percent']:>11.3f}{row['warped_abs_change_grey']:>8.3f}"
+                f"{row['edge_warped_abs_change_grey']:>12.3f}"
+                f"{row['mean_abs_change_grey_reduction_percent']:>8.1f}"
+                f"{row['edge_mean_abs_change_grey_reduction_percent']:>8.1f}"
+                f"{row['warped_abs_change_grey_reduction_percent']:>10.1f}"
+            )
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         result = {
@@ -161,6 +342,9 @@ def main(argv: list[str] | None = None) -> None:
             "step_px": args.step,
             "rows": rows,
         }
+        if clips:
+            result["band_px"] = args.band
+            result["clips"] = clips
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.out}")
 
