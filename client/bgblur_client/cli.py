@@ -7,6 +7,13 @@ option that needs a package not installed here); 1 when the work fails (any othe
 :class:`~bgblur_client.errors.ClientError`: server down or speaking the other protocol, model
 not served, request refused by the server, unreadable input); 130 when interrupted with
 Ctrl-C. Errors are one line, ``bgblur: error: ...``.
+
+Models (``--model`` overrides): ``bgblur image`` uses ``background_blur``; ``bgblur video`` uses
+``background_blur_stream`` (the video as one Triton sequence, one frame per request, masks
+smoothed over time), or the stateless ``background_blur`` (batched requests, the most frames per
+second) with ``--param temporal_smoothing=0``. Where the server does not serve
+``background_blur_stream`` and no ``--model`` was given, the video falls back to
+``background_blur`` with a warning. ``--server-side`` uses ``background_blur_video``.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from bgblur_client.encoding import (
     check_settings_for,
     video_codec_for,
 )
-from bgblur_client.errors import ClientError, UsageError
+from bgblur_client.errors import ClientError, ModelNotFoundError, UsageError
 from bgblur_client.files import check_output_path
 from bgblur_client.image import blur_image_file, check_image_writable, parse_background
 from bgblur_client.preview import write_preview
@@ -45,6 +52,8 @@ from bgblur_client.transport import (
     DEFAULT_MODEL,
     DEFAULT_TIMEOUT_S,
     PROTOCOLS,
+    STREAM_MODEL,
+    TEMPORAL_SMOOTHING,
     BlurClient,
     ParameterValue,
     default_url,
@@ -53,6 +62,8 @@ from bgblur_client.video import blur_video
 
 STDIN = "-"
 STDIN_CHUNK_BYTES = 1 << 20  # a chunk of a piped stream, at most
+
+log = logging.getLogger(__name__)
 
 PROG = "bgblur"
 EXIT_OK = 0
@@ -175,7 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="Triton endpoint (default: localhost:8001 for grpc, localhost:8000 for http)",
     )
     group.add_argument("--protocol", choices=PROTOCOLS, default="grpc", help="default: grpc")
-    group.add_argument("--model", default=DEFAULT_MODEL, help=f"default: {DEFAULT_MODEL}")
+    group.add_argument(
+        "--model",
+        help=f"model to call (default: {DEFAULT_MODEL} for image; for video {STREAM_MODEL}, "
+        f"frames one per request and smoothed over time, or {DEFAULT_MODEL} in batches with "
+        f"--param {TEMPORAL_SMOOTHING}=0, the most frames per second; {DEFAULT_VIDEO_MODEL} "
+        "with --server-side)",
+    )
     group.add_argument(
         "--shared-memory",
         choices=SHARED_MEMORY_CHOICES,
@@ -256,14 +273,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=4,
         metavar="N",
-        help="frames per request (default: 4)",
+        help="frames per request (default: 4; with background_blur_stream, frames decoded "
+        "together, each its own request)",
     )
     video.add_argument(
         "--in-flight",
         type=positive_int,
         default=2,
         metavar="N",
-        help="requests outstanding at once (default: 2)",
+        help="requests outstanding at once (default: 2; with background_blur_stream, batches "
+        "decoded ahead: one request outstanding, the frames go in order)",
     )
     video.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     video.add_argument(
@@ -346,7 +365,7 @@ def _run_image(args: argparse.Namespace, parameters: dict[str, ParameterValue]) 
     background = None if args.background is None else parse_background(args.background)
     if args.halo_free is not None:
         parameters = {**parameters, "halo_free": args.halo_free}
-    with _connect(args) as client:
+    with _connect(args, args.model or DEFAULT_MODEL) as client:
         outcome = blur_image_file(
             client,
             args.input,
@@ -390,7 +409,7 @@ def _run_video(args: argparse.Namespace, parameters: dict[str, ParameterValue]) 
         return _run_server_side_video(args, parameters)
     settings = _encoder_settings(args)
     _check_video_outputs(args, settings)
-    with _connect(args) as client:
+    with _connect_video(args, parameters) as client:
         summary = blur_video(
             client,
             args.input,
@@ -412,10 +431,16 @@ def _run_video(args: argparse.Namespace, parameters: dict[str, ParameterValue]) 
             transport = "frames in the requests"
         if args.shared_memory == "auto":
             transport += f" (auto: {client.shared_memory_reason})"
+        if client.sequence_model:
+            requests = "one frame per request, in sequence"
+        else:
+            requests = f"batches of {args.batch} frames, {args.in_flight} in flight"
+        model = f"model {client.model} ({requests})"
     headline = throughput_line(summary.frames, summary.seconds)
     encoder = f"{summary.encoder}: {summary.encoder_reason}"
     print(f"{headline} -> {args.output} (audio {summary.audio}, encoder {encoder})")
     print(transport)
+    print(model)
     return EXIT_OK
 
 
@@ -431,7 +456,7 @@ def _run_server_side_video(args: argparse.Namespace, parameters: dict[str, Param
     given = args.crf is not None or args.preset is not None or args.encoder != "auto"
     url = default_url("grpc") if args.url is None else args.url
     common: dict[str, Any] = {
-        "model": DEFAULT_VIDEO_MODEL if args.model == DEFAULT_MODEL else args.model,
+        "model": DEFAULT_VIDEO_MODEL if args.model in (None, DEFAULT_MODEL) else args.model,
         "parameters": parameters,
         "batch_size": args.batch,
         "timeout_s": args.timeout,
@@ -477,14 +502,45 @@ def _require_input(path: Path, kind: str) -> None:
         raise UsageError(f"cannot read {kind} '{path}': no such file")
 
 
-def _connect(args: argparse.Namespace) -> BlurClient:
+def _connect(args: argparse.Namespace, model: str) -> BlurClient:
     return BlurClient(
         default_url(args.protocol) if args.url is None else args.url,
         protocol=args.protocol,
-        model=args.model,
+        model=model,
         timeout_s=args.timeout,
         shared_memory=args.shared_memory,
     )
+
+
+def smoothing_off(parameters: dict[str, ParameterValue]) -> bool:
+    """Whether ``--param temporal_smoothing=0`` (or 0.0) was given."""
+    value = parameters.get(TEMPORAL_SMOOTHING)
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == 0
+
+
+def video_model(args: argparse.Namespace, parameters: dict[str, ParameterValue]) -> str:
+    """The model of a client-side ``bgblur video``: ``--model``, else the stream model unless
+    temporal smoothing is turned off (then the stateless, batched one)."""
+    if args.model is not None:
+        return args.model
+    return DEFAULT_MODEL if smoothing_off(parameters) else STREAM_MODEL
+
+
+def _connect_video(args: argparse.Namespace, parameters: dict[str, ParameterValue]) -> BlurClient:
+    """A client of :func:`video_model`; the stream model by default, falling back to
+    ``background_blur`` (with a warning) where the server does not serve it."""
+    model = video_model(args, parameters)
+    try:
+        return _connect(args, model)
+    except ModelNotFoundError:
+        if args.model is not None or model != STREAM_MODEL:
+            raise
+    log.warning(
+        "the server does not serve %s: using %s, frames in batches without temporal smoothing",
+        STREAM_MODEL,
+        DEFAULT_MODEL,
+    )
+    return _connect(args, DEFAULT_MODEL)
 
 
 def _collect_parameters(

@@ -1,4 +1,4 @@
-"""Talk to the ``background_blur`` ensemble on Triton over gRPC or HTTP.
+"""Talk to the ``background_blur`` ensembles on Triton over gRPC or HTTP.
 
 :class:`BlurClient` checks on construction that the server is live and the model ready, so
 a wrong URL or model name fails at once with a clear :class:`~bgblur_client.errors.ClientError`
@@ -6,14 +6,23 @@ instead of on the first frame. :meth:`BlurClient.blur` sends one batch and waits
 :meth:`BlurClient.blur_batches` keeps several batches in flight on worker threads (one
 tritonclient connection per thread, since the HTTP client is not thread-safe) so the
 caller's decoding and encoding overlap with inference, and yields results in input order.
+
+A stream model (``background_blur_stream``: its config, or a step of the ensemble, has
+``sequence_batching``) takes a video as one Triton sequence instead: :meth:`BlurClient.blur_batches`
+sends each frame as its own request, in order, one at a time, under one sequence ID, with START
+on the first frame and END on the last (:attr:`BlurClient.sequence_model`).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import logging
+import secrets
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -38,6 +47,8 @@ from bgblur_client.shm import (
 )
 from bgblur_client.stats import StatsSnapshot
 
+log = logging.getLogger(__name__)
+
 ProtocolName = Literal["grpc", "http"]
 ParameterValue = bool | int | float | str
 # What replaces the background (BlurClient.blur's ``background``): the blur (None or "blur"),
@@ -46,6 +57,10 @@ Background = None | str | tuple[int, int, int] | np.ndarray
 
 PROTOCOLS: tuple[ProtocolName, ...] = ("grpc", "http")
 DEFAULT_MODEL = "background_blur"
+# The stream ensemble: DEFAULT_MODEL's interface plus Triton sequences (masks smoothed over each
+# video's frames; request parameter TEMPORAL_SMOOTHING, 0 turns it off).
+STREAM_MODEL = "background_blur_stream"
+TEMPORAL_SMOOTHING = "temporal_smoothing"
 DEFAULT_TIMEOUT_S = 60.0
 # Health and metadata calls are tiny: an unroutable host should fail fast, not after a
 # generous inference timeout.
@@ -57,6 +72,9 @@ OPT_IN_MODELS: dict[str, str] = {
     "--direct-model, or TritonServer(direct_model=True))",
 }
 _PROBE_TIMEOUT_S = 3.0
+# The request that ends a sequence after an early stop waits at most this long (gRPC; an HTTP
+# connection has one timeout for all its requests, ``timeout_s``).
+_END_SEQUENCE_TIMEOUT_S = 10.0
 
 INPUT_FRAMES = "FRAMES"
 INPUT_BACKGROUND = "BACKGROUND"
@@ -218,6 +236,10 @@ class BlurClient:
 
     Attributes:
         max_batch_size: The model's ``max_batch_size`` from its config (0: no batching).
+        sequence_model: Whether the model takes a video as a Triton sequence, one frame per
+            request (its config has ``sequence_batching``, or a step of the ensemble has, as
+            ``background_blur_stream``'s temporal step; by the name :data:`STREAM_MODEL` where
+            a step's config cannot be read).
         shared_memory: The transport in use (``"auto"`` resolved).
         shared_memory_reason: Why that one (``"requested"`` unless it was ``"auto"``).
 
@@ -258,7 +280,9 @@ class BlurClient:
         self.timeout_s = timeout_s
         self._client = self._connect()
         try:
-            self.max_batch_size = self._check_ready()
+            config = self._check_ready()
+            self.max_batch_size = int(config.get("max_batch_size", 0))
+            self.sequence_model = self._uses_sequences(config)
             if shared_memory == "auto":
                 self.shared_memory, self.shared_memory_reason = usable_shared_memory(
                     self._client, device=cuda_device
@@ -323,12 +347,28 @@ class BlurClient:
         Returns:
             A :class:`BlurResult` with the same batch layout as the input.
 
+        A :attr:`sequence_model` takes the batch as a whole video of its own: its frames one
+        request each, in order, as one sequence (a fresh ID; START on the first, END on the
+        last), so each call starts the temporal smoothing afresh.
+
         Raises:
             ValueError: The array is not uint8 RGB or the batch is too large.
             RequestRejectedError: The server refused the request (e.g. a bad parameter).
             ServerUnreachableError: The connection was lost.
             ClientError: No answer within ``timeout_s``.
         """
+        if self.sequence_model:
+            results = self._blur_sequence(
+                [frames_nhwc_u8],
+                in_flight=1,
+                want_mask=want_mask,
+                parameters=parameters,
+                background=background,
+                want_share=want_foreground_share,
+                sequence_id=new_sequence_id(),
+            )
+            with closing(results):
+                return next(results)
         batch = self._prepare(frames_nhwc_u8, background)
         return self._infer(
             self._client,
@@ -347,6 +387,7 @@ class BlurClient:
         parameters: Mapping[str, ParameterValue] | None = None,
         background: Background = None,
         want_foreground_share: bool = False,
+        sequence_id: int | None = None,
     ) -> Iterator[BlurResult]:
         """Blur a stream of batches with up to ``in_flight`` requests outstanding.
 
@@ -355,12 +396,26 @@ class BlurClient:
         yielded in input order. Closing the generator early cancels requests not yet sent
         and waits for those already running.
 
+        A :attr:`sequence_model` takes all the batches as one video, one Triton sequence:
+        each frame is its own request, sent in order by one worker thread with never more
+        than one outstanding (the ensemble may reorder concurrent requests of a sequence),
+        under ``sequence_id``, START on the first frame and END on the last (the next batch is
+        read before the last frame of a batch goes, to know whether it is the video's last; a
+        one-frame video is START and END). ``in_flight`` is then the batches decoded ahead
+        of the results. Closed early (an error, Ctrl-C), it sends nothing more of the video;
+        where the server still answers, it ends the sequence by sending the last frame sent
+        again with END (its result dropped), and otherwise the server frees the sequence's
+        state after its idle timeout (``temporal_smoothing``: 60 s).
+
         Args:
             batches: Arrays as accepted by :meth:`blur` (``[B, H, W, 3]`` or ``[H, W, 3]``).
-            in_flight: Most requests outstanding at once (>= 1).
+            in_flight: Most requests outstanding at once (>= 1); batches ahead for a
+                :attr:`sequence_model`.
             want_mask: Also return the refined foreground masks.
             parameters: Optional server parameters, applied to every request.
             background, want_foreground_share: As :meth:`blur`, for every request.
+            sequence_id: The sequence's ID (1 .. 2**64 - 1), for a :attr:`sequence_model`;
+                None: a random 63-bit one (:func:`new_sequence_id`). Ignored otherwise.
 
         Yields:
             One :class:`BlurResult` per input batch, in order.
@@ -370,6 +425,17 @@ class BlurClient:
         """
         if in_flight < 1:
             raise ValueError(f"in_flight must be >= 1, got {in_flight}")
+        if self.sequence_model:
+            yield from self._blur_sequence(
+                batches,
+                in_flight=in_flight,
+                want_mask=want_mask,
+                parameters=parameters,
+                background=background,
+                want_share=want_foreground_share,
+                sequence_id=new_sequence_id() if sequence_id is None else sequence_id,
+            )
+            return
         connections = _PerThreadConnections(self._connect, on_close=self._close_regions)
         pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="bgblur-infer")
         pending: deque[Future[BlurResult]] = deque()
@@ -395,6 +461,117 @@ class BlurClient:
             pool.shutdown(wait=True, cancel_futures=True)
             connections.close()
 
+    def _blur_sequence(
+        self,
+        batches: Iterable[np.ndarray],
+        *,
+        in_flight: int,
+        want_mask: bool,
+        parameters: Mapping[str, ParameterValue] | None,
+        background: Background,
+        want_share: bool,
+        sequence_id: int,
+    ) -> Iterator[BlurResult]:
+        """:meth:`blur_batches` for a :attr:`sequence_model`: one sequence, one frame per
+        request, one request outstanding (a single worker thread sends them in order)."""
+        if not 0 < sequence_id < 2**64:
+            raise ValueError(f"sequence_id must be in 1 .. 2**64 - 1, got {sequence_id}")
+        connections = _PerThreadConnections(self._connect, on_close=self._close_regions)
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bgblur-sequence")
+        sequence = _SequenceProgress(sequence_id)
+        # Batches whose results are not yet yielded, oldest first: each one's frame requests
+        # (in order) and whether it was a single [H, W, 3] frame.
+        pending: deque[tuple[list[Future[BlurResult]], bool]] = deque()
+        # The newest batch's last frame and that batch's requests: held back until the next
+        # batch (or the end of the input) tells whether it ends the sequence.
+        held: tuple[_PreparedBatch, list[Future[BlurResult]]] | None = None
+        started = finished = False
+
+        def request(frame: _PreparedBatch, start: bool, end: bool) -> BlurResult:
+            return self._infer(
+                connections.get(),
+                frame,
+                want_mask,
+                _with_background(parameters, frame),
+                want_share,
+                sequence=(sequence_id, start, end),
+                timeout_s=min(self.timeout_s, _END_SEQUENCE_TIMEOUT_S)
+                if sequence.stopping
+                else None,
+            )
+
+        def send_on_worker(frame: _PreparedBatch, start: bool, end: bool) -> BlurResult:
+            sequence.check_unfailed()
+            try:
+                result = request(frame, start, end)
+            except BaseException as exc:
+                sequence.failed(frame, exc)
+                raise
+            sequence.sent(frame, end)
+            return result
+
+        def submit(frame: _PreparedBatch, into: list[Future[BlurResult]], end: bool) -> None:
+            nonlocal started
+            into.append(pool.submit(send_on_worker, frame, not started, end))
+            started = True
+
+        def collect(futures: list[Future[BlurResult]], single_frame: bool) -> BlurResult:
+            return _joined([future.result() for future in futures], single_frame)
+
+        try:
+            for frames in batches:
+                batch = self._prepare(frames, background)
+                if held is not None:
+                    submit(*held, end=False)
+                futures: list[Future[BlurResult]] = []
+                pending.append((futures, batch.single_frame))
+                *firsts, last = _frames_of(batch)
+                for frame in firsts:
+                    submit(frame, futures, end=False)
+                held = (last, futures)
+                while len(pending) > in_flight:  # all but the newest are wholly submitted
+                    yield collect(*pending.popleft())
+            if held is not None:
+                submit(*held, end=True)
+                held = None
+            while pending:
+                yield collect(*pending.popleft())
+            finished = True
+        finally:
+            if not finished:
+                self._stop_sequence(pool, pending, sequence, request)
+            pool.shutdown(wait=True, cancel_futures=True)
+            connections.close()
+
+    def _stop_sequence(
+        self,
+        pool: ThreadPoolExecutor,
+        pending: deque[tuple[list[Future[BlurResult]], bool]],
+        sequence: _SequenceProgress,
+        request: Callable[[_PreparedBatch, bool, bool], BlurResult],
+    ) -> None:
+        """After an early stop: drop the frames not yet sent, wait for the one running, and
+        end the sequence where the server still answers (its last frame again, flagged END,
+        the result dropped; a shorter timeout). Otherwise the server frees it when idle."""
+        futures = [future for futures, _ in pending for future in futures]
+        for future in futures:
+            future.cancel()
+        concurrent.futures.wait(futures)
+        frame = sequence.frame_to_end()
+        if frame is None:
+            return
+        sequence.stopping = True
+        try:
+            pool.submit(request, frame, False, True).result()
+        except Exception as exc:
+            log.info(
+                "could not end sequence %d (the server frees it when idle): %s",
+                sequence.sequence_id,
+                _describe(exc),
+            )
+        else:
+            log.debug("ended sequence %d early", sequence.sequence_id)
+
     def _connect(self) -> grpcclient.InferenceServerClient | httpclient.InferenceServerClient:
         if self.protocol == "grpc":
             return grpcclient.InferenceServerClient(self.url)
@@ -404,8 +581,8 @@ class BlurClient:
             network_timeout=self.timeout_s,
         )
 
-    def _check_ready(self) -> int:
-        """Check liveness and model readiness; return the model's max_batch_size."""
+    def _check_ready(self) -> dict[str, Any]:
+        """Check liveness and model readiness; return the model's config (JSON)."""
         grpc_kwargs: dict[str, Any] = (
             {"client_timeout": min(self.timeout_s, _HEALTH_TIMEOUT_S)}
             if self.protocol == "grpc"
@@ -428,16 +605,32 @@ class BlurClient:
         try:
             if not self._client.is_model_ready(self.model, **grpc_kwargs):
                 raise ModelNotFoundError(self._model_not_ready_message(grpc_kwargs))
-            if self.protocol == "grpc":
-                config = self._client.get_model_config(self.model, as_json=True, **grpc_kwargs)
-                config = config["config"]
-            else:
-                config = self._client.get_model_config(self.model)
+            return self._model_config(self.model)
         except InferenceServerException as exc:
             raise ClientError(
                 f"cannot query model {self.model!r} on {self.url}: {_describe(exc)}"
             ) from exc
-        return int(config.get("max_batch_size", 0))
+
+    def _model_config(self, name: str) -> dict[str, Any]:
+        """``name``'s config as JSON (Triton's field names)."""
+        if self.protocol == "grpc":
+            timeout = min(self.timeout_s, _HEALTH_TIMEOUT_S)
+            reply = self._client.get_model_config(name, as_json=True, client_timeout=timeout)
+            return reply["config"]
+        return self._client.get_model_config(name)
+
+    def _uses_sequences(self, config: dict[str, Any]) -> bool:
+        """Whether ``config``'s model (or a step of the ensemble) is sequence-batched."""
+        if "sequence_batching" in config:
+            return True
+        steps = config.get("ensemble_scheduling", {}).get("step", [])
+        for name in {step.get("model_name") for step in steps} - {None, self.model}:
+            try:
+                if "sequence_batching" in self._model_config(name):
+                    return True
+            except InferenceServerException:  # a step's config hidden: go by the name
+                return self.model == STREAM_MODEL
+        return False
 
     def _model_not_ready_message(self, grpc_kwargs: dict[str, Any]) -> str:
         try:
@@ -494,7 +687,12 @@ class BlurClient:
         want_mask: bool,
         parameters: Mapping[str, ParameterValue] | None,
         want_share: bool = False,
+        *,
+        sequence: tuple[int, bool, bool] | None = None,
+        timeout_s: float | None = None,
     ) -> BlurResult:
+        """One request: ``batch`` to the model. ``sequence``: ``(sequence ID, START, END)``
+        of a sequence model's request; ``timeout_s``: gRPC's wait instead of ``timeout_s``."""
         module = grpcclient if self.protocol == "grpc" else httpclient
         frames = batch.frames_nhwc_u8
         infer_input = module.InferInput(INPUT_FRAMES, list(frames.shape), "UINT8")
@@ -522,14 +720,19 @@ class BlurClient:
                 outputs.append(output)
         if want_share:  # a few bytes: in the response whatever the transport
             outputs.append(module.InferRequestedOutput(OUTPUT_FOREGROUND_SHARE))
-        timeout_kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+        request_kwargs: dict[str, Any] = {}
+        if self.protocol == "grpc":
+            request_kwargs["client_timeout"] = self.timeout_s if timeout_s is None else timeout_s
+        if sequence is not None:
+            sequence_id, start, end = sequence
+            request_kwargs.update(sequence_id=sequence_id, sequence_start=start, sequence_end=end)
         try:
             response = client.infer(
                 self.model,
                 inputs,
                 outputs=outputs,
                 parameters=dict(parameters) if parameters else None,
-                **timeout_kwargs,
+                **request_kwargs,
             )
         except InferenceServerException as exc:
             raise self._translate_infer_error(exc) from exc
@@ -624,6 +827,88 @@ class _PerThreadConnections:
             if self._on_close is not None:
                 self._on_close(client)
             client.close()
+
+
+def new_sequence_id() -> int:
+    """A random sequence ID: a non-zero 63-bit integer (fits Triton's uint64 and int64)."""
+    return secrets.randbits(63) or 1
+
+
+class _SequenceProgress:
+    """What a sequence's worker has sent: the last frame, whether the sequence is open on the
+    server (a request of it sent, END not yet answered), and the first failure."""
+
+    def __init__(self, sequence_id: int) -> None:
+        self.sequence_id = sequence_id
+        self.stopping = False  # stopped early: the request that ends it is next
+        self._lock = threading.Lock()
+        self._last_frame: _PreparedBatch | None = None
+        self._open = False
+        self._failure: BaseException | None = None
+
+    def sent(self, frame: _PreparedBatch, end: bool) -> None:
+        with self._lock:
+            self._last_frame, self._open = frame, not end
+
+    def failed(self, frame: _PreparedBatch, exc: BaseException) -> None:
+        with self._lock:
+            self._failure = self._failure or exc
+            self._open = True  # the failed request may have started the sequence
+            if self._last_frame is None:
+                self._last_frame = frame
+
+    def check_unfailed(self) -> None:
+        """Raise when an earlier frame failed: nothing more of the video is sent then (the
+        caller meets that failure first, the results being in order)."""
+        with self._lock:
+            if self._failure is not None:
+                raise ClientError(f"not sent: an earlier frame failed ({self._failure})")
+
+    def frame_to_end(self) -> _PreparedBatch | None:
+        """The frame to send again with END; None when nothing is open, or the server does
+        not answer (lost connection, timeout: the sequence then goes at its idle timeout)."""
+        with self._lock:
+            answers = self._failure is None or isinstance(self._failure, RequestRejectedError)
+            return self._last_frame if self._open and answers else None
+
+
+def _frames_of(batch: _PreparedBatch) -> list[_PreparedBatch]:
+    """``batch`` as one-frame batches (``[1, H, W, 3]`` views), one per request."""
+    frames = batch.frames_nhwc_u8
+    images = batch.background_nhwc_u8
+    return [
+        _PreparedBatch(
+            frames[i : i + 1],
+            False,
+            None if images is None else images[i : i + 1],
+            batch.background_parameters,
+        )
+        for i in range(len(frames))
+    ]
+
+
+def _joined(results: list[BlurResult], single_frame: bool) -> BlurResult:
+    """One-frame results joined into the batch's (or a single frame's) :class:`BlurResult`."""
+    if single_frame:
+        (only,) = results
+        return BlurResult(
+            only.blurred_nhwc_u8[0],
+            None if only.mask_nhw_u8 is None else only.mask_nhw_u8[0],
+            None if only.foreground_share is None else only.foreground_share[0],
+        )
+    first = results[0].blurred_nhwc_u8
+    xp = np if isinstance(first, np.ndarray) else require_cupy("CUDA shared memory")
+
+    def join(arrays: list[Any]) -> Any:
+        return None if arrays[0] is None else xp.concatenate(arrays)
+
+    return BlurResult(
+        join([r.blurred_nhwc_u8 for r in results]),
+        join([r.mask_nhw_u8 for r in results]),
+        None
+        if results[0].foreground_share is None
+        else np.concatenate([r.foreground_share for r in results]),
+    )
 
 
 def _with_background(

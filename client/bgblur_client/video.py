@@ -9,6 +9,12 @@ client's worker threads, see :meth:`BlurClient.blur_batches`)::
 The decoders are those of :mod:`bgblur_client.decoders`; PyAV's and NVDEC's are the server-side
 video model's too.
 
+The model is the client's: with a stream model (``background_blur_stream``,
+:attr:`BlurClient.sequence_model`) the video is one Triton sequence, its frames sent one per
+request, in order, one at a time (masks smoothed over time, START on the first frame and END on
+the last); with the stateless ``background_blur`` each batch of ``batch_size`` frames is one
+request, ``in_flight`` of them at once (the most frames per second).
+
 Output choices:
 
 * Video is H.264 (libx264, yuv420p, CRF 18 and preset medium unless told otherwise, see
@@ -146,6 +152,7 @@ def blur_video(
     encoder: str = "auto",
     crf: int = CRF,
     preset: str = PRESET,
+    sequence_id: int | None = None,
 ) -> VideoSummary:
     """Blur the background of every frame of ``in_path`` and write ``out_path``.
 
@@ -155,8 +162,11 @@ def blur_video(
         out_path: Output file; the container follows the extension (``.mp4``, ``.m4v``,
             ``.mkv``, ``.mov``: H.264; ``.webm``: VP9). It appears only when complete; an
             existing file is replaced then, and kept as it was when the run fails.
-        batch_size: Frames per request (1 to the model's max_batch_size).
-        in_flight: Requests outstanding at once, overlapping decode/encode with inference.
+        batch_size: Frames per request (1 to the model's max_batch_size); for a stream model
+            (``client.sequence_model``), frames decoded together, each sent as its own request.
+        in_flight: Requests outstanding at once, overlapping decode/encode with inference;
+            for a stream model, batches decoded ahead (one request outstanding: the
+            sequence's frames go in order).
         parameters: Optional server parameters, e.g. ``{"blur_ksize": 31}``.
         mask_path: Also write the foreground mask as a grayscale H.264 video here.
         preview_path: Also write a before|after image of the middle frame here.
@@ -172,6 +182,8 @@ def blur_video(
             0..63 for VP9; lower is better and larger.
         preset: libx264 preset (``ultrafast`` .. ``placebo``); NVENC takes the matching
             P1..P7, VP9 a matching speed.
+        sequence_id: For a stream model, the video's sequence ID (None: a random one,
+            :meth:`BlurClient.blur_batches`).
 
     Returns:
         A :class:`VideoSummary`.
@@ -258,6 +270,7 @@ def blur_video(
                 in_flight=in_flight,
                 want_mask=mask_path is not None,
                 parameters=parameters,
+                sequence_id=sequence_id,
             )
             bar = tqdm(
                 total=source_format.frame_count or None,
@@ -309,6 +322,7 @@ def blurred_frames(
     in_flight: int = 2,
     parameters: Mapping[str, ParameterValue] | None = None,
     decoder: str = "pyav",
+    sequence_id: int | None = None,
 ) -> Iterator[tuple[list[int | None], Any]]:
     """Decode and blur ``in_path`` and yield the blurred frames, without encoding anything.
 
@@ -319,10 +333,11 @@ def blurred_frames(
     Args:
         client: Connected client.
         in_path: Any video PyAV/FFmpeg can decode; its first video stream is used.
-        batch_size: Frames per request.
-        in_flight: Requests outstanding at once.
+        batch_size: Frames per request (per decoded batch for a stream model).
+        in_flight: Requests outstanding at once (batches ahead for a stream model).
         parameters: Optional server parameters.
         decoder: ``pyav``, ``nvdec``, ``dali`` or ``auto`` (see :func:`blur_video`).
+        sequence_id: For a stream model, the video's sequence ID (None: a random one).
 
     Yields:
         ``(source timestamps, blurred [B, H, W, 3] uint8)`` per batch, in input order; the
@@ -349,7 +364,9 @@ def blurred_frames(
         on_gpu_ok=client.shared_memory == "cuda",
         device=client.cuda_device,
     )
-    results = client.blur_batches(batches, in_flight=in_flight, parameters=parameters)
+    results = client.blur_batches(
+        batches, in_flight=in_flight, parameters=parameters, sequence_id=sequence_id
+    )
     with closing(results):
         for result in results:
             timestamps, _ = pending.popleft()
