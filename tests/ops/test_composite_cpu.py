@@ -134,6 +134,19 @@ class TestComposite:
             composite(*(np.ascontiguousarray(a) for a in (fg, bg, mask))),
         )
 
+    def test_background_broadcast_over_the_batch_and_heights_past_one_step(
+        self, rng: np.random.Generator
+    ) -> None:
+        """One replacement image for every frame (a stride-0 view), at heights that are not a
+        multiple of the rows blended per step: the same result as the materialised batch."""
+        for height in (129, 300):
+            fg, bg, mask = random_inputs(rng, 3, (height, 17))
+            broadcast = np.broadcast_to(bg[:1], bg.shape)
+            assert broadcast.strides[0] == 0
+            got = composite(fg, broadcast, mask)
+            np.testing.assert_array_equal(got, composite(fg, np.ascontiguousarray(broadcast), mask))
+            assert_within_one_lsb(got, float_composite(fg, broadcast, mask))
+
     def test_out_is_honoured(self, rng: np.random.Generator) -> None:
         fg, bg, mask = random_inputs(rng, 3, (7, 13))
         storage = np.zeros((3, 7, 26, 3), np.uint8)
