@@ -2,7 +2,11 @@
 
 Figures, not tests. Runs the network (``--model``, default ``selfie_general``, CPU) and
 ``bgblur.stages.temporal.TemporalSmoother`` (the ``temporal_smoothing`` step of
-``background_blur_stream``) in this process, on two clips made from real photos:
+``background_blur_stream``, fed the frames' network input as the ensemble feeds it) in this
+process, three ways: off (strength 0), the probability gate alone (``gate: probability``: the
+step without the network input, as it was before the motion-aware gate) and the motion-aware gate
+(``gate: motion``, the served default), at ``--strength`` and the gates' defaults (or
+``--still-grey``, ``--moving-grey``), on two clips made from real photos:
 
 - ``still``: scikit-image's astronaut (512x512) for ``--frames`` frames, each with its own
   Gaussian sensor noise (sigma ``--noise`` grey levels): the scene does not move, so every change
@@ -59,9 +63,28 @@ from quality import probability_of  # noqa: E402
 
 from bgblur.device import Device  # noqa: E402
 from bgblur.models.registry import DEFAULT_MODEL  # noqa: E402
+from bgblur.ops.temporal import MOVING_GREY, STILL_GREY  # noqa: E402
 from bgblur.parameters import DEFAULT_TEMPORAL_SMOOTHING  # noqa: E402
 from bgblur.pipeline import BackgroundBlurPipeline  # noqa: E402
 from bgblur.stages.temporal import TemporalSmoother  # noqa: E402
+
+# (strength or None for --strength, gate): the rows of every scenario; the first is the baseline.
+GATES = ((0.0, "off"), (None, "probability"), (None, "motion"))
+
+
+def network_pass(
+    pipeline: BackgroundBlurPipeline, frames: list[np.ndarray]
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``([1, 1, h, w] float32 probabilities, [1, 3, h, w] float16 network inputs)`` of each
+    host frame (CPU, NumPy)."""
+    probabilities, inputs = [], []
+    for frame in frames:
+        network_input, _ = pipeline.preprocess.with_device_frames(frame[None])
+        probability = pipeline.runtime(network_input)
+        probability = probability.cpu() if hasattr(probability, "cpu") else probability
+        probabilities.append(np.asarray(probability).astype(np.float32))
+        inputs.append(np.asarray(network_input))
+    return probabilities, inputs
 
 
 def still_clip(frames: int, noise: float, seed: int = 0) -> list[np.ndarray]:
@@ -97,15 +120,35 @@ def moving_clip(
     return clip, truth
 
 
-def smoothed(probabilities: list[np.ndarray], strength: float) -> list[np.ndarray]:
-    """The stream's probabilities through the temporal step, one frame per request."""
-    smoother = TemporalSmoother(Device("cpu"))
+def smoothed(
+    probabilities: list[np.ndarray],
+    strength: float,
+    network_inputs: list[np.ndarray] | None = None,
+    **smoother_options: Any,
+) -> list[np.ndarray]:
+    """The stream's probabilities through the temporal step, one frame per request; with the
+    frames' network inputs, the motion-aware gate (``smoother_options``: TemporalSmoother's)."""
+    smoother = TemporalSmoother(Device("cpu"), **smoother_options)
     out = []
     for t, p in enumerate(probabilities):
         last = t == len(probabilities) - 1
-        s = smoother("clip", p, start=t == 0, end=last, strength=strength)
+        x = None if network_inputs is None else network_inputs[t]
+        s = smoother("clip", p, start=t == 0, end=last, strength=strength, network_input_n3hw=x)
         out.append(s[0, 0])
     return out
+
+
+def smoothed_by_gate(
+    probabilities: list[np.ndarray],
+    network_inputs: list[np.ndarray],
+    strength: float,
+    gate: str,
+    smoother_options: dict[str, Any],
+) -> list[np.ndarray]:
+    """``smoothed`` for one of ``GATES``: ``motion`` feeds the network inputs, the others not."""
+    if gate == "motion":
+        return smoothed(probabilities, strength, network_inputs, **smoother_options)
+    return smoothed(probabilities, strength, **smoother_options)
 
 
 def flicker(masks: list[np.ndarray]) -> dict[str, float]:
@@ -207,24 +250,30 @@ def clip_flicker(
 def real_clip(
     pipeline: BackgroundBlurPipeline,
     path: Path,
-    strengths: tuple[float, ...],
+    gates: tuple[tuple[float, str], ...],
     band_px: int,
     max_frames: int | None,
+    smoother_options: dict[str, Any],
 ) -> dict[str, Any]:
-    """Flicker of one real clip, smoothing off and on (one row per strength)."""
+    """Flicker of one real clip, one row per ``(strength, gate)`` (the first: the baseline)."""
     frames, fps = decode_clip(path, max_frames)
     if len(frames) < 2:
         raise SystemExit(f"{path}: {len(frames)} frame(s) decoded, need at least 2")
-    probabilities = [probability_of(pipeline, f).astype(np.float32) for f in frames]
+    probabilities, network_inputs = network_pass(pipeline, frames)
     raw = [p[0, 0] for p in probabilities]
     bands = edge_bands(raw, band_px)
     maps = backward_flows(frames, raw[0].shape)
     rows = [
         {
             "temporal_smoothing": strength,
-            **clip_flicker(smoothed(probabilities, strength), bands, maps),
+            "gate": gate,
+            **clip_flicker(
+                smoothed_by_gate(probabilities, network_inputs, strength, gate, smoother_options),
+                bands,
+                maps,
+            ),
         }
-        for strength in strengths
+        for strength, gate in gates
     ]
     off = rows[0]
     for row in rows:
@@ -271,22 +320,35 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--clip-frames", type=int, help="first frames of each clip (all)")
     parser.add_argument("--band", type=int, default=4, help="edge band half-width, network px")
+    parser.add_argument(
+        "--still-grey", type=float, default=STILL_GREY, help="motion gate: still below, grey"
+    )
+    parser.add_argument(
+        "--moving-grey", type=float, default=MOVING_GREY, help="motion gate: moving above, grey"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 
     pipeline = BackgroundBlurPipeline(args.model, Device("cpu"))
-    still = [
-        probability_of(pipeline, f).astype(np.float32) for f in still_clip(args.frames, args.noise)
-    ]
+    smoother_options = {
+        "still_grey": args.still_grey,
+        "moving_grey": args.moving_grey,
+        "input_mean": pipeline.spec.mean,
+        "input_std": pipeline.spec.std,
+    }
+    gates = tuple((args.strength if s is None else s, gate) for s, gate in GATES)
+    still, still_inputs = network_pass(pipeline, still_clip(args.frames, args.noise))
     clip, truth = moving_clip(pipeline, args.frames, args.step)
-    moving = [probability_of(pipeline, f).astype(np.float32) for f in clip]
+    moving, moving_inputs = network_pass(pipeline, clip)
     rows: list[dict[str, Any]] = []
-    for strength in (0.0, args.strength):
-        still_masks = smoothed(still, strength)
-        moving_iou = ious(smoothed(moving, strength), truth)
+    for strength, gate in gates:
+        still_masks = smoothed_by_gate(still, still_inputs, strength, gate, smoother_options)
+        moving_masks = smoothed_by_gate(moving, moving_inputs, strength, gate, smoother_options)
+        moving_iou = ious(moving_masks, truth)
         rows.append(
             {
                 "temporal_smoothing": strength,
+                "gate": gate,
                 "still": flicker(still_masks),
                 "moving_iou_mean": float(np.mean(moving_iou)),
                 "moving_iou_min": float(np.min(moving_iou)),
@@ -297,21 +359,26 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.model}, {args.frames} frames; still: noise sigma {args.noise}; moving: "
         f"{args.step} px/frame"
     )
-    print(f"{'smoothing':>10}{'|dm| grey':>11}{'flips %':>9}{'IoU mean':>10}{'IoU min':>9}")
+    print(
+        f"{'smoothing':>10}{'gate':>12}{'|dm| grey':>11}{'flips %':>9}{'IoU mean':>10}"
+        f"{'IoU min':>9}"
+    )
     for row in rows:
         print(
-            f"{row['temporal_smoothing']:>10.2f}{row['still']['mean_abs_change_grey']:>11.3f}"
+            f"{row['temporal_smoothing']:>10.2f}{row['gate']:>12}"
+            f"{row['still']['mean_abs_change_grey']:>11.3f}"
             f"{row['still']['flip_percent']:>9.3f}{row['moving_iou_mean']:>10.4f}"
             f"{row['moving_iou_min']:>9.4f}"
         )
     clips = [
-        real_clip(pipeline, path, (0.0, args.strength), args.band, args.clip_frames)
+        real_clip(pipeline, path, gates, args.band, args.clip_frames, smoother_options)
         for path in args.clip
     ]
     if clips:
         print(f"real clips: edge band {args.band} px of the {clips[0]['probability_hw']} mask")
         print(
-            f"{'clip':>22}{'frames':>7}{'smoothing':>10}{'|dm| grey':>10}{'flips %':>8}"
+            f"{'clip':>22}{'frames':>7}{'smoothing':>10}{'gate':>12}{'|dm| grey':>10}"
+            f"{'flips %':>8}"
             f"{'edge |dm|':>10}{'edge flip%':>11}{'warped':>8}{'edge warped':>12}"
             f"{'|dm| -%':>8}{'edge -%':>8}{'warped -%':>10}"
         )
@@ -319,7 +386,8 @@ def main(argv: list[str] | None = None) -> None:
         for row in clip["rows"]:
             print(
                 f"{Path(clip['clip']).stem:>22}{clip['frames']:>7}"
-                f"{row['temporal_smoothing']:>10.2f}{row['mean_abs_change_grey']:>10.3f}"
+                f"{row['temporal_smoothing']:>10.2f}{row['gate']:>12}"
+                f"{row['mean_abs_change_grey']:>10.3f}"
                 f"{row['flip_percent']:>8.3f}{row['edge_mean_abs_change_grey']:>10.3f}"
                 f"{row['edge_flip_percent']:>11.3f}{row['warped_abs_change_grey']:>8.3f}"
                 f"{row['edge_warped_abs_change_grey']:>12.3f}"
@@ -340,6 +408,8 @@ def main(argv: list[str] | None = None) -> None:
             "frames": args.frames,
             "noise_sigma": args.noise,
             "step_px": args.step,
+            "still_grey": args.still_grey,
+            "moving_grey": args.moving_grey,
             "rows": rows,
         }
         if clips:

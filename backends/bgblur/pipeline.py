@@ -64,16 +64,19 @@ class BackgroundBlurPipeline:
         params: BlurParams | None = None,
         background_nhwc_u8: Any = None,
         *,
-        smooth_probability: Callable[[Any], Any] | None = None,
+        smooth_probability: Callable[[Any, Any], Any] | None = None,
     ) -> tuple[Any, Any]:
         """``[B, H, W, 3]`` uint8 frames (NumPy, or CuPy on a GPU pipeline) -> ``(blurred
         [B, H, W, 3] uint8, mask [B, H, W] uint8)`` on the pipeline's device.
 
         ``background_nhwc_u8``: ``[1 or B, h, w, 3]`` uint8 replacement image for
         ``params.background == "image"`` (``bgblur.stages.postprocess.check_background``).
-        ``smooth_probability``: applied to the network's ``[B, 1, h, w]`` probability before
-        postprocess (e.g. a ``bgblur.stages.temporal.TemporalSmoother`` of one stream), the
-        step ``background_blur_stream`` puts between segmentation and postprocess."""
+        ``smooth_probability``: ``smooth_probability(probability, network_input)`` ->
+        probability, applied to the network's ``[B, 1, h, w]`` probability before postprocess,
+        with the frames' ``[B, 3, h, w]`` float16 network input (the preprocess output, same
+        device; the motion-aware gate's evidence), e.g. a
+        ``bgblur.stages.temporal.TemporalSmoother`` of one stream: the step
+        ``background_blur_stream`` puts between segmentation and postprocess."""
         blurred, mask, _ = self.outputs(
             frames_nhwc_u8, params, background_nhwc_u8, smooth_probability=smooth_probability
         )
@@ -85,7 +88,7 @@ class BackgroundBlurPipeline:
         params: BlurParams | None = None,
         background_nhwc_u8: Any = None,
         *,
-        smooth_probability: Callable[[Any], Any] | None = None,
+        smooth_probability: Callable[[Any, Any], Any] | None = None,
     ) -> PostprocessOutputs:
         """As ``__call__``, with the foreground share ``[B, 1]`` float32 of each frame."""
         inputs, frames_on_device = self.preprocess.with_device_frames(frames_nhwc_u8)
@@ -96,7 +99,7 @@ class BackgroundBlurPipeline:
 
             probability = cupy.from_dlpack(probability)
         if smooth_probability is not None:
-            probability = smooth_probability(probability)
+            probability = smooth_probability(probability, inputs)
         return self.postprocess.outputs(
             frames_on_device, probability, params or BlurParams(), background_nhwc_u8
         )

@@ -130,3 +130,58 @@ def test_the_stateless_ensemble_takes_no_temporal_smoothing(server, two_frames):
     a, _ = two_frames
     mask = _mask(server, "grpc", a, model=STATELESS, parameters={"temporal_smoothing": 0.5})
     np.testing.assert_array_equal(mask, _mask(server, "grpc", a, model=STATELESS))
+
+
+def test_the_stream_smoothing_is_gated_by_the_frames(triton_server, astronaut_frames):
+    """The ensemble hands temporal_smoothing the frame's network input: a still scene with sensor
+    noise is smoothed by the motion-aware gate (as the in-process pipeline with a smoother fed
+    the network input does), not by the probability gate alone."""
+    from bgblur.device import Device
+    from bgblur.models.registry import DEFAULT_MODEL
+    from bgblur.parameters import DEFAULT_TEMPORAL_SMOOTHING, BlurParams
+    from bgblur.pipeline import BackgroundBlurPipeline
+    from bgblur.stages.temporal import TemporalSmoother
+
+    rng = np.random.default_rng(3)
+    scene = astronaut_frames[:1].astype(np.float32)
+    stream = [
+        np.clip(scene + rng.normal(0, 6, scene.shape), 0, 255).astype(np.uint8) for _ in range(4)
+    ]
+    served = [
+        _mask(
+            triton_server,
+            "grpc",
+            frame,
+            sequence_id=600,
+            sequence_start=i == 0,
+            sequence_end=i == len(stream) - 1,
+        )
+        for i, frame in enumerate(stream)
+    ]
+    pipeline = BackgroundBlurPipeline(DEFAULT_MODEL, Device("cpu"))
+
+    def in_process(with_frames: bool) -> list[np.ndarray]:
+        spec = pipeline.spec
+        smoother = TemporalSmoother(Device("cpu"), input_mean=spec.mean, input_std=spec.std)
+        masks = []
+        for i, frame in enumerate(stream):
+
+            def smooth(probability, network_input, i=i):
+                return smoother(
+                    "s",
+                    probability,
+                    start=i == 0,
+                    end=False,
+                    strength=DEFAULT_TEMPORAL_SMOOTHING,
+                    network_input_n3hw=network_input if with_frames else None,
+                    out_dtype=np.float16,
+                )
+
+            masks.append(pipeline(frame, BlurParams(), smooth_probability=smooth)[1])
+        return masks
+
+    motion, alone = in_process(True), in_process(False)
+    for s, m in zip(served, motion, strict=True):
+        assert np.abs(s.astype(int) - m.astype(int)).max() <= 1
+    last_alone = np.abs(served[-1].astype(int) - alone[-1].astype(int))
+    assert last_alone.max() > 1  # the probability gate alone gives another mask

@@ -545,7 +545,10 @@ class VideoModel:
             if with_smoother and self._smoother is None:
                 from bgblur.stages.temporal import TemporalSmoother
 
-                self._smoother = TemporalSmoother(self.device)
+                spec = self._pipeline.spec  # the network input's normalisation
+                self._smoother = TemporalSmoother(
+                    self.device, input_mean=spec.mean, input_std=spec.std
+                )
             return self._pipeline, self._smoother if with_smoother else None
 
     def _blur_bls(
@@ -666,13 +669,14 @@ class _InProcessBlur(_SessionBlur):
             start = not self._started
             self._started = True
 
-            def smooth(probability_n1hw: Any) -> Any:
+            def smooth(probability_n1hw: Any, network_input_n3hw: Any) -> Any:
                 return self._smoother(
                     self._sequence_id,
                     probability_n1hw,
                     start=start,
                     end=False,
                     strength=self._strength,
+                    network_input_n3hw=network_input_n3hw,
                     out_dtype=probability_n1hw.dtype,
                 )
 

@@ -1,4 +1,5 @@
-"""Triton adapter: a stream's probability -> smoothed over time (bgblur.stages.temporal)."""
+"""Triton adapter: a stream's probability (+ the frame's network input, for the motion-aware
+gate) -> smoothed over time (bgblur.stages.temporal)."""
 
 import time
 
@@ -7,12 +8,14 @@ import triton_python_backend_utils as pb_utils
 
 from bgblur.device import Device
 from bgblur.errors import InvalidInputError
+from bgblur.models.registry import get_model_spec
 from bgblur.parameters import temporal_smoothing_from
 from bgblur.serving.metrics import StageMetrics
 from bgblur.serving.triton_io import (
     error_response,
     input_array,
     model_parameters,
+    optional_input_array,
     output_tensor,
     request_parameters,
 )
@@ -23,10 +26,14 @@ class TritonPythonModel:
     def initialize(self, args):
         parameters = model_parameters(args)
         self.device = Device.from_triton_args(args)
+        # The network input's normalisation: the gate's thresholds are in grey levels.
+        spec = get_model_spec(parameters["segmentation_model"])
         self.stage = TemporalSmoother(
             self.device,
             max_streams=int(parameters["max_streams"]),
             idle_timeout_s=float(parameters["idle_timeout_s"]),
+            input_mean=spec.mean,
+            input_std=spec.std,
         )
         self.metrics = StageMetrics.for_model(pb_utils, args, stage="temporal_smoothing")
 
@@ -46,6 +53,7 @@ class TritonPythonModel:
         try:
             strength = temporal_smoothing_from(request_parameters(request))
             probability = input_array(pb_utils, request, "PROBABILITY", self.device)
+            network_input = optional_input_array(pb_utils, request, "NETWORK_INPUT", self.device)
             flags = request.flags()
             start = bool(flags & pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_START)
             end = bool(flags & pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END)
@@ -56,6 +64,7 @@ class TritonPythonModel:
                 start=start,
                 end=end,
                 strength=strength,
+                network_input_n3hw=network_input,
                 out_dtype=np.float16,
                 synchronize=False,
             )
