@@ -31,6 +31,8 @@
 #                  and the server's processes without context switches)
 #   tests-serving  pytest -m gpu: functional (KIND_GPU ensemble, selfie and fcn_resnet101),
 #                  reliability (GPU OOM, kill -9 recovery), video (NVDEC, DALI), client, serving
+#   tests-streams  pytest -m gpu: the temporal kernels, the stream ensemble, the video model's
+#                  stream path and the client's, then bench/effects.py on the GPU
 #   tests-video    pytest -m gpu: tests/video (NVDEC, DALI, the video model on a GPU server) and
 #                  the profiler test (a shorter tests-serving, after a fix there)
 #   bench-e2e      fcn_resnet101 and selfie at 1080p through CUDA shm with the reference CPU pipeline
@@ -210,6 +212,18 @@ PYEOF
     run 150 bench-video.log "$PY" bench/video.py --size 1080p --frames 120 --streams 1,4 \
       --model fcn_resnet101 --paths server-inprocess,server --server-log-dir "$OUT/logs" \
       --out "$OUT/video-$gpu-$day-server.json"
+    ;;
+  tests-streams)  # the stream paths' GPU tests (temporal kernels, stream ensemble, video model,
+    # client video), then each effect's GPU cost (bench/effects.py); PyAV part stashed first
+    gpu="$(gpu_label)"
+    nvidia-smi -L | tee "$OUT/device.txt"
+    run 400 tests-streams.log "$PY" -m pytest -q -m gpu -p no:cacheprovider \
+      tests/ops/test_temporal_gpu.py tests/ops/test_composite_gpu.py tests/stages/test_temporal.py \
+      tests/functional/test_stream.py tests/video/test_served_video_stream.py \
+      tests/video/test_served_video.py tests/client/test_video_stream.py \
+      --junitxml="$OUT/junit-streams.xml"
+    run 120 tests-streams.log "$PY" bench/effects.py --device gpu --sizes 720p,1080p --batches 1,8 \
+      --out "$OUT/effects-$gpu-$day.json"
     ;;
   tests-serving)
     run 560 tests-serving.log "$PY" -m pytest -q -m gpu -p no:cacheprovider \
