@@ -324,22 +324,27 @@ PYEOF
     command -v nvidia-cuda-mps-control >/dev/null \
       || echo "WARNING: no nvidia-cuda-mps-control here: the --mps variants fail" \
       | tee -a "$OUT/perf-levers.log"
+    # $VARIANTS: a subset of the four (default all); each variant's JSON goes into
+    # $OUT/levers.tar.gz as soon as it is written, so a command cut at its limit keeps them
+    mkdir -p /tmp/levers
     for model in fcn_resnet101 selfie_general; do
       limit=55
       [ "$model" = fcn_resnet101 ] && limit=65  # a larger network to load, 7 graphs to capture
-      for variant in baseline seg64 mps seg64-mps; do
+      for variant in ${VARIANTS:-baseline seg64 mps seg64-mps}; do
         levers=()
         case "$variant" in *seg64*) levers+=(--segmentation-batch 64);; esac
         case "$variant" in *mps*) levers+=(--mps);; esac
         run "$limit" perf-levers.log "$PY" bench/e2e.py --device gpu --model "$model" \
           --sizes 1080p --pairs 8x16,1x1 --seconds 3 --shared-memory cuda "${levers[@]}" \
-          --out "$OUT/levers-$gpu-$day-$model-$variant.json"
+          --out "/tmp/levers/levers-$gpu-$day-$model-$variant.json"
+        tar -czf "$OUT/levers.tar.gz" -C /tmp/levers .
       done
     done
     run 55 perf-levers.log "$PY" bench/e2e.py --device gpu --served-model background_blur_direct \
       --sizes 1080p --pairs 8x16,1x1 --seconds 3 --shared-memory cuda \
-      --out "$OUT/levers-$gpu-$day-selfie_general-direct.json"
-    "$PY" - "$OUT" <<'PYEOF' 2>&1 | tee "$OUT/levers-summary.txt"
+      --out "/tmp/levers/levers-$gpu-$day-selfie_general-direct.json"
+    tar -czf "$OUT/levers.tar.gz" -C /tmp/levers .
+    "$PY" - /tmp/levers <<'PYEOF' 2>&1 | tee "$OUT/levers-summary.txt"
 import json, pathlib, sys
 print(f"{'file':<58} {'8x16 frames/s':>13} {'seg frames/exec':>15} {'1x1 p50 ms':>10}")
 for path in sorted(pathlib.Path(sys.argv[1]).glob("levers-*.json")):
