@@ -350,3 +350,26 @@ def test_sequence_ids_are_non_zero_63_bit() -> None:
     ids = {new_sequence_id() for _ in range(100)}
     assert len(ids) == 100
     assert all(0 < i < 2**63 for i in ids)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shared_memory", ["system", "cuda"])
+def test_the_stream_model_through_shared_memory_on_a_gpu_server(
+    server_pool, shared_memory: str
+) -> None:
+    """On a GPU server, the video as one sequence through shared-memory regions (CUDA: results
+    come back as CuPy arrays) gives the frames of the same sequence sent in the requests."""
+    server = server_pool.get("gpu")
+
+    def frames_of(transport: str) -> np.ndarray:
+        with BlurClient(server.grpc_url, model=STREAM_MODEL, shared_memory=transport) as client:
+            assert client.shared_memory == transport
+            batches = [
+                b.get() if hasattr(b, "get") else np.asarray(b)
+                for _, b in blurred_frames(client, CLIP, batch_size=5, decoder="pyav")
+            ]
+        return np.concatenate(batches)
+
+    plain = frames_of("none")
+    assert plain.shape == (CLIP_FRAMES, 240, 320, 3)
+    np.testing.assert_array_equal(frames_of(shared_memory), plain)
